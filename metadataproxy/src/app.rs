@@ -1,0 +1,185 @@
+//! Wiring: builds the components from a [`Config`] into the shared [`State`] the server uses.
+//! Every external dependency is an `Arc<dyn Trait>` seam, so tests can build a `State` from
+//! fakes with [`State::new`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_config::meta::credentials::CredentialsProviderChain;
+use aws_config::meta::region::RegionProviderChain;
+use aws_config::provider_config::ProviderConfig;
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+
+use crate::builtin::Emulator;
+use crate::clock::{Clock, SystemClock};
+use crate::config::{Config, UpstreamConfig};
+use crate::identity::{ContainerLookup, DockerLookup};
+use crate::roles::{
+    AssumeRole, CredentialCache, GetRole, Partition, RoleResolver, RoleSpec, SdkIam, SdkSts,
+};
+use crate::upstream::{HttpUpstream, Upstream};
+
+/// Everything a request handler needs.
+#[derive(Debug)]
+pub struct State {
+    /// Finds the container behind a peer address.
+    pub lookup: Arc<dyn ContainerLookup>,
+    /// Role spec → ARN.
+    pub resolver: RoleResolver,
+    /// ARN → credentials.
+    pub credentials: CredentialCache,
+    /// Where passthrough requests go.
+    pub upstream: Arc<dyn Upstream>,
+    /// Role for containers without `IAM_ROLE`.
+    pub default_role: Option<RoleSpec>,
+    /// STS session name.
+    pub session_name: String,
+    /// STS session duration.
+    pub session_duration: Duration,
+    /// Retry window for containers not listed yet.
+    pub lookup_window: Duration,
+}
+
+/// The external services behind the seams.
+#[derive(Debug)]
+pub struct Deps {
+    /// Container lookup.
+    pub lookup: Arc<dyn ContainerLookup>,
+    /// `sts:AssumeRole`.
+    pub sts: Arc<dyn AssumeRole>,
+    /// `iam:GetRole`.
+    pub iam: Arc<dyn GetRole>,
+    /// Passthrough target.
+    pub upstream: Arc<dyn Upstream>,
+    /// Time.
+    pub clock: Arc<dyn Clock>,
+    /// Partition of ARNs built from names.
+    pub partition: Partition,
+}
+
+impl State {
+    /// Wires `deps` with the settings of `config`.
+    pub fn new(config: &Config, deps: Deps) -> State {
+        State {
+            lookup: deps.lookup,
+            resolver: RoleResolver::new(
+                deps.partition,
+                config.default_account_id.clone(),
+                deps.iam,
+            ),
+            credentials: CredentialCache::new(deps.sts, deps.clock, config.role_cache_offset),
+            upstream: deps.upstream,
+            default_role: config.default_role.clone(),
+            session_name: config.role_session_name.clone(),
+            session_duration: config.role_session_duration,
+            lookup_window: config.container_lookup_timeout,
+        }
+    }
+
+    /// Builds the real components: Docker, the AWS SDK clients, the upstream.
+    pub async fn build(config: &Config) -> State {
+        let sdk = aws_sdk_config(config).await;
+        let region = sdk
+            .region()
+            .map(|r| r.as_ref().to_string())
+            .unwrap_or_else(|| "us-east-1".into());
+        tracing::info!(region = %region, "AWS clients configured");
+        let upstream: Arc<dyn Upstream> = match &config.upstream {
+            UpstreamConfig::Url(base) => Arc::new(HttpUpstream::new(
+                base.clone(),
+                config.upstream_connect_timeout,
+                config.upstream_timeout,
+            )),
+            UpstreamConfig::Builtin(values) => Arc::new(Emulator::new(values.clone())),
+        };
+        let deps = Deps {
+            lookup: Arc::new(DockerLookup::new(config.docker.clone())),
+            sts: Arc::new(SdkSts::new(aws_sdk_sts::Client::new(&sdk))),
+            iam: Arc::new(SdkIam::new(aws_sdk_iam::Client::new(&sdk))),
+            upstream,
+            clock: Arc::new(SystemClock),
+            partition: Partition::for_region(&region),
+        };
+        State::new(config, deps)
+    }
+}
+
+/// The SDK configuration for the agent's own STS and IAM calls.
+///
+/// The agent's own metadata lookups (its region and, on EC2, its credentials) go to
+/// `METADATA_URL`, never to a hard-coded address; with `METADATA_URL=builtin` they are not
+/// made at all, and the region defaults to `us-east-1`.
+pub async fn aws_sdk_config(config: &Config) -> SdkConfig {
+    let imds = match &config.upstream {
+        UpstreamConfig::Url(base) => Some(
+            aws_config::imds::Client::builder()
+                .endpoint(base.to_string())
+                .expect("METADATA_URL was validated as an http URL")
+                .build(),
+        ),
+        UpstreamConfig::Builtin(_) => None,
+    };
+
+    let region = match &config.aws_region {
+        Some(r) => Some(Region::new(r.clone())),
+        None => {
+            let mut chain = RegionProviderChain::first_try(
+                aws_config::environment::region::EnvironmentVariableRegionProvider::new(),
+            )
+            .or_else(aws_config::profile::ProfileFileRegionProvider::new());
+            if let Some(imds) = &imds {
+                chain = chain.or_else(
+                    aws_config::imds::region::ImdsRegionProvider::builder()
+                        .imds_client(imds.clone())
+                        .build(),
+                );
+            }
+            chain.region().await
+        }
+    };
+    let region = region.unwrap_or_else(|| {
+        if imds.is_some() {
+            tracing::warn!("no AWS region found (AWS_REGION, profile, metadata); using us-east-1");
+        }
+        Region::new("us-east-1")
+    });
+
+    let loader = aws_config::defaults(BehaviorVersion::latest()).region(region.clone());
+    let loader = match imds {
+        Some(imds) => loader.credentials_provider(
+            aws_config::default_provider::credentials::DefaultCredentialsChain::builder()
+                .region(region)
+                .imds_client(imds)
+                .build()
+                .await,
+        ),
+        None => {
+            let provider_config = ProviderConfig::default().with_region(Some(region));
+            loader.credentials_provider(
+                CredentialsProviderChain::first_try(
+                    "Environment",
+                    aws_config::environment::credentials::EnvironmentVariableCredentialsProvider::new(),
+                )
+                .or_else(
+                    "Profile",
+                    aws_config::profile::ProfileFileCredentialsProvider::builder()
+                        .configure(&provider_config)
+                        .build(),
+                )
+                .or_else(
+                    "WebIdentityToken",
+                    aws_config::web_identity_token::WebIdentityTokenCredentialsProvider::builder()
+                        .configure(&provider_config)
+                        .build(),
+                )
+                .or_else(
+                    "EcsContainer",
+                    aws_config::ecs::EcsCredentialsProvider::builder()
+                        .configure(&provider_config)
+                        .build(),
+                ),
+            )
+        }
+    };
+    loader.load().await
+}

@@ -1,0 +1,935 @@
+//! Configuration: command-line flags and environment variables, validated into a [`Config`].
+//!
+//! Every setting is a flag and an environment variable (the flag wins). Values are parsed
+//! here and nowhere else; an invalid value is a [`ConfigError`] that names the variable, the
+//! flag and the value, and `main` turns it into exit code 64 (`EX_USAGE`).
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::roles::{AccountId, Partition, RoleSpec};
+
+/// Exit code for invalid configuration (`EX_USAGE` from sysexits.h).
+pub const EXIT_CONFIG: i32 = 64;
+
+/// The raw settings as given on the command line or in the environment.
+///
+/// Everything is a string here so that validation can name the variable in its message.
+#[derive(Debug, Clone, Default, Parser)]
+#[command(
+    name = "metadataproxy",
+    version,
+    about = "Per-container AWS IAM roles for Docker hosts: an EC2 instance metadata proxy",
+    long_about = "Answers the EC2 metadata credential routes for each Docker container with STS \
+credentials for the role in its IAM_ROLE variable, and forwards every other metadata request \
+to the real service.\n\nEvery option is also read from the environment variable shown beside it; \
+a flag wins over the variable."
+)]
+pub struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "HOST", default_value = "0.0.0.0")]
+    pub host: String,
+
+    /// Port to listen on.
+    #[arg(long, env = "PORT", default_value = "8000")]
+    pub port: String,
+
+    /// Upstream metadata service, or `builtin` for an emulated one (for hosts not on EC2).
+    /// The agent's own AWS SDK metadata lookups use it too.
+    #[arg(long, env = "METADATA_URL", default_value = "http://169.254.169.254")]
+    pub metadata_url: String,
+
+    /// Connect timeout for the upstream metadata service (Go duration, e.g. 1s, 500ms).
+    #[arg(long, env = "METADATA_CONNECT_TIMEOUT", default_value = "1s")]
+    pub metadata_connect_timeout: String,
+
+    /// Total timeout of one upstream request, connect included (Go duration).
+    #[arg(long, env = "METADATA_TIMEOUT", default_value = "5s")]
+    pub metadata_timeout: String,
+
+    /// How container metadata traffic reaches the agent: `none` (the operator installs the
+    /// iptables rules, see the README). `iptables` and `ebpf` are not available in this version.
+    #[arg(long, env = "INTERCEPT", default_value = "none")]
+    pub intercept: String,
+
+    /// Role for containers without IAM_ROLE (any role format). Unset: such containers get none.
+    #[arg(long, env = "DEFAULT_ROLE")]
+    pub default_role: Option<String>,
+
+    /// Account for bare role names. Unset: bare names are resolved with iam:GetRole.
+    #[arg(long, env = "DEFAULT_ACCOUNT_ID")]
+    pub default_account_id: Option<String>,
+
+    /// Log level: debug, info, warning, error, fatal, panic.
+    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    /// Log format: text, json or gelf (one GELF 1.1 JSON object per line on stdout).
+    #[arg(long, env = "LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+
+    /// Docker daemon: unix:///path or tcp://host:port. Default: DOCKER_HOST, else
+    /// unix:///var/run/docker.sock.
+    #[arg(long, env = "DOCKER_URL")]
+    pub docker_url: Option<String>,
+
+    /// Docker daemon, as the Docker CLI reads it; used when DOCKER_URL is unset.
+    #[arg(long, env = "DOCKER_HOST", hide = true)]
+    pub docker_host: Option<String>,
+
+    /// How long to keep looking for the container behind an IP on credential routes (a
+    /// container that has just started may not be listed yet). Go duration.
+    #[arg(long, env = "CONTAINER_LOOKUP_TIMEOUT", default_value = "5s")]
+    pub container_lookup_timeout: String,
+
+    /// Refresh credentials this long before they expire (Go duration). Must be shorter than
+    /// the session duration.
+    #[arg(long, env = "ROLE_CACHE_OFFSET", default_value = "15m")]
+    pub role_cache_offset: String,
+
+    /// Session name sent with sts:AssumeRole (2-64 characters of [A-Za-z0-9+=,.@_-]).
+    #[arg(long, env = "ROLE_SESSION_NAME", default_value = "go-metadataproxy")]
+    pub role_session_name: String,
+
+    /// Duration of the assumed-role sessions (Go duration, 15m to 12h).
+    #[arg(long, env = "ROLE_SESSION_DURATION", default_value = "1h")]
+    pub role_session_duration: String,
+
+    /// AWS region of the agent's STS and IAM clients. Unset: the SDK's usual sources, then the
+    /// metadata service (us-east-1 with METADATA_URL=builtin).
+    #[arg(long, env = "AWS_REGION")]
+    pub aws_region: Option<String>,
+
+    /// Comma list of container labels copied, lower-cased, into telemetry labels (metrics
+    /// arrive in a later version; validated now).
+    #[arg(long, env = "COPY_DOCKER_LABELS")]
+    pub copy_docker_labels: Option<String>,
+
+    /// Comma list of container env keys copied, lower-cased, into telemetry labels (metrics
+    /// arrive in a later version; validated now).
+    #[arg(long, env = "COPY_DOCKER_ENV")]
+    pub copy_docker_env: Option<String>,
+
+    /// statsd sink, host:port (later version; validated now).
+    #[arg(long, env = "STATSD_ADDR")]
+    pub statsd_addr: Option<String>,
+
+    /// statsite sink, host:port (later version; validated now).
+    #[arg(long, env = "STATSITE_ADDR")]
+    pub statsite_addr: Option<String>,
+
+    /// DogStatsD sink, host:port (later version; validated now).
+    #[arg(long, env = "DATADOG_ADDR")]
+    pub datadog_addr: Option<String>,
+
+    /// Expose Prometheus metrics (later version; validated now).
+    #[arg(long, env = "ENABLE_PROMETHEUS")]
+    pub enable_prometheus: Option<String>,
+
+    /// New Relic application name (later version; validated now, needs NEWRELIC_LICENSE).
+    #[arg(long, env = "NEWRELIC_APP_NAME")]
+    pub newrelic_app_name: Option<String>,
+
+    /// New Relic license key (later version; validated now, needs NEWRELIC_APP_NAME).
+    #[arg(long, env = "NEWRELIC_LICENSE", hide_env_values = true)]
+    pub newrelic_license: Option<String>,
+
+    /// How long in-flight requests may run after SIGTERM/SIGINT (Go duration).
+    #[arg(long, env = "SHUTDOWN_GRACE", default_value = "10s")]
+    pub shutdown_grace: String,
+
+    /// Emulated metadata (METADATA_URL=builtin): instance id.
+    #[arg(long, env = "BUILTIN_INSTANCE_ID", default_value = "i-0123456789abcdef0")]
+    pub builtin_instance_id: String,
+
+    /// Emulated metadata: AMI id.
+    #[arg(long, env = "BUILTIN_AMI_ID", default_value = "ami-0123456789abcdef0")]
+    pub builtin_ami_id: String,
+
+    /// Emulated metadata: instance type.
+    #[arg(long, env = "BUILTIN_INSTANCE_TYPE", default_value = "t3.micro")]
+    pub builtin_instance_type: String,
+
+    /// Emulated metadata: private IPv4 address.
+    #[arg(long, env = "BUILTIN_LOCAL_IPV4", default_value = "10.0.0.10")]
+    pub builtin_local_ipv4: String,
+
+    /// Emulated metadata: MAC address.
+    #[arg(long, env = "BUILTIN_MAC", default_value = "02:00:00:00:00:01")]
+    pub builtin_mac: String,
+
+    /// Emulated metadata: availability zone. Default: the region (AWS_REGION or us-east-1)
+    /// followed by `a`.
+    #[arg(long, env = "BUILTIN_AVAILABILITY_ZONE")]
+    pub builtin_availability_zone: Option<String>,
+
+    /// Emulated metadata: account id in the instance identity document.
+    #[arg(long, env = "BUILTIN_ACCOUNT_ID", default_value = "123456789012")]
+    pub builtin_account_id: String,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the proxy listens (`HOST`, `PORT`).
+    pub listen: SocketAddr,
+    /// The upstream metadata service (`METADATA_URL`).
+    pub upstream: UpstreamConfig,
+    /// Upstream connect timeout (`METADATA_CONNECT_TIMEOUT`).
+    pub upstream_connect_timeout: Duration,
+    /// Upstream total timeout (`METADATA_TIMEOUT`).
+    pub upstream_timeout: Duration,
+    /// Interception mode (`INTERCEPT`).
+    pub intercept: Intercept,
+    /// Role for containers without `IAM_ROLE` (`DEFAULT_ROLE`).
+    pub default_role: Option<RoleSpec>,
+    /// Account for bare role names (`DEFAULT_ACCOUNT_ID`).
+    pub default_account_id: Option<AccountId>,
+    /// Logging (`LOG_LEVEL`, `LOG_FORMAT`).
+    pub log: LogConfig,
+    /// Docker daemon (`DOCKER_URL`, `DOCKER_HOST`).
+    pub docker: DockerUrl,
+    /// Retry window for a container not yet listed (`CONTAINER_LOOKUP_TIMEOUT`).
+    pub container_lookup_timeout: Duration,
+    /// Refresh margin before credential expiry (`ROLE_CACHE_OFFSET`).
+    pub role_cache_offset: Duration,
+    /// STS session name (`ROLE_SESSION_NAME`).
+    pub role_session_name: String,
+    /// STS session duration (`ROLE_SESSION_DURATION`).
+    pub role_session_duration: Duration,
+    /// Region of the agent's AWS clients (`AWS_REGION`).
+    pub aws_region: Option<String>,
+    /// Telemetry settings parsed now and used by a later version.
+    pub telemetry: TelemetryConfig,
+    /// Grace period for in-flight requests on shutdown (`SHUTDOWN_GRACE`).
+    pub shutdown_grace: Duration,
+}
+
+impl Config {
+    /// The partition of role ARNs built from bare names, from the configured region.
+    pub fn partition(&self) -> Partition {
+        Partition::for_region(self.aws_region.as_deref().unwrap_or("us-east-1"))
+    }
+}
+
+/// Where passthrough requests go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamConfig {
+    /// A real (or fake) metadata service at this base URL (scheme and authority only).
+    Url(http::Uri),
+    /// The built-in emulated metadata tree.
+    Builtin(BuiltinValues),
+}
+
+/// Values served by the built-in emulated metadata service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuiltinValues {
+    /// `meta-data/instance-id`.
+    pub instance_id: String,
+    /// `meta-data/ami-id`.
+    pub ami_id: String,
+    /// `meta-data/instance-type`.
+    pub instance_type: String,
+    /// `meta-data/local-ipv4`.
+    pub local_ipv4: std::net::Ipv4Addr,
+    /// `meta-data/mac`.
+    pub mac: String,
+    /// `meta-data/placement/availability-zone`.
+    pub availability_zone: String,
+    /// `meta-data/placement/region`.
+    pub region: String,
+    /// Account in `dynamic/instance-identity/document`.
+    pub account_id: String,
+}
+
+impl Default for BuiltinValues {
+    fn default() -> Self {
+        BuiltinValues {
+            instance_id: "i-0123456789abcdef0".into(),
+            ami_id: "ami-0123456789abcdef0".into(),
+            instance_type: "t3.micro".into(),
+            local_ipv4: std::net::Ipv4Addr::new(10, 0, 0, 10),
+            mac: "02:00:00:00:00:01".into(),
+            availability_zone: "us-east-1a".into(),
+            region: "us-east-1".into(),
+            account_id: "123456789012".into(),
+        }
+    }
+}
+
+/// How container traffic reaches the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Intercept {
+    /// The operator installs DNAT rules (classic mode).
+    None,
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogConfig {
+    /// Least severe level written.
+    pub level: tracing::Level,
+    /// Line format.
+    pub format: LogFormat,
+}
+
+/// Log line formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable `key=value` lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+    /// One GELF 1.1 JSON object per line.
+    Gelf,
+}
+
+/// How to reach the Docker daemon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DockerUrl {
+    /// A unix socket path.
+    Unix(String),
+    /// `host:port` over plain HTTP.
+    Tcp(String),
+}
+
+impl fmt::Display for DockerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DockerUrl::Unix(p) => write!(f, "unix://{p}"),
+            DockerUrl::Tcp(a) => write!(f, "tcp://{a}"),
+        }
+    }
+}
+
+/// Telemetry settings, validated now; the exporters arrive in a later version.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TelemetryConfig {
+    /// `COPY_DOCKER_LABELS`.
+    pub copy_docker_labels: Vec<String>,
+    /// `COPY_DOCKER_ENV`.
+    pub copy_docker_env: Vec<String>,
+    /// `STATSD_ADDR`.
+    pub statsd_addr: Option<String>,
+    /// `STATSITE_ADDR`.
+    pub statsite_addr: Option<String>,
+    /// `DATADOG_ADDR`.
+    pub datadog_addr: Option<String>,
+    /// `ENABLE_PROMETHEUS`.
+    pub enable_prometheus: bool,
+    /// `NEWRELIC_APP_NAME` (the license key is not kept: nothing uses it yet).
+    pub newrelic_app_name: Option<String>,
+}
+
+impl TelemetryConfig {
+    /// The variables that are set but not acted on by this version, for a start-up warning.
+    pub fn unimplemented_settings(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        let checks: [(&'static str, bool); 7] = [
+            ("COPY_DOCKER_LABELS", !self.copy_docker_labels.is_empty()),
+            ("COPY_DOCKER_ENV", !self.copy_docker_env.is_empty()),
+            ("STATSD_ADDR", self.statsd_addr.is_some()),
+            ("STATSITE_ADDR", self.statsite_addr.is_some()),
+            ("DATADOG_ADDR", self.datadog_addr.is_some()),
+            ("ENABLE_PROMETHEUS", self.enable_prometheus),
+            ("NEWRELIC_APP_NAME", self.newrelic_app_name.is_some()),
+        ];
+        for (name, set) in checks {
+            if set {
+                out.push(name);
+            }
+        }
+        out
+    }
+}
+
+/// An invalid setting: names the variable, its flag, the value and what was expected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The environment variable.
+    pub variable: &'static str,
+    /// The offending value (redacted for secrets).
+    pub value: String,
+    /// What was expected.
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let flag = format!("--{}", self.variable.to_ascii_lowercase().replace('_', "-"));
+        write!(
+            f,
+            "invalid value {:?} for {} ({}): {}",
+            self.value, self.variable, flag, self.reason
+        )
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn invalid(variable: &'static str, value: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        variable,
+        value: value.to_string(),
+        reason: reason.into(),
+    }
+}
+
+impl TryFrom<Args> for Config {
+    type Error = ConfigError;
+
+    fn try_from(a: Args) -> Result<Self, ConfigError> {
+        let host: IpAddr = a
+            .host
+            .trim()
+            .parse()
+            .map_err(|_| invalid("HOST", &a.host, "expected an IPv4 or IPv6 address"))?;
+        let port: u16 = a
+            .port
+            .trim()
+            .parse()
+            .map_err(|_| invalid("PORT", &a.port, "expected a port number 0-65535"))?;
+
+        let aws_region = match a.aws_region.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(r) if is_region(r) => Some(r.to_string()),
+            Some(r) => {
+                return Err(invalid(
+                    "AWS_REGION",
+                    r,
+                    "expected a region name such as us-east-1",
+                ))
+            }
+        };
+
+        let upstream = parse_upstream(&a, aws_region.as_deref())?;
+        let upstream_connect_timeout = positive_duration(
+            "METADATA_CONNECT_TIMEOUT",
+            &a.metadata_connect_timeout,
+        )?;
+        let upstream_timeout = positive_duration("METADATA_TIMEOUT", &a.metadata_timeout)?;
+
+        let intercept = match a.intercept.trim().to_ascii_lowercase().as_str() {
+            "none" | "" => Intercept::None,
+            "iptables" | "ebpf" => {
+                return Err(invalid(
+                    "INTERCEPT",
+                    &a.intercept,
+                    "not available in this version; use `none` and install the iptables rules \
+                     from the README",
+                ))
+            }
+            _ => return Err(invalid("INTERCEPT", &a.intercept, "expected none")),
+        };
+
+        let default_account_id = match non_empty(&a.default_account_id) {
+            None => None,
+            Some(v) => Some(
+                AccountId::parse(v)
+                    .ok_or_else(|| invalid("DEFAULT_ACCOUNT_ID", v, "expected 12 digits"))?,
+            ),
+        };
+        let default_role = match non_empty(&a.default_role) {
+            None => None,
+            Some(v) => Some(RoleSpec::parse(v).map_err(|e| {
+                invalid("DEFAULT_ROLE", v, format!("not a role name or ARN: {e}"))
+            })?),
+        };
+
+        let level = match a.log_level.trim().to_ascii_lowercase().as_str() {
+            "trace" => tracing::Level::TRACE,
+            "debug" => tracing::Level::DEBUG,
+            "info" => tracing::Level::INFO,
+            "warn" | "warning" => tracing::Level::WARN,
+            "error" | "fatal" | "panic" => tracing::Level::ERROR,
+            _ => {
+                return Err(invalid(
+                    "LOG_LEVEL",
+                    &a.log_level,
+                    "expected debug, info, warning, error, fatal or panic",
+                ))
+            }
+        };
+        let format = match a.log_format.trim().to_ascii_lowercase().as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            "gelf" => LogFormat::Gelf,
+            _ => {
+                return Err(invalid(
+                    "LOG_FORMAT",
+                    &a.log_format,
+                    "expected text, json or gelf",
+                ))
+            }
+        };
+
+        let docker = match (non_empty(&a.docker_url), non_empty(&a.docker_host)) {
+            (Some(v), _) => parse_docker_url("DOCKER_URL", v)?,
+            (None, Some(v)) => parse_docker_url("DOCKER_HOST", v)?,
+            (None, None) => DockerUrl::Unix("/var/run/docker.sock".into()),
+        };
+
+        let container_lookup_timeout =
+            parse_go_duration(&a.container_lookup_timeout).map_err(|e| {
+                invalid("CONTAINER_LOOKUP_TIMEOUT", &a.container_lookup_timeout, e)
+            })?;
+        let role_cache_offset = parse_go_duration(&a.role_cache_offset)
+            .map_err(|e| invalid("ROLE_CACHE_OFFSET", &a.role_cache_offset, e))?;
+        let role_session_duration = parse_go_duration(&a.role_session_duration)
+            .map_err(|e| invalid("ROLE_SESSION_DURATION", &a.role_session_duration, e))?;
+        if role_session_duration < Duration::from_secs(900)
+            || role_session_duration > Duration::from_secs(12 * 3600)
+            || role_session_duration.subsec_nanos() != 0
+        {
+            return Err(invalid(
+                "ROLE_SESSION_DURATION",
+                &a.role_session_duration,
+                "expected whole seconds from 15m to 12h",
+            ));
+        }
+        if role_cache_offset >= role_session_duration {
+            return Err(invalid(
+                "ROLE_CACHE_OFFSET",
+                &a.role_cache_offset,
+                format!(
+                    "must be shorter than the session duration ({}s, ROLE_SESSION_DURATION), \
+                     or credentials would be refreshed on every request",
+                    role_session_duration.as_secs()
+                ),
+            ));
+        }
+        let role_session_name = a.role_session_name.trim().to_string();
+        if !is_session_name(&role_session_name) {
+            return Err(invalid(
+                "ROLE_SESSION_NAME",
+                &a.role_session_name,
+                "expected 2-64 characters of A-Z a-z 0-9 + = , . @ _ -",
+            ));
+        }
+
+        let telemetry = TelemetryConfig {
+            copy_docker_labels: comma_list("COPY_DOCKER_LABELS", &a.copy_docker_labels)?,
+            copy_docker_env: comma_list("COPY_DOCKER_ENV", &a.copy_docker_env)?,
+            statsd_addr: host_port("STATSD_ADDR", &a.statsd_addr)?,
+            statsite_addr: host_port("STATSITE_ADDR", &a.statsite_addr)?,
+            datadog_addr: host_port("DATADOG_ADDR", &a.datadog_addr)?,
+            enable_prometheus: match non_empty(&a.enable_prometheus) {
+                None => false,
+                Some(v) => parse_bool(v).ok_or_else(|| {
+                    invalid("ENABLE_PROMETHEUS", v, "expected true or false")
+                })?,
+            },
+            newrelic_app_name: match (
+                non_empty(&a.newrelic_app_name),
+                non_empty(&a.newrelic_license),
+            ) {
+                (Some(app), Some(_)) => Some(app.to_string()),
+                (None, None) => None,
+                (Some(app), None) => {
+                    return Err(invalid(
+                        "NEWRELIC_LICENSE",
+                        "",
+                        format!("must be set when NEWRELIC_APP_NAME is ({app:?})"),
+                    ))
+                }
+                (None, Some(_)) => {
+                    return Err(invalid(
+                        "NEWRELIC_APP_NAME",
+                        "",
+                        "must be set when NEWRELIC_LICENSE is",
+                    ))
+                }
+            },
+        };
+
+        let shutdown_grace = parse_go_duration(&a.shutdown_grace)
+            .map_err(|e| invalid("SHUTDOWN_GRACE", &a.shutdown_grace, e))?;
+
+        Ok(Config {
+            listen: SocketAddr::new(host, port),
+            upstream,
+            upstream_connect_timeout,
+            upstream_timeout,
+            intercept,
+            default_role,
+            default_account_id,
+            log: LogConfig { level, format },
+            docker,
+            container_lookup_timeout,
+            role_cache_offset,
+            role_session_name,
+            role_session_duration,
+            aws_region,
+            telemetry,
+            shutdown_grace,
+        })
+    }
+}
+
+fn non_empty(v: &Option<String>) -> Option<&str> {
+    v.as_deref().map(str::trim).filter(|s| !s.is_empty())
+}
+
+fn positive_duration(variable: &'static str, value: &str) -> Result<Duration, ConfigError> {
+    match parse_go_duration(value) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err(invalid(variable, value, "must be greater than zero")),
+        Err(e) => Err(invalid(variable, value, e)),
+    }
+}
+
+fn parse_upstream(a: &Args, region: Option<&str>) -> Result<UpstreamConfig, ConfigError> {
+    let raw = a.metadata_url.trim();
+    if raw.eq_ignore_ascii_case("builtin") {
+        let local_ipv4 = a.builtin_local_ipv4.trim().parse().map_err(|_| {
+            invalid(
+                "BUILTIN_LOCAL_IPV4",
+                &a.builtin_local_ipv4,
+                "expected an IPv4 address",
+            )
+        })?;
+        let availability_zone = match non_empty(&a.builtin_availability_zone) {
+            Some(az) => az.to_string(),
+            None => format!("{}a", region.unwrap_or("us-east-1")),
+        };
+        let region = availability_zone
+            .trim_end_matches(|c: char| c.is_ascii_lowercase())
+            .to_string();
+        let mut az_region = availability_zone.clone();
+        az_region.pop();
+        if !is_region(&az_region) {
+            return Err(invalid(
+                "BUILTIN_AVAILABILITY_ZONE",
+                &availability_zone,
+                "expected a region followed by a letter, such as us-east-1a",
+            ));
+        }
+        let values = [
+            ("BUILTIN_INSTANCE_ID", &a.builtin_instance_id),
+            ("BUILTIN_AMI_ID", &a.builtin_ami_id),
+            ("BUILTIN_INSTANCE_TYPE", &a.builtin_instance_type),
+            ("BUILTIN_MAC", &a.builtin_mac),
+        ];
+        for (var, v) in values {
+            if v.trim().is_empty() || !v.chars().all(|c| c.is_ascii_graphic()) {
+                return Err(invalid(var, v, "expected a non-empty printable value"));
+            }
+        }
+        let account_id = AccountId::parse(a.builtin_account_id.trim()).ok_or_else(|| {
+            invalid(
+                "BUILTIN_ACCOUNT_ID",
+                &a.builtin_account_id,
+                "expected 12 digits",
+            )
+        })?;
+        return Ok(UpstreamConfig::Builtin(BuiltinValues {
+            instance_id: a.builtin_instance_id.trim().into(),
+            ami_id: a.builtin_ami_id.trim().into(),
+            instance_type: a.builtin_instance_type.trim().into(),
+            local_ipv4,
+            mac: a.builtin_mac.trim().into(),
+            availability_zone,
+            region: if region.is_empty() { az_region } else { region },
+            account_id: account_id.as_str().to_string(),
+        }));
+    }
+    let uri: http::Uri = raw.parse().map_err(|_| {
+        invalid(
+            "METADATA_URL",
+            raw,
+            "expected http://host[:port] or builtin",
+        )
+    })?;
+    let ok = uri.scheme_str() == Some("http")
+        && uri.authority().is_some()
+        && matches!(uri.path(), "" | "/")
+        && uri.query().is_none();
+    if !ok {
+        return Err(invalid(
+            "METADATA_URL",
+            raw,
+            "expected http://host[:port] (no path) or builtin",
+        ));
+    }
+    let base = format!("http://{}", uri.authority().expect("checked above"));
+    Ok(UpstreamConfig::Url(base.parse().expect("rebuilt from a valid URI")))
+}
+
+fn parse_docker_url(variable: &'static str, v: &str) -> Result<DockerUrl, ConfigError> {
+    if let Some(path) = v.strip_prefix("unix://") {
+        if path.starts_with('/') {
+            return Ok(DockerUrl::Unix(path.to_string()));
+        }
+    } else if let Some(addr) = v
+        .strip_prefix("tcp://")
+        .or_else(|| v.strip_prefix("http://"))
+    {
+        let addr = addr.trim_end_matches('/');
+        if is_host_port(addr) {
+            return Ok(DockerUrl::Tcp(addr.to_string()));
+        }
+    }
+    Err(invalid(
+        variable,
+        v,
+        "expected unix:///path/to/docker.sock or tcp://host:port",
+    ))
+}
+
+fn comma_list(variable: &'static str, v: &Option<String>) -> Result<Vec<String>, ConfigError> {
+    let Some(raw) = non_empty(v) else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for item in raw.split(',').map(str::trim) {
+        if item.is_empty() || item.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(invalid(
+                variable,
+                raw,
+                "expected a comma-separated list of names without empty items or spaces",
+            ));
+        }
+        out.push(item.to_string());
+    }
+    Ok(out)
+}
+
+fn host_port(variable: &'static str, v: &Option<String>) -> Result<Option<String>, ConfigError> {
+    match non_empty(v) {
+        None => Ok(None),
+        Some(s) if is_host_port(s) => Ok(Some(s.to_string())),
+        Some(s) => Err(invalid(variable, s, "expected host:port")),
+    }
+}
+
+fn is_host_port(s: &str) -> bool {
+    if s.parse::<SocketAddr>().is_ok() {
+        return true;
+    }
+    match s.rsplit_once(':') {
+        Some((host, port)) => {
+            !host.is_empty()
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+                && port.parse::<u16>().is_ok_and(|p| p != 0)
+        }
+        None => false,
+    }
+}
+
+fn parse_bool(v: &str) -> Option<bool> {
+    match v.to_ascii_lowercase().as_str() {
+        "1" | "true" | "t" | "yes" | "on" => Some(true),
+        "0" | "false" | "f" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+/// A region name: lowercase letters, digits and dashes, such as `us-east-1` or `cn-north-1`.
+fn is_region(r: &str) -> bool {
+    !r.is_empty()
+        && r.len() <= 32
+        && r.contains('-')
+        && r.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && r.chars().last().is_some_and(|c| c.is_ascii_digit())
+}
+
+/// STS `RoleSessionName`: 2-64 characters of `[\w+=,.@-]`.
+pub fn is_session_name(s: &str) -> bool {
+    (2..=64).contains(&s.len())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+=,.@_-".contains(c))
+}
+
+/// Parses a Go `time.ParseDuration` string: `300ms`, `1.5h`, `1h30m`, `0`.
+/// Negative durations are refused: nothing here means anything negative.
+pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    if s.is_empty() {
+        return Err("expected a duration such as 15m, 1h30m or 500ms".into());
+    }
+    if s.starts_with('-') {
+        return Err("must not be negative".into());
+    }
+    let s = s.strip_prefix('+').unwrap_or(s);
+    let bytes = s.as_bytes();
+    let mut i = 0;
+    let mut total_nanos: u128 = 0;
+    while i < bytes.len() {
+        let start = i;
+        while i < bytes.len() && (bytes[i].is_ascii_digit() || bytes[i] == b'.') {
+            i += 1;
+        }
+        let number = &s[start..i];
+        let unit_start = i;
+        while i < bytes.len() && !(bytes[i].is_ascii_digit() || bytes[i] == b'.') {
+            i += 1;
+        }
+        let unit = &s[unit_start..i];
+        let scale: u128 = match unit {
+            "ns" => 1,
+            "us" | "µs" | "μs" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
+            "" => return Err(format!("missing unit after {number:?} (use ns, us, ms, s, m or h)")),
+            other => return Err(format!("unknown unit {other:?} (use ns, us, ms, s, m or h)")),
+        };
+        let (int_part, frac_part) = number.split_once('.').unwrap_or((number, ""));
+        if (int_part.is_empty() && frac_part.is_empty()) || frac_part.contains('.') {
+            return Err(format!("bad number {number:?}"));
+        }
+        let int: u128 = if int_part.is_empty() {
+            0
+        } else {
+            int_part.parse().map_err(|_| format!("bad number {number:?}"))?
+        };
+        let mut nanos = int
+            .checked_mul(scale)
+            .ok_or_else(|| "duration too large".to_string())?;
+        let mut frac_scale = scale;
+        for d in frac_part.bytes() {
+            frac_scale /= 10;
+            nanos += u128::from(d - b'0') * frac_scale;
+        }
+        total_nanos = total_nanos
+            .checked_add(nanos)
+            .filter(|n| *n <= u128::from(u64::MAX))
+            .ok_or_else(|| "duration too large".to_string())?;
+    }
+    let secs = (total_nanos / 1_000_000_000) as u64;
+    let sub = (total_nanos % 1_000_000_000) as u32;
+    Ok(Duration::new(secs, sub))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(pairs: &[(&str, &str)]) -> Args {
+        let mut argv = vec!["metadataproxy".to_string()];
+        for (k, v) in pairs {
+            argv.push(format!("--{k}={v}"));
+        }
+        Args::try_parse_from(argv).expect("flags parse")
+    }
+
+    fn err(pairs: &[(&str, &str)]) -> ConfigError {
+        Config::try_from(args(pairs)).expect_err("should be invalid")
+    }
+
+    #[test]
+    fn go_durations_parse_like_go() {
+        assert_eq!(parse_go_duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_go_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_go_duration("1.5h"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_go_duration("300ms"), Ok(Duration::from_millis(300)));
+        assert_eq!(parse_go_duration("2us"), Ok(Duration::from_micros(2)));
+        assert_eq!(parse_go_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_go_duration(".5s"), Ok(Duration::from_millis(500)));
+        for bad in ["", "15", "m", "15x", "-1m", "1..5s", "1h 30m", "9999999999999h"] {
+            assert!(parse_go_duration(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let c = Config::try_from(args(&[])).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:8000".parse().unwrap());
+        assert_eq!(
+            c.upstream,
+            UpstreamConfig::Url("http://169.254.169.254".parse().unwrap())
+        );
+        assert_eq!(c.role_cache_offset, Duration::from_secs(900));
+        assert_eq!(c.role_session_duration, Duration::from_secs(3600));
+        assert_eq!(c.role_session_name, "go-metadataproxy");
+        assert_eq!(c.log.format, LogFormat::Text);
+        assert_eq!(c.log.level, tracing::Level::INFO);
+        assert_eq!(c.container_lookup_timeout, Duration::from_secs(5));
+        assert!(c.default_role.is_none());
+    }
+
+    #[test]
+    fn offset_at_or_above_session_is_refused() {
+        let e = err(&[("role-cache-offset", "1h")]);
+        assert_eq!(e.variable, "ROLE_CACHE_OFFSET");
+        assert!(e.to_string().contains("shorter than the session duration"));
+        let e = err(&[("role-cache-offset", "2h"), ("role-session-duration", "1h")]);
+        assert_eq!(e.variable, "ROLE_CACHE_OFFSET");
+        assert!(Config::try_from(args(&[
+            ("role-cache-offset", "1h"),
+            ("role-session-duration", "2h")
+        ]))
+        .is_ok());
+    }
+
+    #[test]
+    fn each_invalid_value_names_its_variable() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("host", "nope", "HOST"),
+            ("port", "99999", "PORT"),
+            ("metadata-url", "ftp://x", "METADATA_URL"),
+            ("metadata-url", "http://x/path", "METADATA_URL"),
+            ("metadata-timeout", "0", "METADATA_TIMEOUT"),
+            ("intercept", "magic", "INTERCEPT"),
+            ("default-role", "a b", "DEFAULT_ROLE"),
+            ("default-account-id", "12345", "DEFAULT_ACCOUNT_ID"),
+            ("log-level", "loud", "LOG_LEVEL"),
+            ("log-format", "xml", "LOG_FORMAT"),
+            ("docker-url", "/var/run/docker.sock", "DOCKER_URL"),
+            ("role-cache-offset", "soon", "ROLE_CACHE_OFFSET"),
+            ("role-session-duration", "5m", "ROLE_SESSION_DURATION"),
+            ("role-session-name", "x", "ROLE_SESSION_NAME"),
+            ("aws-region", "Mars", "AWS_REGION"),
+            ("statsd-addr", "nohost", "STATSD_ADDR"),
+            ("enable-prometheus", "maybe", "ENABLE_PROMETHEUS"),
+            ("copy-docker-labels", "a,,b", "COPY_DOCKER_LABELS"),
+            ("newrelic-app-name", "app", "NEWRELIC_LICENSE"),
+        ];
+        for (flag, value, var) in cases {
+            let e = err(&[(flag, value)]);
+            assert_eq!(&e.variable, var, "--{flag}={value}");
+            assert!(e.to_string().contains(var), "{e}");
+        }
+    }
+
+    #[test]
+    fn docker_url_falls_back_to_docker_host() {
+        let c = Config::try_from(args(&[("docker-host", "tcp://127.0.0.1:2375")])).unwrap();
+        assert_eq!(c.docker, DockerUrl::Tcp("127.0.0.1:2375".into()));
+        let c = Config::try_from(args(&[
+            ("docker-host", "tcp://127.0.0.1:2375"),
+            ("docker-url", "unix:///run/d.sock"),
+        ]))
+        .unwrap();
+        assert_eq!(c.docker, DockerUrl::Unix("/run/d.sock".into()));
+    }
+
+    #[test]
+    fn builtin_region_follows_availability_zone() {
+        let c = Config::try_from(args(&[
+            ("metadata-url", "builtin"),
+            ("builtin-availability-zone", "eu-west-3b"),
+        ]))
+        .unwrap();
+        match c.upstream {
+            UpstreamConfig::Builtin(v) => assert_eq!(v.region, "eu-west-3"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn new_relic_license_value_never_appears_in_errors() {
+        let e = err(&[("newrelic-license", "secret-license-key")]);
+        assert!(!e.to_string().contains("secret-license-key"));
+    }
+}

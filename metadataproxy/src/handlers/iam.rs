@@ -1,0 +1,245 @@
+//! The credential routes: role name, credentials for the role, instance profile info.
+//!
+//! Data flows one way: peer address → container → role → credentials → body.
+
+use std::net::IpAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use serde::Serialize;
+
+use super::Failure;
+use crate::app::State;
+use crate::identity::{find_with_retry, Container, LookupError};
+use crate::roles::{AssumeRoleRequest, Credentials, RoleSpec};
+
+/// What a handler learned about the caller, for the request log line.
+#[derive(Debug, Default, Clone)]
+pub struct CallerInfo {
+    /// Container id.
+    pub container_id: Option<String>,
+    /// Container name.
+    pub container_name: Option<String>,
+    /// The container's role name.
+    pub role_name: Option<String>,
+}
+
+/// The caller's container and role.
+async fn caller(
+    state: &State,
+    ip: IpAddr,
+    info: &mut CallerInfo,
+) -> Result<(Container, RoleSpec), Failure> {
+    let container = match find_with_retry(&state.lookup, ip, state.lookup_window).await {
+        Ok(Some(c)) => c,
+        Ok(None) => return Err(Failure::CouldNotFindContainer),
+        Err(e @ LookupError::Ambiguous { .. }) => return Err(Failure::AmbiguousContainer(e)),
+        Err(e @ LookupError::Docker(_)) => return Err(Failure::Docker(e)),
+    };
+    info.container_id = Some(container.id.clone());
+    info.container_name = Some(container.name.clone());
+    let spec = match &container.role {
+        Some(raw) => RoleSpec::parse(raw).map_err(Failure::InvalidRole)?,
+        None => state.default_role.clone().ok_or(Failure::NoRole)?,
+    };
+    info.role_name = Some(spec.name().to_string());
+    Ok((container, spec))
+}
+
+async fn credentials_for(
+    state: &State,
+    container: &Container,
+    spec: &RoleSpec,
+) -> Result<std::sync::Arc<Credentials>, Failure> {
+    let role_arn = state
+        .resolver
+        .resolve(spec)
+        .await
+        .map_err(|e| Failure::CouldNotResolveRole((*e).clone()))?;
+    let req = AssumeRoleRequest {
+        role_arn,
+        external_id: container.external_id.clone(),
+        session_name: state.session_name.clone(),
+        duration: state.session_duration,
+        policy: None,
+    };
+    state
+        .credentials
+        .get(&req)
+        .await
+        .map_err(Failure::CouldNotAssumeRole)
+}
+
+/// `.../security-credentials[/]`: the role name, no trailing newline.
+pub async fn role_name(
+    state: &State,
+    ip: IpAddr,
+    info: &mut CallerInfo,
+) -> Result<Response<Bytes>, Failure> {
+    let (_, spec) = caller(state, ip, info).await?;
+    Ok(ok("text/plain; charset=utf-8", spec.name().as_bytes().to_vec()))
+}
+
+/// `.../security-credentials/{role}[/]`: credentials, only for the container's own role.
+pub async fn credentials(
+    state: &State,
+    ip: IpAddr,
+    requested: &str,
+    info: &mut CallerInfo,
+) -> Result<Response<Bytes>, Failure> {
+    let (container, spec) = caller(state, ip, info).await?;
+    if requested != spec.name() {
+        return Err(Failure::RoleNamesDoNotMatch {
+            requested: requested.to_string(),
+            actual: spec.name().to_string(),
+        });
+    }
+    let creds = credentials_for(state, &container, &spec).await?;
+    Ok(ok("application/json", credentials_body(&creds)))
+}
+
+/// `.../iam/info`: the assumed role as the instance profile.
+pub async fn info(
+    state: &State,
+    ip: IpAddr,
+    info: &mut CallerInfo,
+) -> Result<Response<Bytes>, Failure> {
+    let (container, spec) = caller(state, ip, info).await?;
+    let creds = credentials_for(state, &container, &spec).await?;
+    Ok(ok("application/json", info_body(&creds)))
+}
+
+fn ok(content_type: &'static str, body: Vec<u8>) -> Response<Bytes> {
+    let mut resp = Response::new(Bytes::from(body));
+    *resp.status_mut() = StatusCode::OK;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    resp
+}
+
+/// Keys in sorted order, as the contract's body has them.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct CredentialsBody<'a> {
+    access_key_id: &'a str,
+    code: &'static str,
+    expiration: String,
+    last_updated: String,
+    secret_access_key: &'a str,
+    token: &'a str,
+    #[serde(rename = "Type")]
+    kind: &'static str,
+}
+
+/// The credentials JSON: sorted keys, two-space indent, trailing newline.
+pub fn credentials_body(c: &Credentials) -> Vec<u8> {
+    let body = CredentialsBody {
+        access_key_id: &c.access_key_id,
+        code: "Success",
+        expiration: format_time(c.expiration),
+        last_updated: format_time(c.obtained_at),
+        secret_access_key: c.secret_access_key.expose(),
+        token: c.session_token.expose(),
+        kind: "AWS-HMAC",
+    };
+    let mut out = serde_json::to_vec_pretty(&body).expect("plain strings serialize");
+    out.push(b'\n');
+    out
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct InfoBody<'a> {
+    code: &'static str,
+    instance_profile_arn: &'a str,
+    instance_profile_id: &'a str,
+    last_updated: String,
+}
+
+/// The info JSON: sorted keys, two-space indent, trailing newline.
+pub fn info_body(c: &Credentials) -> Vec<u8> {
+    let body = InfoBody {
+        code: "Success",
+        instance_profile_arn: &c.assumed_role_arn,
+        instance_profile_id: &c.assumed_role_id,
+        last_updated: format_time(c.obtained_at),
+    };
+    let mut out = serde_json::to_vec_pretty(&body).expect("plain strings serialize");
+    out.push(b'\n');
+    out
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` in UTC, whole seconds.
+pub fn format_time(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::roles::Secret;
+
+    #[test]
+    fn times_format_as_whole_utc_seconds() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_777_636_800_918);
+        assert_eq!(format_time(t), "2026-05-01T12:00:00Z");
+        assert_eq!(format_time(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            format_time(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "2000-02-29T00:00:00Z"
+        );
+    }
+
+    #[test]
+    fn credentials_body_is_exactly_the_contract() {
+        let c = Credentials {
+            access_key_id: "ASIAEXAMPLE".into(),
+            secret_access_key: Secret::new("secret"),
+            session_token: Secret::new("token"),
+            expiration: UNIX_EPOCH + Duration::from_secs(1_777_640_400),
+            obtained_at: UNIX_EPOCH + Duration::from_secs(1_777_636_800),
+            assumed_role_arn: "arn:aws:sts::123456789012:assumed-role/r/s".into(),
+            assumed_role_id: "AROAEXAMPLE:s".into(),
+        };
+        let want = "{\n  \"AccessKeyId\": \"ASIAEXAMPLE\",\n  \"Code\": \"Success\",\n  \
+                    \"Expiration\": \"2026-05-01T13:00:00Z\",\n  \"LastUpdated\": \
+                    \"2026-05-01T12:00:00Z\",\n  \"SecretAccessKey\": \"secret\",\n  \
+                    \"Token\": \"token\",\n  \"Type\": \"AWS-HMAC\"\n}\n";
+        assert_eq!(String::from_utf8(credentials_body(&c)).unwrap(), want);
+        let want = "{\n  \"Code\": \"Success\",\n  \"InstanceProfileArn\": \
+                    \"arn:aws:sts::123456789012:assumed-role/r/s\",\n  \"InstanceProfileId\": \
+                    \"AROAEXAMPLE:s\",\n  \"LastUpdated\": \"2026-05-01T12:00:00Z\"\n}\n";
+        assert_eq!(String::from_utf8(info_body(&c)).unwrap(), want);
+    }
+}

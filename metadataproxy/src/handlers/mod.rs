@@ -1,0 +1,112 @@
+//! Route handlers and the one place where failures become HTTP answers.
+
+pub mod iam;
+pub mod passthrough;
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+
+use crate::identity::LookupError;
+use crate::roles::AwsError;
+use crate::upstream::UpstreamError;
+
+/// What went wrong with a request. The reason goes to logs (as `error_description`), never into
+/// the body: every IAM failure is the same `404 page not found` to the container.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// No running container has the caller's address.
+    #[error("no running container has this address")]
+    CouldNotFindContainer,
+    /// The Docker daemon could not answer.
+    #[error("{0}")]
+    Docker(LookupError),
+    /// Several running containers claim the caller's address.
+    #[error("{0}")]
+    AmbiguousContainer(LookupError),
+    /// The container has no `IAM_ROLE` and there is no `DEFAULT_ROLE`.
+    #[error("container has no IAM_ROLE and no DEFAULT_ROLE is set")]
+    NoRole,
+    /// `IAM_ROLE` is not a role name or ARN.
+    #[error("IAM_ROLE is not a valid role: {0}")]
+    InvalidRole(crate::roles::RoleParseError),
+    /// The path asked for another role than the container's.
+    #[error("requested role {requested:?} is not the container's role {actual:?}")]
+    RoleNamesDoNotMatch {
+        /// The role in the path.
+        requested: String,
+        /// The container's role name.
+        actual: String,
+    },
+    /// `iam:GetRole` failed for a bare role name.
+    #[error("could not look up the role ARN: {0}")]
+    CouldNotResolveRole(AwsError),
+    /// `sts:AssumeRole` failed.
+    #[error("could not assume role: {0}")]
+    CouldNotAssumeRole(AwsError),
+    /// An IAM path that is not one of the served routes.
+    #[error("IAM path not served")]
+    IamPathNotServed,
+    /// `/favicon.ico`.
+    #[error("no favicon")]
+    Favicon,
+    /// The request target is not an origin-form path.
+    #[error("request target is not a path")]
+    BadPath,
+    /// The request body could not be read (too large or too slow).
+    #[error("request body unreadable: {0}")]
+    BadRequestBody(String),
+    /// The upstream metadata service failed.
+    #[error("{0}")]
+    Upstream(UpstreamError),
+}
+
+impl Failure {
+    /// The `error_description` of logs and metrics.
+    pub fn description(&self) -> &'static str {
+        match self {
+            Failure::CouldNotFindContainer => "could_not_find_container",
+            Failure::Docker(_) => "docker_unavailable",
+            Failure::AmbiguousContainer(_) => "ambiguous_container",
+            Failure::NoRole => "no_role",
+            Failure::InvalidRole(_) => "invalid_role",
+            Failure::RoleNamesDoNotMatch { .. } => "role_names_do_not_match",
+            Failure::CouldNotResolveRole(_) => "could_not_resolve_role",
+            Failure::CouldNotAssumeRole(_) => "could_not_assume_role",
+            Failure::IamPathNotServed => "iam_path_not_served",
+            Failure::Favicon => "favicon",
+            Failure::BadPath => "bad_path",
+            Failure::BadRequestBody(_) => "bad_request_body",
+            Failure::Upstream(e) => e.description(),
+        }
+    }
+
+    /// The status the caller gets.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Failure::Upstream(_) => StatusCode::BAD_GATEWAY,
+            Failure::BadPath | Failure::BadRequestBody(_) => StatusCode::BAD_REQUEST,
+            _ => StatusCode::NOT_FOUND,
+        }
+    }
+
+    /// The answer the caller gets: a fixed body per status, never the reason.
+    pub fn response(&self) -> Response<Bytes> {
+        let status = self.status();
+        let body: &'static str = match status {
+            StatusCode::NOT_FOUND => "404 page not found\n",
+            StatusCode::BAD_GATEWAY => "502 bad gateway\n",
+            _ => "400 bad request\n",
+        };
+        let mut resp = Response::new(Bytes::from_static(body.as_bytes()));
+        *resp.status_mut() = status;
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        resp.headers_mut().insert(
+            "x-content-type-options",
+            http::HeaderValue::from_static("nosniff"),
+        );
+        resp
+    }
+}

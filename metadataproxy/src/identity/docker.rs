@@ -1,0 +1,121 @@
+//! [`ContainerLookup`] on the Docker Engine API (bollard).
+//!
+//! Connects lazily, so the agent can start before the daemon, and negotiates the API version
+//! (engines speaking an older API refuse clients that ask for a newer one).
+
+use std::net::IpAddr;
+
+use bollard::query_parameters::{InspectContainerOptions, ListContainersOptions};
+use bollard::Docker;
+use futures_util::future::BoxFuture;
+use tokio::sync::OnceCell;
+
+use super::{Container, ContainerLookup, LookupError};
+use crate::config::DockerUrl;
+
+/// Seconds bollard waits for one Docker API answer.
+const DOCKER_TIMEOUT_SECS: u64 = 10;
+
+/// Finds containers by listing and inspecting them through the Docker daemon.
+#[derive(Debug)]
+pub struct DockerLookup {
+    url: DockerUrl,
+    client: OnceCell<Docker>,
+}
+
+impl DockerLookup {
+    /// A lookup against the daemon at `url`; nothing is connected until first use.
+    pub fn new(url: DockerUrl) -> Self {
+        DockerLookup {
+            url,
+            client: OnceCell::new(),
+        }
+    }
+
+    async fn client(&self) -> Result<&Docker, LookupError> {
+        self.client
+            .get_or_try_init(|| async {
+                let docker = match &self.url {
+                    DockerUrl::Unix(path) => Docker::connect_with_unix(
+                        path,
+                        DOCKER_TIMEOUT_SECS,
+                        bollard::API_DEFAULT_VERSION,
+                    ),
+                    DockerUrl::Tcp(addr) => Docker::connect_with_http(
+                        addr,
+                        DOCKER_TIMEOUT_SECS,
+                        bollard::API_DEFAULT_VERSION,
+                    ),
+                }
+                .map_err(docker_error)?;
+                docker.negotiate_version().await.map_err(docker_error)
+            })
+            .await
+    }
+
+    async fn find(&self, ip: IpAddr) -> Result<Option<Container>, LookupError> {
+        let docker = self.client().await?;
+        let listed = docker
+            .list_containers(None::<ListContainersOptions>)
+            .await
+            .map_err(docker_error)?;
+        let mut ids: Vec<String> = listed
+            .into_iter()
+            .filter(|c| {
+                let networks = c.network_settings.as_ref().and_then(|n| n.networks.as_ref());
+                networks.is_some_and(|nets| {
+                    nets.values().any(|ep| {
+                        [&ep.ip_address, &ep.global_ipv6_address]
+                            .into_iter()
+                            .flatten()
+                            .any(|a| a.parse::<IpAddr>().is_ok_and(|a| a == ip))
+                    })
+                })
+            })
+            .filter_map(|c| c.id)
+            .collect();
+        match ids.len() {
+            0 => return Ok(None),
+            1 => {}
+            count => return Err(LookupError::Ambiguous { ip, count }),
+        }
+        let id = ids.pop().expect("one id");
+        let info = match docker
+            .inspect_container(&id, None::<InspectContainerOptions>)
+            .await
+        {
+            Ok(info) => info,
+            // Gone between list and inspect: as if it had never been listed.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => return Ok(None),
+            Err(e) => return Err(docker_error(e)),
+        };
+        let running = info
+            .state
+            .as_ref()
+            .and_then(|s| s.running)
+            .unwrap_or(false);
+        if !running {
+            return Ok(None);
+        }
+        let config = info.config.unwrap_or_default();
+        let env = config.env.unwrap_or_default();
+        Ok(Some(Container::from_env(
+            info.id.unwrap_or(id),
+            info.name.unwrap_or_default(),
+            config.image.unwrap_or_default(),
+            env.iter().map(String::as_str),
+        )))
+    }
+}
+
+fn docker_error(e: bollard::errors::Error) -> LookupError {
+    LookupError::Docker(e.to_string())
+}
+
+impl ContainerLookup for DockerLookup {
+    fn by_ip(&self, ip: IpAddr) -> BoxFuture<'_, Result<Option<Container>, LookupError>> {
+        Box::pin(self.find(ip))
+    }
+}

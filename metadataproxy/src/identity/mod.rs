@@ -1,0 +1,212 @@
+//! Who is calling: from the peer address of a connection to a Docker container.
+//!
+//! Identity comes from the TCP peer address only; no header is ever consulted.
+
+mod docker;
+
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+
+pub use docker::DockerLookup;
+
+/// What the agent needs to know about a running container.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Container {
+    /// Full container id.
+    pub id: String,
+    /// Name without the leading `/`.
+    pub name: String,
+    /// Image as the container was created from.
+    pub image: String,
+    /// The `IAM_ROLE` environment variable, if set and non-empty.
+    pub role: Option<String>,
+    /// The `IAM_EXTERNAL_ID` environment variable, if set and non-empty.
+    pub external_id: Option<String>,
+}
+
+impl fmt::Debug for Container {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Container")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("image", &self.image)
+            .field("role", &self.role)
+            .field("external_id", &self.external_id.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+impl Container {
+    /// Builds a container from its id, name, image and `KEY=VALUE` environment.
+    pub fn from_env<'a>(
+        id: String,
+        name: String,
+        image: String,
+        env: impl IntoIterator<Item = &'a str>,
+    ) -> Container {
+        let mut role = None;
+        let mut external_id = None;
+        for kv in env {
+            match kv.split_once('=') {
+                Some(("IAM_ROLE", v)) if !v.trim().is_empty() => role = Some(v.trim().to_string()),
+                Some(("IAM_EXTERNAL_ID", v)) if !v.is_empty() => {
+                    external_id = Some(v.to_string())
+                }
+                _ => {}
+            }
+        }
+        Container {
+            id,
+            name: name.trim_start_matches('/').to_string(),
+            image,
+            role,
+            external_id,
+        }
+    }
+
+    /// The first 12 characters of the id, as `docker ps` shows it.
+    pub fn short_id(&self) -> &str {
+        &self.id[..self.id.len().min(12)]
+    }
+}
+
+/// Why a lookup failed (the daemon, not the absence of a container).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LookupError {
+    /// The Docker daemon could not be reached or answered with an error.
+    #[error("docker: {0}")]
+    Docker(String),
+    /// More than one running container claims the address.
+    #[error("{count} running containers have address {ip}")]
+    Ambiguous {
+        /// The address.
+        ip: IpAddr,
+        /// How many claim it.
+        count: usize,
+    },
+}
+
+/// Finds the running container that owns an IP address.
+pub trait ContainerLookup: Send + Sync + fmt::Debug {
+    /// The container with `ip` on any of its networks, if one is running.
+    fn by_ip(&self, ip: IpAddr) -> BoxFuture<'_, Result<Option<Container>, LookupError>>;
+}
+
+/// Looks `ip` up, retrying for up to `window` while no container has it (a container that
+/// has just started may not be listed yet). Used on credential routes only.
+pub async fn find_with_retry(
+    lookup: &Arc<dyn ContainerLookup>,
+    ip: IpAddr,
+    window: Duration,
+) -> Result<Option<Container>, LookupError> {
+    const STEP: Duration = Duration::from_millis(200);
+    let deadline = tokio::time::Instant::now() + window;
+    loop {
+        let result = lookup.by_ip(ip).await;
+        match &result {
+            Ok(Some(_)) | Err(LookupError::Ambiguous { .. }) => return result,
+            Ok(None) | Err(LookupError::Docker(_)) => {}
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return result;
+        }
+        tokio::time::sleep(STEP.min(deadline - now)).await;
+    }
+}
+
+/// Normalises a peer address: IPv4-mapped IPv6 (`::ffff:a.b.c.d`) becomes IPv4.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(v6),
+        },
+        v4 => v4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    #[test]
+    fn env_gives_role_and_external_id() {
+        let c = Container::from_env(
+            "abcdef0123456789".into(),
+            "/web".into(),
+            "img".into(),
+            ["PATH=/bin", "IAM_ROLE=my-role", "IAM_EXTERNAL_ID=ext=1", "X=IAM_ROLE=no"],
+        );
+        assert_eq!(c.role.as_deref(), Some("my-role"));
+        assert_eq!(c.external_id.as_deref(), Some("ext=1"));
+        assert_eq!(c.name, "web");
+        assert_eq!(c.short_id(), "abcdef012345");
+        assert!(!format!("{c:?}").contains("ext=1"));
+    }
+
+    #[test]
+    fn empty_role_is_no_role() {
+        let c = Container::from_env("a".into(), "b".into(), "i".into(), ["IAM_ROLE="]);
+        assert_eq!(c.role, None);
+    }
+
+    #[test]
+    fn mapped_ipv6_peers_become_ipv4() {
+        assert_eq!(
+            canonical_ip("::ffff:172.17.0.2".parse().unwrap()),
+            "172.17.0.2".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            canonical_ip("fd00::2".parse().unwrap()),
+            "fd00::2".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[derive(Debug, Default)]
+    struct AppearsOnThirdTry(AtomicUsize);
+
+    impl ContainerLookup for AppearsOnThirdTry {
+        fn by_ip(&self, _ip: IpAddr) -> BoxFuture<'_, Result<Option<Container>, LookupError>> {
+            Box::pin(async move {
+                let n = self.0.fetch_add(1, Ordering::SeqCst);
+                Ok((n >= 2).then(|| Container::from_env("id".into(), "n".into(), "i".into(), [])))
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_finds_a_container_that_appears_late() {
+        let inner = Arc::new(AppearsOnThirdTry::default());
+        let lookup: Arc<dyn ContainerLookup> = inner.clone();
+        let found = find_with_retry(&lookup, "10.0.0.1".parse().unwrap(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(found.is_some());
+        assert_eq!(inner.0.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_gives_up_after_the_window() {
+        #[derive(Debug)]
+        struct Never;
+        impl ContainerLookup for Never {
+            fn by_ip(&self, _: IpAddr) -> BoxFuture<'_, Result<Option<Container>, LookupError>> {
+                Box::pin(async { Ok(None) })
+            }
+        }
+        let lookup: Arc<dyn ContainerLookup> = Arc::new(Never);
+        let start = tokio::time::Instant::now();
+        let found = find_with_retry(&lookup, "10.0.0.1".parse().unwrap(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(found.is_none());
+        assert_eq!(start.elapsed(), Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,19 @@
+//! metadataproxy: per-container AWS IAM roles for Docker hosts.
+//!
+//! Containers call the EC2 instance metadata service as usual; the agent answers the credential
+//! routes with STS credentials for the role named in the calling container's `IAM_ROLE`, and
+//! forwards everything else to the real service.
+//!
+//! Data flows one way: connection ([`server`]) → identity ([`identity`]) → role ([`roles`]) →
+//! credentials → response ([`handlers`]).
+
+pub mod app;
+pub mod builtin;
+pub mod clock;
+pub mod config;
+pub mod handlers;
+pub mod identity;
+pub mod roles;
+pub mod server;
+pub mod telemetry;
+pub mod upstream;

@@ -1,0 +1,74 @@
+//! The agent: configuration → components → serve → drain on SIGTERM/SIGINT.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use metadataproxy::app::State;
+use metadataproxy::config::{Args, Config, EXIT_CONFIG};
+use metadataproxy::{server, telemetry};
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_CONFIG } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code as u8);
+        }
+    };
+    let config = match Config::try_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("metadataproxy: {e}");
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+    };
+    telemetry::init(config.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("metadataproxy: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(config))
+}
+
+async fn run(config: Config) -> ExitCode {
+    for variable in config.telemetry.unimplemented_settings() {
+        tracing::warn!(
+            variable,
+            "set, but metrics export arrives in a later version: ignored for now"
+        );
+    }
+    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(listen = %config.listen, error = %e, "cannot listen");
+            eprintln!("metadataproxy: cannot listen on {}: {e}", config.listen);
+            return ExitCode::FAILURE;
+        }
+    };
+    let state = Arc::new(State::build(&config).await);
+    tracing::info!(
+        listen = %config.listen,
+        upstream = ?config.upstream,
+        docker = %config.docker,
+        version = env!("CARGO_PKG_VERSION"),
+        "metadataproxy ready"
+    );
+    server::serve(listener, state, shutdown_signal(), config.shutdown_grace).await;
+    ExitCode::SUCCESS
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!(signal = name, "shutdown requested");
+}

@@ -1,0 +1,162 @@
+//! The HTTP server: accept loop, per-request dispatch on [`router::classify`], the common
+//! response headers, the request log line, and graceful shutdown.
+
+pub mod router;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+use crate::app::State;
+use crate::handlers::iam::CallerInfo;
+use crate::handlers::{iam, passthrough, Failure};
+use crate::identity::canonical_ip;
+use router::Route;
+
+/// `X-Powered-By` on every answer, kept for compatibility with go-metadataproxy.
+pub const POWERED_BY: &str = "go-metadataproxy metadataproxy";
+/// How long a client may take to send its request headers.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves `listener` until `shutdown` resolves, then stops accepting and gives in-flight
+/// requests up to `grace` to finish.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<State>,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) {
+    let graceful = GracefulShutdown::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .keep_alive(true);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off rather than spin.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let state = state.clone();
+                let svc = service_fn(move |req| {
+                    let state = state.clone();
+                    async move { Ok::<_, Infallible>(handle(&state, peer, req).await) }
+                });
+                let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, %peer, "connection ended with an error");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    tracing::info!(grace_ms = grace.as_millis() as u64, "shutting down: draining connections");
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("all connections drained"),
+        () = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing remaining connections"),
+    }
+}
+
+/// Answers one request.
+pub async fn handle(
+    state: &State,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let started = Instant::now();
+    let request_id = uuid::Uuid::new_v4();
+    let ip = canonical_ip(peer.ip());
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let route = router::classify(req.uri().path(), req.uri().query());
+    let mut caller = CallerInfo::default();
+
+    let result: Result<Response<Bytes>, Failure> = match &route {
+        Route::Redirect(location) => Ok(redirect(location)),
+        Route::RoleName { .. } => iam::role_name(state, ip, &mut caller).await,
+        Route::Credentials { role, .. } => iam::credentials(state, ip, role, &mut caller).await,
+        Route::Info { .. } => iam::info(state, ip, &mut caller).await,
+        Route::IamDenied { .. } => Err(Failure::IamPathNotServed),
+        Route::Favicon => Err(Failure::Favicon),
+        Route::BadPath => Err(Failure::BadPath),
+        Route::Passthrough => passthrough::forward(state, req).await,
+    };
+
+    let (mut resp, failure) = match result {
+        Ok(resp) => (resp, None),
+        Err(f) => (f.response(), Some(f)),
+    };
+    let headers = resp.headers_mut();
+    headers.insert("x-powered-by", HeaderValue::from_static(POWERED_BY));
+    headers.insert(
+        "x-request-id",
+        HeaderValue::from_str(&request_id.to_string()).expect("a UUID is a valid header value"),
+    );
+    let status = resp.status();
+    let error_description = failure.as_ref().map(Failure::description);
+    let error = failure.as_ref().map(|f| f.to_string());
+    let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let handler = route.handler_name();
+    let api_version = route.api_version();
+    macro_rules! request_line {
+        ($level:expr) => {
+            tracing::event!(
+                target: "metadataproxy::request",
+                $level,
+                request_id = %request_id,
+                remote_addr = %ip,
+                method = %method,
+                path = %path,
+                handler = handler,
+                api_version = api_version,
+                container_id = caller.container_id.as_deref(),
+                container_name = caller.container_name.as_deref(),
+                role_name = caller.role_name.as_deref(),
+                response_code = status.as_u16(),
+                error_description = error_description,
+                error = error.as_deref(),
+                duration_ms = duration_ms,
+                "request"
+            )
+        };
+    }
+    if status.is_server_error() {
+        request_line!(tracing::Level::WARN);
+    } else {
+        request_line!(tracing::Level::INFO);
+    }
+    resp.map(Full::new)
+}
+
+fn redirect(location: &str) -> Response<Bytes> {
+    let mut resp = Response::new(Bytes::new());
+    *resp.status_mut() = StatusCode::MOVED_PERMANENTLY;
+    if let Ok(v) = HeaderValue::from_str(location) {
+        resp.headers_mut().insert(http::header::LOCATION, v);
+    }
+    resp
+}

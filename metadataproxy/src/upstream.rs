@@ -1,0 +1,179 @@
+//! The upstream metadata service that passthrough requests go to: a pooled HTTP client to the
+//! real (or a fake) service, or the built-in emulator in process.
+
+use std::fmt;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use http::{HeaderMap, HeaderName, Request, Response};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+/// Largest upstream answer the agent relays (user-data is at most 16 KiB on EC2).
+pub const MAX_UPSTREAM_BODY: usize = 1024 * 1024;
+
+/// Why an upstream request failed; the container gets 502.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamError {
+    /// Connecting or talking to the upstream failed.
+    #[error("upstream unreachable: {0}")]
+    Unreachable(String),
+    /// No complete answer within the total timeout.
+    #[error("upstream timed out after {0:?}")]
+    Timeout(Duration),
+    /// The answer was larger than [`MAX_UPSTREAM_BODY`].
+    #[error("upstream answer too large")]
+    TooLarge,
+}
+
+impl UpstreamError {
+    /// The `error_description` for logs and metrics.
+    pub fn description(&self) -> &'static str {
+        match self {
+            UpstreamError::Unreachable(_) => "upstream_unreachable",
+            UpstreamError::Timeout(_) => "upstream_timeout",
+            UpstreamError::TooLarge => "upstream_too_large",
+        }
+    }
+}
+
+/// Somewhere to send a passthrough request.
+pub trait Upstream: Send + Sync + fmt::Debug {
+    /// Sends `req` (origin-form URI: path and query) and returns the whole answer.
+    fn send(&self, req: Request<Bytes>) -> BoxFuture<'_, Result<Response<Bytes>, UpstreamError>>;
+}
+
+/// Headers that belong to one connection, never forwarded in either direction (RFC 9110 7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+];
+
+/// Removes hop-by-hop headers, including those the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove(http::header::UPGRADE);
+}
+
+/// A pooled HTTP/1 client to an upstream base URL.
+#[derive(Debug, Clone)]
+pub struct HttpUpstream {
+    base: http::Uri,
+    client: Client<HttpConnector, Full<Bytes>>,
+    timeout: Duration,
+}
+
+impl HttpUpstream {
+    /// A client for `base` (`http://host[:port]`).
+    pub fn new(base: http::Uri, connect_timeout: Duration, timeout: Duration) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(64)
+            .build(connector);
+        HttpUpstream {
+            base,
+            client,
+            timeout,
+        }
+    }
+
+    async fn round_trip(&self, req: Request<Bytes>) -> Result<Response<Bytes>, UpstreamError> {
+        let (mut parts, body) = req.into_parts();
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let mut uri = http::uri::Parts::from(self.base.clone());
+        uri.path_and_query = Some(
+            path_and_query
+                .parse()
+                .map_err(|_| UpstreamError::Unreachable("bad request path".into()))?,
+        );
+        parts.uri = http::Uri::from_parts(uri)
+            .map_err(|_| UpstreamError::Unreachable("bad upstream URI".into()))?;
+        let req = Request::from_parts(parts, Full::new(body));
+        let resp = self
+            .client
+            .request(req)
+            .await
+            .map_err(|e| UpstreamError::Unreachable(error_chain(&e)))?;
+        let (mut parts, body) = resp.into_parts();
+        let body = Limited::new(body, MAX_UPSTREAM_BODY)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    UpstreamError::TooLarge
+                } else {
+                    UpstreamError::Unreachable(e.to_string())
+                }
+            })?
+            .to_bytes();
+        strip_hop_by_hop(&mut parts.headers);
+        Ok(Response::from_parts(parts, body))
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
+impl Upstream for HttpUpstream {
+    fn send(&self, req: Request<Bytes>) -> BoxFuture<'_, Result<Response<Bytes>, UpstreamError>> {
+        Box::pin(async move {
+            tokio::time::timeout(self.timeout, self.round_trip(req))
+                .await
+                .map_err(|_| UpstreamError::Timeout(self.timeout))?
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_go() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "close, x-secret-hop".parse().unwrap());
+        h.insert("x-secret-hop", "1".parse().unwrap());
+        h.insert("transfer-encoding", "chunked".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("x-aws-ec2-metadata-token-ttl-seconds", "21600".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-aws-ec2-metadata-token-ttl-seconds"));
+    }
+}

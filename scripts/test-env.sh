@@ -1,0 +1,797 @@
+# shellcheck shell=bash
+#
+# scripts/test-env.sh: test environment for metadataproxy (a library, not a program).
+#
+# Sourced by scripts/test.sh. Brings up, on a bare Debian 12 machine as root, the real
+# components the tests use (see shared/design/test-environment.md):
+#
+#   mp_install_deps         apt packages (docker.io, busybox-static, iptables, ...), moto venv
+#   mp_install_guard        iptables guard: nothing may reach 169.254.0.0/16 (the real metadata
+#                           service is off this machine); containers may not leave their bridge
+#   mp_start_dockerd        reuse a daemon on /var/run/docker.sock, or start our own
+#   mp_start_moto           reuse or start moto_server (STS/IAM emulator) on 127.0.0.1:$MP_MOTO_PORT
+#   mp_build_test_image     metadataproxy-test/busybox:latest from the host's static busybox
+#   mp_export_test_env      MP_TEST_*, DOCKER_HOST and safe AWS_* variables for the tests
+#   mp_remove_test_objects  remove containers/networks/volumes named mp-test-*
+#   mp_remove_guard         remove exactly the guard rules that we added
+#   mp_cleanup              undo everything we started or added; safe in an EXIT trap, repeatable
+#
+# Typical use:
+#   source scripts/test-env.sh
+#   trap mp_cleanup EXIT
+#   mp_install_deps && mp_install_guard && mp_start_dockerd && mp_start_moto \
+#     && mp_build_test_image && mp_export_test_env || exit 1
+#
+# Order matters for safety: mp_install_guard comes before mp_start_dockerd and mp_start_moto,
+# so that the guard is in place before any test traffic (mp_start_dockerd completes it with the
+# DOCKER-USER rules once the daemon has made that chain).
+#
+# Errors: every function returns non-zero with an "[test-env] ERROR:" line on failure and
+# never exits the caller's shell. Each public function turns errexit off for its own body
+# (`local -; set +e`) and checks its commands itself, so it behaves the same whether or not
+# the caller runs under `set -euo pipefail`. Long output goes to log files in $MP_RUN_DIR;
+# the terminal (stderr) gets one line per step, with its duration.
+#
+# Ownership is recorded in files under $MP_RUN_DIR/state (not only in shell variables), so
+# mp_cleanup works from any shell, and a run that was killed before its cleanup leaves
+# behind a record that the next run adopts and cleans up: what we started, we stop; what was
+# there before us (a docker daemon, a moto, an identical iptables rule), we leave alone.
+
+# ---------------------------------------------------------------------------------------------
+# Settings (may be set by the caller before sourcing)
+
+MP_REPO="${MP_REPO:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
+MP_RUN_DIR="${MP_RUN_DIR:-$MP_REPO/.test-run}"
+MP_VENV="${MP_VENV:-$MP_REPO/.venv-moto}"
+MP_MOTO_PORT="${MP_MOTO_PORT:-5000}"
+MP_TEST_IMAGE="${MP_TEST_IMAGE:-metadataproxy-test/busybox:latest}"
+MP_DOCKER_SOCK="${MP_DOCKER_SOCK:-/var/run/docker.sock}"
+# Empty: overlay2, falling back to vfs if overlay2 does not work on this filesystem.
+MP_DOCKER_STORAGE_DRIVER="${MP_DOCKER_STORAGE_DRIVER:-}"
+# Pinned so that every machine tests against the same emulator; change here to upgrade.
+MP_MOTO_PIP_SPEC="${MP_MOTO_PIP_SPEC:-moto==5.2.5 flask==3.1.3 flask-cors==6.0.5}"
+# 1: the OUTPUT guard spares traffic to the loopback interface (`! -o lo`), for tests that put
+# a catcher on 169.254.169.254/32 on lo and need a host process to reach it. Traffic that
+# would leave through any other interface is still rejected.
+MP_GUARD_ALLOW_LOOPBACK="${MP_GUARD_ALLOW_LOOPBACK:-0}"
+# Prefix of every docker object the tests create.
+MP_TEST_PREFIX="${MP_TEST_PREFIX:-mp-test-}"
+
+_MP_APT_PACKAGES=(docker.io busybox-static iptables iproute2 ca-certificates curl)
+# Applets the tests rely on; the image gets every applet busybox has, these must be among them.
+_MP_REQUIRED_APPLETS=(sh wget nc sleep cat timeout ip arping ifconfig grep sed env)
+# Bump when the image recipe changes, so that existing images are rebuilt.
+_MP_IMAGE_RECIPE=1
+_MP_IMAGE_LABEL=org.metadataproxy.test.busybox
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+
+_mp_log() { printf '[test-env] %s\n' "$*" >&2; }
+_mp_err() { printf '[test-env] ERROR: %s\n' "$*" >&2; }
+
+# Microseconds since the epoch (EPOCHREALTIME's separator depends on the locale).
+_mp_now() { printf '%s' "${EPOCHREALTIME//[!0-9]/}"; }
+
+# _mp_since START: seconds elapsed since START, e.g. "1.42s".
+_mp_since() {
+  local us=$(($(_mp_now) - $1))
+  printf '%d.%02ds' $((us / 1000000)) $((us % 1000000 / 10000))
+}
+
+_mp_state() { printf '%s/state/%s' "$MP_RUN_DIR" "$1"; }
+
+_mp_prepare_dirs() {
+  mkdir -p "$MP_RUN_DIR/state" || {
+    _mp_err "cannot create run directory $MP_RUN_DIR"
+    return 1
+  }
+}
+
+_mp_require_root() {
+  if [[ $EUID -ne 0 ]]; then
+    _mp_err "must run as root (docker daemon, iptables, apt-get)"
+    return 1
+  fi
+}
+
+# _mp_alive PID: the process exists and is not a zombie.
+_mp_alive() {
+  local pid=$1 stat
+  [[ $pid =~ ^[0-9]+$ && -r /proc/$pid/stat ]] || return 1
+  stat=$(cat "/proc/$pid/stat" 2>/dev/null) || return 1
+  stat=${stat##*) } # the field after "(comm) " is the state
+  [[ ${stat:0:1} != Z ]]
+}
+
+# _mp_pids_by_comm NAME: pids of live processes whose comm is NAME (procps may be absent).
+_mp_pids_by_comm() {
+  local f pid
+  for f in /proc/[0-9]*/comm; do
+    [[ $(cat "$f" 2>/dev/null) == "$1" ]] || continue
+    pid=${f#/proc/}
+    pid=${pid%/comm}
+    _mp_alive "$pid" && printf '%s\n' "$pid"
+  done
+  return 0
+}
+
+# _mp_cmdline_has PID WORD: the process's command line contains WORD.
+_mp_cmdline_has() {
+  local args
+  args=$(tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null) || return 1
+  [[ $args == *"$2"* ]]
+}
+
+# _mp_tail FILE: show the end of a log after a failure.
+_mp_tail() {
+  [[ -s $1 ]] || return 0
+  printf '[test-env] ---- last lines of %s ----\n' "$1" >&2
+  tail -n "${2:-25}" "$1" >&2
+  printf '[test-env] ----\n' >&2
+}
+
+# _mp_stop_pid PID NAME SECONDS: SIGTERM, wait up to SECONDS, then SIGKILL.
+_mp_stop_pid() {
+  local pid=$1 name=$2 secs=$3 t0 i
+  _mp_alive "$pid" || return 0
+  t0=$(_mp_now)
+  kill -TERM "$pid" 2>/dev/null || true
+  for ((i = 0; i < secs * 10; i++)); do
+    _mp_alive "$pid" || {
+      _mp_log "stopped $name (pid $pid) ($(_mp_since "$t0"))"
+      return 0
+    }
+    sleep 0.1
+  done
+  _mp_log "WARNING: $name (pid $pid) did not stop within ${secs}s; sending SIGKILL"
+  kill -KILL "$pid" 2>/dev/null || true
+  for ((i = 0; i < 50; i++)); do
+    _mp_alive "$pid" || return 0
+    sleep 0.1
+  done
+  _mp_err "$name (pid $pid) survived SIGKILL"
+  return 1
+}
+
+# _mp_spawn LOG CMD...: start CMD in its own session (so that a Ctrl-C aimed at the test run
+# does not kill it before mp_cleanup has tidied up), detached from our stdin/stdout (so that
+# a pipe such as `scripts/test.sh | tee` does not wait for it). Prints the pid of $!; callers
+# confirm the real pid (with job control on, setsid forks and $! is not the daemon).
+_mp_spawn() {
+  local log=$1
+  shift
+  setsid "$@" </dev/null >"$log" 2>&1 &
+  printf '%s' "$!"
+}
+
+_mp_docker() { docker -H "unix://$MP_DOCKER_SOCK" "$@"; }
+
+_mp_docker_ping() {
+  [[ -S $MP_DOCKER_SOCK ]] &&
+    curl -fsS --max-time 3 --unix-socket "$MP_DOCKER_SOCK" http://docker/_ping >/dev/null 2>&1
+}
+
+_mp_moto_url() { printf 'http://127.0.0.1:%s' "$MP_MOTO_PORT"; }
+
+# moto answers GET /moto-api/data.json with a JSON object; other servers do not.
+_mp_moto_ping() {
+  local body
+  body=$(curl -fsS --max-time 3 "$(_mp_moto_url)/moto-api/data.json" 2>/dev/null) || return 1
+  [[ $body == '{'* ]]
+}
+
+# pid of the process listening on 127.0.0.1:PORT (or any address), empty if none.
+_mp_listener_pid() {
+  ss -Hltnp "sport = :$1" 2>/dev/null | sed -n 's/.*pid=\([0-9]*\).*/\1/p' | head -n 1
+}
+
+# ---------------------------------------------------------------------------------------------
+# 1. Dependencies
+
+_mp_pkg_installed() {
+  [[ $(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null) == installed ]]
+}
+
+# _mp_apt_install PKG...: install the packages that are not installed yet.
+_mp_apt_install() {
+  local log="$MP_RUN_DIR/apt.log" missing=() p t0 rc created_policy=0
+  t0=$(_mp_now)
+  for p in "$@"; do
+    _mp_pkg_installed "$p" || missing+=("$p")
+  done
+  if [[ ${#missing[@]} -eq 0 ]]; then
+    _mp_log "apt: $* already installed ($(_mp_since "$t0"))"
+    return 0
+  fi
+  _mp_log "apt: installing ${missing[*]} (log: $log)"
+  if [[ -z ${_MP_APT_UPDATED:-} ]]; then
+    if ! apt-get update >>"$log" 2>&1; then
+      _mp_err "apt-get update failed"
+      _mp_tail "$log"
+      return 1
+    fi
+    _MP_APT_UPDATED=1
+  fi
+  # Without systemd, docker.io's postinst would start dockerd through its init script, with
+  # the default flags (ip_forward=1, masquerading: containers could reach off this machine).
+  # A policy-rc.d that answers 101 forbids starting services during the install. Debian's
+  # container images already ship one; create it only if it is missing, and remove it after.
+  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    printf '#!/bin/sh\n# temporary, from metadataproxy scripts/test-env.sh\nexit 101\n' \
+      >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && created_policy=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" \
+    >>"$log" 2>&1
+  rc=$?
+  if [[ $created_policy -eq 1 ]]; then
+    rm -f /usr/sbin/policy-rc.d
+  fi
+  if [[ $rc -ne 0 ]]; then
+    _mp_err "apt-get install ${missing[*]} failed"
+    _mp_tail "$log"
+    return 1
+  fi
+  _mp_log "apt: installed ${missing[*]} ($(_mp_since "$t0"))"
+}
+
+# The venv is reusable when it imports moto's server and was made for the same pip spec.
+_mp_venv_ok() {
+  [[ -x $MP_VENV/bin/moto_server && -x $MP_VENV/bin/python ]] &&
+    [[ $(cat "$MP_VENV/.mp-pip-spec" 2>/dev/null) == "$MP_MOTO_PIP_SPEC" ]] &&
+    "$MP_VENV/bin/python" -c 'import moto, moto.server, flask, flask_cors' >/dev/null 2>&1
+}
+
+_mp_make_venv() {
+  local log="$MP_RUN_DIR/venv.log" py
+  # Prefer the python3 on PATH (pyenv's here, which has ensurepip). Debian's own python3
+  # needs python3-venv for ensurepip; install it only when venv creation fails for lack of it.
+  py=$(command -v python3 || true)
+  if [[ -n $py ]] && "$py" -m venv --clear "$MP_VENV" >>"$log" 2>&1; then
+    return 0
+  fi
+  _mp_log "venv: '${py:-python3} -m venv' failed; installing Debian's python3-venv"
+  _mp_apt_install python3 python3-venv || return 1
+  if /usr/bin/python3 -m venv --clear "$MP_VENV" >>"$log" 2>&1; then
+    return 0
+  fi
+  _mp_err "cannot create a python venv at $MP_VENV"
+  _mp_tail "$log"
+  return 1
+}
+
+_mp_install_moto_venv() {
+  local log="$MP_RUN_DIR/venv.log" t0 spec
+  t0=$(_mp_now)
+  if _mp_venv_ok; then
+    _mp_log "venv: reusing $MP_VENV ($MP_MOTO_PIP_SPEC) ($(_mp_since "$t0"))"
+    return 0
+  fi
+  _mp_log "venv: creating $MP_VENV with $MP_MOTO_PIP_SPEC (log: $log)"
+  : >"$log"
+  _mp_make_venv || return 1
+  read -ra spec <<<"$MP_MOTO_PIP_SPEC"
+  if ! "$MP_VENV/bin/python" -m pip install --disable-pip-version-check "${spec[@]}" \
+    >>"$log" 2>&1; then
+    _mp_err "pip install $MP_MOTO_PIP_SPEC failed"
+    _mp_tail "$log"
+    return 1
+  fi
+  printf '%s\n' "$MP_MOTO_PIP_SPEC" >"$MP_VENV/.mp-pip-spec"
+  if ! _mp_venv_ok; then
+    _mp_err "the venv at $MP_VENV still cannot import moto.server after pip install"
+    _mp_tail "$log"
+    return 1
+  fi
+  _mp_log "venv: ready ($(_mp_since "$t0"))"
+}
+
+mp_install_deps() {
+  local -
+  set +e # see "Errors" above
+  local t0
+  t0=$(_mp_now)
+  _mp_require_root && _mp_prepare_dirs || return 1
+  _mp_apt_install "${_MP_APT_PACKAGES[@]}" || return 1
+  _mp_install_moto_venv || return 1
+  _mp_log "install-deps: done ($(_mp_since "$t0"))"
+}
+
+# ---------------------------------------------------------------------------------------------
+# 4. Safety guard (before 2. and 3.: it must be in place before any test traffic)
+#
+# Rules are kept in $MP_RUN_DIR/state/guard.rules, one a line: "BINARY TABLE CHAIN SPEC...".
+# A rule is added only when `-C` says it is absent, and only rules we added are removed.
+
+_mp_guard_output_rule() {
+  if [[ $MP_GUARD_ALLOW_LOOPBACK == 1 ]]; then
+    printf 'iptables filter OUTPUT -d 169.254.0.0/16 ! -o lo -j REJECT'
+  else
+    printf 'iptables filter OUTPUT -d 169.254.0.0/16 -j REJECT'
+  fi
+}
+
+# The IPv6 address of the metadata service; the default IPv6 route here leads off the machine.
+_MP_GUARD_RULE_V6='ip6tables filter OUTPUT -d fd00:ec2::254/128 -j REJECT'
+_MP_GUARD_DOCKER_RULES=(
+  'iptables filter DOCKER-USER -i docker0 ! -o docker0 -j DROP'
+  'iptables filter DOCKER-USER -i br-+ ! -o br-+ -j DROP'
+)
+
+# Docker (20.10) runs whatever `iptables` is on PATH, and so do we: the same backend. Make sure
+# that backend works on this kernel; if iptables-nft cannot talk to the kernel but the legacy
+# one can, switch the Debian alternative (dockerd must then be started after this).
+_mp_check_iptables() {
+  local backend
+  if ! command -v iptables >/dev/null; then
+    _mp_err "iptables is not installed (run mp_install_deps first)"
+    return 1
+  fi
+  backend=$(iptables -V 2>/dev/null)
+  if ! iptables -w -t filter -n -L OUTPUT >/dev/null 2>&1; then
+    if [[ $backend == *nf_tables* ]] && command -v iptables-legacy >/dev/null &&
+      iptables-legacy -w -n -L OUTPUT >/dev/null 2>&1; then
+      _mp_log "iptables: nf_tables backend unusable on this kernel; switching to iptables-legacy"
+      update-alternatives --set iptables /usr/sbin/iptables-legacy >/dev/null &&
+        update-alternatives --set ip6tables /usr/sbin/ip6tables-legacy >/dev/null || return 1
+      backend=$(iptables -V 2>/dev/null)
+    else
+      _mp_err "iptables ($backend) cannot list the filter table; is this kernel missing netfilter?"
+      return 1
+    fi
+  fi
+  if [[ -z ${_MP_IPTABLES_REPORTED:-} ]]; then
+    _mp_log "iptables: using $backend ($(readlink -f "$(command -v iptables)"))"
+    _MP_IPTABLES_REPORTED=1
+  fi
+}
+
+_mp_rule_present() {
+  local bin=$1 table=$2 chain=$3
+  shift 3
+  "$bin" -w -t "$table" -C "$chain" "$@" >/dev/null 2>&1
+}
+
+# _mp_rule_add "BINARY TABLE CHAIN SPEC...": insert the rule unless it is there already.
+_mp_rule_add() {
+  local line=$1 state words
+  state=$(_mp_state guard.rules)
+  read -ra words <<<"$line"
+  if _mp_rule_present "${words[@]}"; then
+    if ! grep -qxF -- "$line" "$state" 2>/dev/null && [[ ${_MP_NOTED_RULES:-} != *"|$line|"* ]]; then
+      _mp_log "guard: rule already present, not ours, leaving it: $line"
+      _MP_NOTED_RULES="${_MP_NOTED_RULES:-}|$line|"
+    fi
+    return 0
+  fi
+  local bin=${words[0]} table=${words[1]} chain=${words[2]}
+  if ! "$bin" -w -t "$table" -I "$chain" "${words[@]:3}"; then
+    _mp_err "cannot add guard rule: $line"
+    return 1
+  fi
+  grep -qxF -- "$line" "$state" 2>/dev/null || printf '%s\n' "$line" >>"$state"
+  _mp_log "guard: added: $line"
+}
+
+_mp_docker_user_chain_exists() {
+  iptables -w -t filter -n -L DOCKER-USER >/dev/null 2>&1
+}
+
+# Installs the OUTPUT guard at once, and the DOCKER-USER rules when that chain exists. Call it
+# before mp_start_dockerd: mp_start_dockerd completes the guard once the daemon has made the
+# chain. Calling it again after mp_start_dockerd is harmless.
+mp_install_guard() {
+  local -
+  set +e # see "Errors" above
+  local t0 r
+  t0=$(_mp_now)
+  _mp_require_root && _mp_prepare_dirs && _mp_check_iptables || return 1
+  : >"$(_mp_state guard.wanted)"
+  _mp_rule_add "$(_mp_guard_output_rule)" || return 1
+  if command -v ip6tables >/dev/null && ip6tables -w -n -L OUTPUT >/dev/null 2>&1; then
+    _mp_rule_add "$_MP_GUARD_RULE_V6" || return 1
+  else
+    _mp_log "guard: WARNING: ip6tables unusable, no IPv6 guard for fd00:ec2::254"
+  fi
+  if _mp_docker_user_chain_exists; then
+    for r in "${_MP_GUARD_DOCKER_RULES[@]}"; do
+      _mp_rule_add "$r" || return 1
+    done
+  elif _mp_docker_ping; then
+    _mp_err "a docker daemon answers, but the DOCKER-USER chain is not visible to" \
+      "$(iptables -V): does dockerd use the other iptables backend, or --iptables=false?"
+    return 1
+  else
+    _mp_log "guard: DOCKER-USER rules will be added once dockerd is up"
+  fi
+  _mp_log "guard: in place ($(_mp_since "$t0"))"
+}
+
+# Deletes, in reverse order, exactly the rules that we added.
+mp_remove_guard() {
+  local -
+  set +e # see "Errors" above
+  local state line words lines=() i
+  state=$(_mp_state guard.rules)
+  rm -f "$(_mp_state guard.wanted)"
+  [[ -s $state ]] || {
+    rm -f "$state"
+    return 0
+  }
+  mapfile -t lines <"$state"
+  for ((i = ${#lines[@]} - 1; i >= 0; i--)); do
+    line=${lines[i]}
+    [[ -n $line ]] || continue
+    read -ra words <<<"$line"
+    if _mp_rule_present "${words[@]}"; then
+      if "${words[0]}" -w -t "${words[1]}" -D "${words[2]}" "${words[@]:3}"; then
+        _mp_log "guard: removed: $line"
+      else
+        _mp_err "cannot remove guard rule: $line"
+        continue # keep it in the state file
+      fi
+    fi
+    # Drop the line from the state file as soon as it is handled, so that an interrupted
+    # removal can be resumed.
+    grep -vxF -- "$line" "$state" >"$state.tmp" || true # exit 1 when no line is left
+    mv -f "$state.tmp" "$state"
+  done
+  [[ -s $state ]] || rm -f "$state"
+}
+
+# ---------------------------------------------------------------------------------------------
+# 2. Docker daemon
+
+# pid of the dockerd that we started (in this run or in a killed earlier one), if it still runs.
+_mp_owned_dockerd_pid() {
+  local pid
+  pid=$(cat "$(_mp_state dockerd.pid)" 2>/dev/null) || return 1
+  if _mp_alive "$pid" && [[ $(cat "/proc/$pid/comm" 2>/dev/null) == dockerd ]]; then
+    printf '%s' "$pid"
+    return 0
+  fi
+  rm -f "$(_mp_state dockerd.pid)"
+  return 1
+}
+
+# _mp_launch_dockerd DRIVER: start dockerd, wait until /_ping answers. Returns 2 if the daemon
+# died with a storage-driver error (the caller falls back to vfs), 1 on other failures.
+_mp_launch_dockerd() {
+  local driver=$1 log="$MP_RUN_DIR/dockerd.log" pid i
+  # --ip-forward=false / --ip-masq=false: containers reach the host and each other, nothing
+  # beyond. --live-restore: containers survive a daemon restart (restart tests need it).
+  _mp_spawn "$log" dockerd --ip-forward=false --ip-masq=false --storage-driver="$driver" \
+    --live-restore -H "unix://$MP_DOCKER_SOCK" >/dev/null
+  for ((i = 0; i < 300; i++)); do
+    if _mp_docker_ping; then
+      # dockerd writes its own pid file; trust it over $! (see _mp_spawn).
+      pid=$(cat /var/run/docker.pid 2>/dev/null || true)
+      if ! _mp_alive "$pid"; then
+        _mp_err "dockerd answers but /var/run/docker.pid names no live process"
+        return 1
+      fi
+      printf '%s\n' "$pid" >"$(_mp_state dockerd.pid)"
+      return 0
+    fi
+    # Died early? (no dockerd left, and its socket does not answer)
+    if ((i % 5 == 4)) && [[ -z $(_mp_pids_by_comm dockerd) ]]; then
+      if grep -qiE 'graphdriver|storage.driver|overlay' "$log"; then
+        return 2
+      fi
+      _mp_err "dockerd exited during startup"
+      _mp_tail "$log"
+      return 1
+    fi
+    sleep 0.1
+  done
+  _mp_err "dockerd did not answer on $MP_DOCKER_SOCK within 30 s"
+  _mp_tail "$log"
+  # It is ours: do not leave a half-started daemon behind.
+  pid=$(_mp_pids_by_comm dockerd | head -n 1)
+  [[ -z $pid ]] || _mp_stop_pid "$pid" dockerd 15
+  return 1
+}
+
+mp_start_dockerd() {
+  local -
+  set +e # see "Errors" above
+  local t0 pid rc driver
+  t0=$(_mp_now)
+  _mp_require_root && _mp_prepare_dirs || return 1
+  if pid=$(_mp_owned_dockerd_pid) && _mp_docker_ping; then
+    _mp_log "dockerd: already running, started by us (pid $pid)"
+  elif _mp_docker_ping; then
+    rm -f "$(_mp_state dockerd.pid)"
+    _mp_log "dockerd: reusing the daemon on $MP_DOCKER_SOCK (not ours: it will not be stopped)"
+  else
+    pid=$(_mp_pids_by_comm dockerd | head -n 1)
+    if [[ -n $pid ]]; then
+      _mp_err "a dockerd (pid $pid) runs but does not answer on $MP_DOCKER_SOCK;" \
+        "stop it or point MP_DOCKER_SOCK at its socket"
+      return 1
+    fi
+    if ! command -v dockerd >/dev/null; then
+      _mp_err "dockerd is not installed (run mp_install_deps first)"
+      return 1
+    fi
+    # Docker creates its chains in whatever backend `iptables` is; check it works first.
+    _mp_check_iptables || return 1
+    driver=${MP_DOCKER_STORAGE_DRIVER:-overlay2}
+    _mp_launch_dockerd "$driver"
+    rc=$?
+    if [[ $rc -eq 2 && -z $MP_DOCKER_STORAGE_DRIVER ]]; then
+      _mp_log "dockerd: storage driver overlay2 does not work here; falling back to vfs (slow)"
+      cp -f "$MP_RUN_DIR/dockerd.log" "$MP_RUN_DIR/dockerd-overlay2-failure.log"
+      driver=vfs
+      _mp_launch_dockerd vfs
+      rc=$?
+    fi
+    if [[ $rc -eq 2 ]]; then
+      _mp_err "dockerd failed to start with storage driver $driver"
+      _mp_tail "$MP_RUN_DIR/dockerd.log"
+      return 1
+    fi
+    [[ $rc -eq 0 ]] || return 1
+    _mp_log "dockerd: started (pid $(cat "$(_mp_state dockerd.pid)"), storage $driver," \
+      "log: $MP_RUN_DIR/dockerd.log) ($(_mp_since "$t0"))"
+  fi
+  # Docker made its chains with the `iptables` on its PATH; they must be visible to ours.
+  if ! _mp_docker_user_chain_exists; then
+    _mp_err "dockerd answers but the DOCKER-USER chain is not visible to $(iptables -V 2>&1):" \
+      "dockerd uses the other iptables backend (or runs with --iptables=false)"
+    return 1
+  fi
+  if [[ -e $(_mp_state guard.wanted) ]]; then
+    mp_install_guard || return 1
+  fi
+}
+
+# Removes containers, networks and volumes whose name starts with $MP_TEST_PREFIX.
+mp_remove_test_objects() {
+  local -
+  set +e # see "Errors" above
+  local ids name id
+  _mp_docker_ping || return 0
+  ids=()
+  while read -r id name; do
+    [[ $name == "$MP_TEST_PREFIX"* ]] && ids+=("$id")
+  done < <(_mp_docker ps -a --format '{{.ID}} {{.Names}}' 2>/dev/null)
+  if [[ ${#ids[@]} -gt 0 ]]; then
+    _mp_docker rm -f -v "${ids[@]}" >/dev/null &&
+      _mp_log "docker: removed ${#ids[@]} ${MP_TEST_PREFIX}* container(s)"
+  fi
+  ids=()
+  while read -r id name; do
+    [[ $name == "$MP_TEST_PREFIX"* ]] && ids+=("$id")
+  done < <(_mp_docker network ls --format '{{.ID}} {{.Name}}' 2>/dev/null)
+  if [[ ${#ids[@]} -gt 0 ]]; then
+    _mp_docker network rm "${ids[@]}" >/dev/null &&
+      _mp_log "docker: removed ${#ids[@]} ${MP_TEST_PREFIX}* network(s)"
+  fi
+  ids=()
+  while read -r name; do
+    [[ $name == "$MP_TEST_PREFIX"* ]] && ids+=("$name")
+  done < <(_mp_docker volume ls --format '{{.Name}}' 2>/dev/null)
+  if [[ ${#ids[@]} -gt 0 ]]; then
+    _mp_docker volume rm "${ids[@]}" >/dev/null &&
+      _mp_log "docker: removed ${#ids[@]} ${MP_TEST_PREFIX}* volume(s)"
+  fi
+  return 0
+}
+
+_mp_stop_dockerd() {
+  local pid running containerd_pid left
+  if ! pid=$(_mp_owned_dockerd_pid); then
+    # Not our daemon: leave everything on it, but say what the tests left behind.
+    if _mp_docker_ping; then
+      left=$({
+        _mp_docker ps -a --format '{{.Names}}'
+        _mp_docker network ls --format '{{.Name}}'
+        _mp_docker volume ls --format '{{.Name}}'
+      } 2>/dev/null | grep -c "^$MP_TEST_PREFIX")
+      if [[ $left -gt 0 ]]; then
+        _mp_log "docker: WARNING: $left ${MP_TEST_PREFIX}* object(s) left on the daemon we did" \
+          "not start (mp_remove_test_objects removes them)"
+      fi
+    fi
+    return 0
+  fi
+  mp_remove_test_objects
+  # With --live-restore, containers outlive the daemon. Any still running on the daemon we
+  # started were started during our run: stop them, or their processes would stay behind.
+  running=$(_mp_docker ps -q 2>/dev/null || true)
+  if [[ -n $running ]]; then
+    # shellcheck disable=SC2086 # one id per word
+    _mp_docker stop -t 2 $running >/dev/null 2>&1 &&
+      _mp_log "docker: stopped $(wc -w <<<"$running") other running container(s)"
+  fi
+  # dockerd's own containerd (started by it, since no system containerd runs here).
+  containerd_pid=$(cat /var/run/docker/containerd/containerd.pid 2>/dev/null || true)
+  _mp_stop_pid "$pid" dockerd 15
+  if _mp_alive "$containerd_pid" && _mp_cmdline_has "$containerd_pid" /var/run/docker/containerd; then
+    _mp_stop_pid "$containerd_pid" "dockerd's containerd" 10
+  fi
+  rm -f "$(_mp_state dockerd.pid)"
+}
+
+# ---------------------------------------------------------------------------------------------
+# 3. moto (STS and IAM emulator)
+
+_mp_owned_moto_pid() {
+  local pid
+  pid=$(cat "$(_mp_state moto.pid)" 2>/dev/null) || return 1
+  if _mp_alive "$pid" && _mp_cmdline_has "$pid" moto_server; then
+    printf '%s' "$pid"
+    return 0
+  fi
+  rm -f "$(_mp_state moto.pid)"
+  return 1
+}
+
+mp_start_moto() {
+  local -
+  set +e # see "Errors" above
+  local t0 pid spawned log="$MP_RUN_DIR/moto.log" i
+  t0=$(_mp_now)
+  _mp_prepare_dirs || return 1
+  if pid=$(_mp_owned_moto_pid) && _mp_moto_ping; then
+    _mp_log "moto: already running, started by us (pid $pid, $(_mp_moto_url))"
+    return 0
+  fi
+  if _mp_moto_ping; then
+    rm -f "$(_mp_state moto.pid)"
+    _mp_log "moto: reusing the moto on $(_mp_moto_url) (not ours: it will not be stopped)"
+    return 0
+  fi
+  pid=$(_mp_listener_pid "$MP_MOTO_PORT")
+  if [[ -n $pid ]]; then
+    _mp_err "port $MP_MOTO_PORT is taken by pid $pid" \
+      "($(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null))," \
+      "which is not moto; set MP_MOTO_PORT to a free port"
+    return 1
+  fi
+  if [[ ! -x $MP_VENV/bin/moto_server ]]; then
+    _mp_err "$MP_VENV/bin/moto_server is missing (run mp_install_deps first)"
+    return 1
+  fi
+  spawned=$(_mp_spawn "$log" "$MP_VENV/bin/moto_server" -H 127.0.0.1 -p "$MP_MOTO_PORT")
+  for ((i = 0; i < 300; i++)); do
+    if _mp_moto_ping; then
+      # The listener is the real process, whatever setsid did.
+      pid=$(_mp_listener_pid "$MP_MOTO_PORT")
+      printf '%s\n' "${pid:-$spawned}" >"$(_mp_state moto.pid)"
+      _mp_log "moto: started (pid ${pid:-$spawned}, $(_mp_moto_url), log: $log) ($(_mp_since "$t0"))"
+      return 0
+    fi
+    if ((i % 5 == 4)) && ! _mp_alive "$spawned" && [[ -z $(_mp_listener_pid "$MP_MOTO_PORT") ]]; then
+      _mp_err "moto_server exited during startup"
+      _mp_tail "$log"
+      return 1
+    fi
+    sleep 0.1
+  done
+  _mp_err "moto_server did not answer on $(_mp_moto_url) within 30 s"
+  _mp_tail "$log"
+  pid=$(_mp_listener_pid "$MP_MOTO_PORT")
+  _mp_stop_pid "${pid:-$spawned}" moto_server 5
+  return 1
+}
+
+_mp_stop_moto() {
+  local pid
+  pid=$(_mp_owned_moto_pid) || return 0
+  _mp_stop_pid "$pid" moto_server 5
+  rm -f "$(_mp_state moto.pid)"
+}
+
+# ---------------------------------------------------------------------------------------------
+# 5. Test image, without a registry
+
+mp_build_test_image() {
+  local -
+  set +e # see "Errors" above
+  local t0 bb=/bin/busybox sum want have tmp applets a log="$MP_RUN_DIR/image.log"
+  t0=$(_mp_now)
+  _mp_prepare_dirs || return 1
+  if ! _mp_docker_ping; then
+    _mp_err "no docker daemon answers on $MP_DOCKER_SOCK (run mp_start_dockerd first)"
+    return 1
+  fi
+  # busybox-static's binary; a dynamically linked one would not run in an empty image.
+  if [[ ! -x $bb ]] || ! _mp_pkg_installed busybox-static; then
+    _mp_err "$bb from busybox-static is missing (run mp_install_deps first)"
+    return 1
+  fi
+  sum=$(sha256sum "$bb" | cut -d ' ' -f 1) || return 1
+  want="$sum-r$_MP_IMAGE_RECIPE"
+  have=$(_mp_docker image inspect -f "{{ index .Config.Labels \"$_MP_IMAGE_LABEL\" }}" \
+    "$MP_TEST_IMAGE" 2>/dev/null || true)
+  if [[ $have == "$want" ]]; then
+    _mp_log "image: $MP_TEST_IMAGE is up to date ($(_mp_since "$t0"))"
+    return 0
+  fi
+  applets=$("$bb" --list) || return 1
+  for a in "${_MP_REQUIRED_APPLETS[@]}"; do
+    if ! grep -qxF "$a" <<<"$applets"; then
+      _mp_err "$bb has no '$a' applet, which the tests need"
+      return 1
+    fi
+  done
+  tmp=$(mktemp -d "$MP_RUN_DIR/image.XXXXXX") || return 1
+  (
+    set -e
+    cd "$tmp/"
+    mkdir -p rootfs/bin rootfs/etc rootfs/root rootfs/tmp rootfs/var rootfs/usr \
+      rootfs/proc rootfs/sys rootfs/dev
+    chmod 1777 rootfs/tmp
+    cp "$bb" rootfs/bin/busybox
+    while read -r a; do
+      [[ -n $a && $a != busybox ]] && ln -s busybox "rootfs/bin/$a"
+    done <<<"$applets"
+    # Programs that call /usr/bin/env, /sbin/ip, ... find them too.
+    ln -s bin rootfs/sbin
+    ln -s ../bin rootfs/usr/bin
+    ln -s ../bin rootfs/usr/sbin
+    printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' \
+      >rootfs/etc/passwd
+    printf 'root:x:0:\nnogroup:x:65534:\n' >rootfs/etc/group
+    tar --numeric-owner --owner=0 --group=0 -C rootfs -cf rootfs.tar .
+  ) >"$log" 2>&1 || {
+    _mp_err "cannot assemble the image's root filesystem"
+    _mp_tail "$log"
+    rm -rf "$tmp"
+    return 1
+  }
+  if ! _mp_docker import --change 'ENV PATH=/bin' --change 'CMD ["sh"]' \
+    --change "LABEL $_MP_IMAGE_LABEL=$want" "$tmp/rootfs.tar" "$MP_TEST_IMAGE" >>"$log" 2>&1; then
+    _mp_err "docker import failed"
+    _mp_tail "$log"
+    rm -rf "$tmp"
+    return 1
+  fi
+  rm -rf "$tmp"
+  _mp_log "image: built $MP_TEST_IMAGE from $bb ($(_mp_since "$t0"))"
+}
+
+# ---------------------------------------------------------------------------------------------
+# 7. Environment for the tests
+
+mp_export_test_env() {
+  export MP_RUN_DIR
+  export MP_TEST_MOTO_URL
+  MP_TEST_MOTO_URL=$(_mp_moto_url)
+  export MP_TEST_IMAGE
+  export DOCKER_HOST="unix://$MP_DOCKER_SOCK"
+  # Static test credentials and the emulator: no AWS SDK may look for credentials or a region
+  # anywhere else, least of all in the real metadata service.
+  export AWS_ACCESS_KEY_ID=testing
+  export AWS_SECRET_ACCESS_KEY=testing
+  export AWS_REGION=us-east-1
+  export AWS_EC2_METADATA_DISABLED=true
+  export AWS_ENDPOINT_URL="$MP_TEST_MOTO_URL"
+  # A developer's ~/.aws must not leak into the tests either.
+  export AWS_CONFIG_FILE=/dev/null
+  export AWS_SHARED_CREDENTIALS_FILE=/dev/null
+  unset AWS_PROFILE AWS_SESSION_TOKEN AWS_DEFAULT_PROFILE
+}
+
+# ---------------------------------------------------------------------------------------------
+# 6. Cleanup
+
+# Stops what we started and removes what we added, in the reverse order of setup; the guard
+# goes last, so that it protects until the end. Never fails, never exits: for EXIT traps.
+mp_cleanup() {
+  local - t0
+  set +e # see "Errors" above
+  [[ -z ${_MP_CLEANING:-} ]] || return 0 # a signal arrived during cleanup
+  # Nothing recorded: nothing of ours to undo.
+  [[ -n $(ls -A "$MP_RUN_DIR/state" 2>/dev/null) ]] || return 0
+  _MP_CLEANING=1
+  t0=$(_mp_now)
+  _mp_stop_dockerd
+  _mp_stop_moto
+  mp_remove_guard
+  _mp_log "cleanup: done ($(_mp_since "$t0"))"
+  _MP_CLEANING=
+  return 0
+}
