@@ -90,17 +90,21 @@ impl Emulator {
 
     /// Answers one request (and records it).
     pub fn handle(&self, req: &Request<Bytes>, peer: Option<SocketAddr>) -> Response<Bytes> {
-        self.inner.record.lock().expect("record lock").push(Recorded {
-            method: req.method().clone(),
-            path_and_query: req
-                .uri()
-                .path_and_query()
-                .map(|p| p.to_string())
-                .unwrap_or_default(),
-            headers: req.headers().clone(),
-            body: req.body().clone(),
-            peer,
-        });
+        self.inner
+            .record
+            .lock()
+            .expect("record lock")
+            .push(Recorded {
+                method: req.method().clone(),
+                path_and_query: req
+                    .uri()
+                    .path_and_query()
+                    .map(|p| p.to_string())
+                    .unwrap_or_default(),
+                headers: req.headers().clone(),
+                body: req.body().clone(),
+                peer,
+            });
         self.answer(req)
     }
 
@@ -118,7 +122,11 @@ impl Emulator {
                 return text(StatusCode::UNAUTHORIZED, "Unauthorized");
             }
             Some(_) => {}
-            None if self.inner.tokens_required.load(std::sync::atomic::Ordering::SeqCst) => {
+            None if self
+                .inner
+                .tokens_required
+                .load(std::sync::atomic::Ordering::SeqCst) =>
+            {
                 return text(StatusCode::UNAUTHORIZED, "Unauthorized");
             }
             None => {}
@@ -203,7 +211,9 @@ impl Emulator {
         let mut resp = text(StatusCode::OK, &token);
         resp.headers_mut().insert(
             TOKEN_TTL_HEADER,
-            ttl.to_string().parse().expect("digits are a valid header value"),
+            ttl.to_string()
+                .parse()
+                .expect("digits are a valid header value"),
         );
         resp
     }
@@ -232,7 +242,8 @@ impl Emulator {
                                 .await
                                 .map(|c| c.to_bytes())
                                 .unwrap_or_default();
-                            let resp = emulator.handle(&Request::from_parts(parts, body), Some(peer));
+                            let resp =
+                                emulator.handle(&Request::from_parts(parts, body), Some(peer));
                             Ok::<_, Infallible>(resp.map(Full::new))
                         }
                     });

@@ -22,6 +22,7 @@ pub const EXIT_CONFIG: i32 = 64;
 #[command(
     name = "metadataproxy",
     version,
+    args_override_self = true,
     about = "Per-container AWS IAM roles for Docker hosts: an EC2 instance metadata proxy",
     long_about = "Answers the EC2 metadata credential routes for each Docker container with STS \
 credentials for the role in its IAM_ROLE variable, and forwards every other metadata request \
@@ -142,7 +143,11 @@ pub struct Args {
     pub shutdown_grace: String,
 
     /// Emulated metadata (METADATA_URL=builtin): instance id.
-    #[arg(long, env = "BUILTIN_INSTANCE_ID", default_value = "i-0123456789abcdef0")]
+    #[arg(
+        long,
+        env = "BUILTIN_INSTANCE_ID",
+        default_value = "i-0123456789abcdef0"
+    )]
     pub builtin_instance_id: String,
 
     /// Emulated metadata: AMI id.
@@ -406,10 +411,8 @@ impl TryFrom<Args> for Config {
         };
 
         let upstream = parse_upstream(&a, aws_region.as_deref())?;
-        let upstream_connect_timeout = positive_duration(
-            "METADATA_CONNECT_TIMEOUT",
-            &a.metadata_connect_timeout,
-        )?;
+        let upstream_connect_timeout =
+            positive_duration("METADATA_CONNECT_TIMEOUT", &a.metadata_connect_timeout)?;
         let upstream_timeout = positive_duration("METADATA_TIMEOUT", &a.metadata_timeout)?;
 
         let intercept = match a.intercept.trim().to_ascii_lowercase().as_str() {
@@ -432,12 +435,13 @@ impl TryFrom<Args> for Config {
                     .ok_or_else(|| invalid("DEFAULT_ACCOUNT_ID", v, "expected 12 digits"))?,
             ),
         };
-        let default_role = match non_empty(&a.default_role) {
-            None => None,
-            Some(v) => Some(RoleSpec::parse(v).map_err(|e| {
-                invalid("DEFAULT_ROLE", v, format!("not a role name or ARN: {e}"))
-            })?),
-        };
+        let default_role =
+            match non_empty(&a.default_role) {
+                None => None,
+                Some(v) => Some(RoleSpec::parse(v).map_err(|e| {
+                    invalid("DEFAULT_ROLE", v, format!("not a role name or ARN: {e}"))
+                })?),
+            };
 
         let level = match a.log_level.trim().to_ascii_lowercase().as_str() {
             "trace" => tracing::Level::TRACE,
@@ -472,10 +476,8 @@ impl TryFrom<Args> for Config {
             (None, None) => DockerUrl::Unix("/var/run/docker.sock".into()),
         };
 
-        let container_lookup_timeout =
-            parse_go_duration(&a.container_lookup_timeout).map_err(|e| {
-                invalid("CONTAINER_LOOKUP_TIMEOUT", &a.container_lookup_timeout, e)
-            })?;
+        let container_lookup_timeout = parse_go_duration(&a.container_lookup_timeout)
+            .map_err(|e| invalid("CONTAINER_LOOKUP_TIMEOUT", &a.container_lookup_timeout, e))?;
         let role_cache_offset = parse_go_duration(&a.role_cache_offset)
             .map_err(|e| invalid("ROLE_CACHE_OFFSET", &a.role_cache_offset, e))?;
         let role_session_duration = parse_go_duration(&a.role_session_duration)
@@ -518,9 +520,8 @@ impl TryFrom<Args> for Config {
             datadog_addr: host_port("DATADOG_ADDR", &a.datadog_addr)?,
             enable_prometheus: match non_empty(&a.enable_prometheus) {
                 None => false,
-                Some(v) => parse_bool(v).ok_or_else(|| {
-                    invalid("ENABLE_PROMETHEUS", v, "expected true or false")
-                })?,
+                Some(v) => parse_bool(v)
+                    .ok_or_else(|| invalid("ENABLE_PROMETHEUS", v, "expected true or false"))?,
             },
             newrelic_app_name: match (
                 non_empty(&a.newrelic_app_name),
@@ -655,7 +656,9 @@ fn parse_upstream(a: &Args, region: Option<&str>) -> Result<UpstreamConfig, Conf
         ));
     }
     let base = format!("http://{}", uri.authority().expect("checked above"));
-    Ok(UpstreamConfig::Url(base.parse().expect("rebuilt from a valid URI")))
+    Ok(UpstreamConfig::Url(
+        base.parse().expect("rebuilt from a valid URI"),
+    ))
 }
 
 fn parse_docker_url(variable: &'static str, v: &str) -> Result<DockerUrl, ConfigError> {
@@ -781,8 +784,16 @@ pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
             "s" => 1_000_000_000,
             "m" => 60_000_000_000,
             "h" => 3_600_000_000_000,
-            "" => return Err(format!("missing unit after {number:?} (use ns, us, ms, s, m or h)")),
-            other => return Err(format!("unknown unit {other:?} (use ns, us, ms, s, m or h)")),
+            "" => {
+                return Err(format!(
+                    "missing unit after {number:?} (use ns, us, ms, s, m or h)"
+                ))
+            }
+            other => {
+                return Err(format!(
+                    "unknown unit {other:?} (use ns, us, ms, s, m or h)"
+                ))
+            }
         };
         let (int_part, frac_part) = number.split_once('.').unwrap_or((number, ""));
         if (int_part.is_empty() && frac_part.is_empty()) || frac_part.contains('.') {
@@ -791,7 +802,9 @@ pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
         let int: u128 = if int_part.is_empty() {
             0
         } else {
-            int_part.parse().map_err(|_| format!("bad number {number:?}"))?
+            int_part
+                .parse()
+                .map_err(|_| format!("bad number {number:?}"))?
         };
         let mut nanos = int
             .checked_mul(scale)
@@ -836,7 +849,16 @@ mod tests {
         assert_eq!(parse_go_duration("2us"), Ok(Duration::from_micros(2)));
         assert_eq!(parse_go_duration("0"), Ok(Duration::ZERO));
         assert_eq!(parse_go_duration(".5s"), Ok(Duration::from_millis(500)));
-        for bad in ["", "15", "m", "15x", "-1m", "1..5s", "1h 30m", "9999999999999h"] {
+        for bad in [
+            "",
+            "15",
+            "m",
+            "15x",
+            "-1m",
+            "1..5s",
+            "1h 30m",
+            "9999999999999h",
+        ] {
             assert!(parse_go_duration(bad).is_err(), "{bad:?} should be refused");
         }
     }

@@ -25,7 +25,10 @@ fn main() -> ExitCode {
         }
     };
     telemetry::init(config.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("metadataproxy: cannot start the async runtime: {e}");
@@ -51,8 +54,9 @@ async fn run(config: Config) -> ExitCode {
         }
     };
     let state = Arc::new(State::build(&config).await);
+    let listen = listener.local_addr().unwrap_or(config.listen);
     tracing::info!(
-        listen = %config.listen,
+        listen = %listen,
         upstream = ?config.upstream,
         docker = %config.docker,
         version = env!("CARGO_PKG_VERSION"),

@@ -171,7 +171,10 @@ mod tests {
         h.insert("x-secret-hop", "1".parse().unwrap());
         h.insert("transfer-encoding", "chunked".parse().unwrap());
         h.insert("keep-alive", "timeout=5".parse().unwrap());
-        h.insert("x-aws-ec2-metadata-token-ttl-seconds", "21600".parse().unwrap());
+        h.insert(
+            "x-aws-ec2-metadata-token-ttl-seconds",
+            "21600".parse().unwrap(),
+        );
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-aws-ec2-metadata-token-ttl-seconds"));

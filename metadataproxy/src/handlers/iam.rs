@@ -78,7 +78,10 @@ pub async fn role_name(
     info: &mut CallerInfo,
 ) -> Result<Response<Bytes>, Failure> {
     let (_, spec) = caller(state, ip, info).await?;
-    Ok(ok("text/plain; charset=utf-8", spec.name().as_bytes().to_vec()))
+    Ok(ok(
+        "text/plain; charset=utf-8",
+        spec.name().as_bytes().to_vec(),
+    ))
 }
 
 /// `.../security-credentials/{role}[/]`: credentials, only for the container's own role.

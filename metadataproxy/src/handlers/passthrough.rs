@@ -32,8 +32,7 @@ pub async fn forward(state: &State, req: Request<Incoming>) -> Result<Response<B
     .to_bytes();
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(http::header::CONTENT_LENGTH);
-    if !body.is_empty() || parts.method == http::Method::PUT || parts.method == http::Method::POST
-    {
+    if !body.is_empty() || parts.method == http::Method::PUT || parts.method == http::Method::POST {
         parts.headers.insert(
             http::header::CONTENT_LENGTH,
             http::HeaderValue::from(body.len()),

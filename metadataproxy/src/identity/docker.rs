@@ -62,7 +62,10 @@ impl DockerLookup {
         let mut ids: Vec<String> = listed
             .into_iter()
             .filter(|c| {
-                let networks = c.network_settings.as_ref().and_then(|n| n.networks.as_ref());
+                let networks = c
+                    .network_settings
+                    .as_ref()
+                    .and_then(|n| n.networks.as_ref());
                 networks.is_some_and(|nets| {
                     nets.values().any(|ep| {
                         [&ep.ip_address, &ep.global_ipv6_address]
@@ -91,11 +94,7 @@ impl DockerLookup {
             }) => return Ok(None),
             Err(e) => return Err(docker_error(e)),
         };
-        let running = info
-            .state
-            .as_ref()
-            .and_then(|s| s.running)
-            .unwrap_or(false);
+        let running = info.state.as_ref().and_then(|s| s.running).unwrap_or(false);
         if !running {
             return Ok(None);
         }

@@ -53,9 +53,7 @@ impl Container {
         for kv in env {
             match kv.split_once('=') {
                 Some(("IAM_ROLE", v)) if !v.trim().is_empty() => role = Some(v.trim().to_string()),
-                Some(("IAM_EXTERNAL_ID", v)) if !v.is_empty() => {
-                    external_id = Some(v.to_string())
-                }
+                Some(("IAM_EXTERNAL_ID", v)) if !v.is_empty() => external_id = Some(v.to_string()),
                 _ => {}
             }
         }
@@ -142,7 +140,12 @@ mod tests {
             "abcdef0123456789".into(),
             "/web".into(),
             "img".into(),
-            ["PATH=/bin", "IAM_ROLE=my-role", "IAM_EXTERNAL_ID=ext=1", "X=IAM_ROLE=no"],
+            [
+                "PATH=/bin",
+                "IAM_ROLE=my-role",
+                "IAM_EXTERNAL_ID=ext=1",
+                "X=IAM_ROLE=no",
+            ],
         );
         assert_eq!(c.role.as_deref(), Some("my-role"));
         assert_eq!(c.external_id.as_deref(), Some("ext=1"));

@@ -174,7 +174,9 @@ impl RoleArn {
             return Err(RoleParseError::BadArn);
         }
         AccountId::parse(account).ok_or(RoleParseError::BadAccount)?;
-        let path_and_name = resource.strip_prefix("role/").ok_or(RoleParseError::BadArn)?;
+        let path_and_name = resource
+            .strip_prefix("role/")
+            .ok_or(RoleParseError::BadArn)?;
         check_path_and_name(path_and_name)?;
         Ok(RoleArn {
             arn: s.to_string(),
@@ -268,7 +270,10 @@ mod tests {
     fn partitions_follow_regions() {
         assert_eq!(Partition::for_region("us-east-1").as_str(), "aws");
         assert_eq!(Partition::for_region("cn-north-1").as_str(), "aws-cn");
-        assert_eq!(Partition::for_region("us-gov-west-1").as_str(), "aws-us-gov");
+        assert_eq!(
+            Partition::for_region("us-gov-west-1").as_str(),
+            "aws-us-gov"
+        );
         let arn = RoleArn::build(
             &Partition::for_region("cn-north-1"),
             &AccountId::parse("123456789012").unwrap(),

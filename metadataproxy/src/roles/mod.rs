@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use arn::{AccountId, Partition, RoleArn, RoleParseError, RoleSpec};
-pub use sts::{AssumeRole, AssumeRoleRequest, AwsError, Credentials, GetRole, SdkIam, SdkSts, Secret};
+pub use sts::{
+    AssumeRole, AssumeRoleRequest, AwsError, Credentials, GetRole, SdkIam, SdkSts, Secret,
+};
 
 use crate::clock::Clock;
 
@@ -185,7 +187,9 @@ mod tests {
     }
 
     fn setup(fail: bool) -> (Arc<CountingSts>, Arc<ManualClock>, CredentialCache) {
-        let clock = Arc::new(ManualClock::new(UNIX_EPOCH + Duration::from_secs(1_800_000_000)));
+        let clock = Arc::new(ManualClock::new(
+            UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+        ));
         let sts = Arc::new(CountingSts {
             calls: AtomicUsize::new(0),
             clock: clock.clone(),
@@ -247,7 +251,10 @@ mod tests {
         // 45 minutes later the credentials have exactly 15 minutes left: one second before
         // that they are still served from the cache.
         clock.advance(Duration::from_secs(45 * 60 - 1));
-        assert_eq!(cache.get(&req).await.unwrap().access_key_id, first.access_key_id);
+        assert_eq!(
+            cache.get(&req).await.unwrap().access_key_id,
+            first.access_key_id
+        );
         assert_eq!(sts.calls.load(Ordering::SeqCst), 1);
         clock.advance(Duration::from_secs(1));
         let second = cache.get(&req).await.unwrap();

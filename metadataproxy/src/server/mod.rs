@@ -74,7 +74,10 @@ pub async fn serve(
         }
     }
     drop(listener);
-    tracing::info!(grace_ms = grace.as_millis() as u64, "shutting down: draining connections");
+    tracing::info!(
+        grace_ms = grace.as_millis() as u64,
+        "shutting down: draining connections"
+    );
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections drained"),
         () = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing remaining connections"),

@@ -221,8 +221,14 @@ mod tests {
         let cases = [
             ("/latest/meta-data/iam/security-credentials", name.clone()),
             ("/latest/meta-data/iam/security-credentials/", name),
-            ("/latest/meta-data/iam/security-credentials/r", creds("latest", "r")),
-            ("/latest/meta-data/iam/security-credentials/r/", creds("latest", "r")),
+            (
+                "/latest/meta-data/iam/security-credentials/r",
+                creds("latest", "r"),
+            ),
+            (
+                "/latest/meta-data/iam/security-credentials/r/",
+                creds("latest", "r"),
+            ),
             (
                 "/2016-09-02/meta-data/iam/security-credentials/My-Role",
                 creds("2016-09-02", "My-Role"),

@@ -140,13 +140,14 @@ where
             "level".into(),
             Value::from(syslog_severity(event.metadata().level())),
         );
-        obj.insert(
-            "_target".into(),
-            Value::from(event.metadata().target()),
-        );
+        obj.insert("_target".into(), Value::from(event.metadata().target()));
         for (k, v) in fields.0 {
             // `_id` is reserved by GELF.
-            let key = if k == "id" { "_field_id".to_string() } else { format!("_{k}") };
+            let key = if k == "id" {
+                "_field_id".to_string()
+            } else {
+                format!("_{k}")
+            };
             obj.insert(key, v);
         }
         let line = serde_json::to_string(&Value::Object(obj)).map_err(|_| fmt::Error)?;

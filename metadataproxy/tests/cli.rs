@@ -1,0 +1,186 @@
+//! The binary: invalid configuration exits 64 naming the variable; `--help` documents every
+//! variable; a valid configuration serves and drains on SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_metadataproxy");
+
+/// The agent with a clean environment: only `vars`, plus settings that keep the AWS SDK
+/// from looking anywhere but here.
+fn agent(vars: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear()
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .env("METADATA_URL", "builtin");
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+#[test]
+fn each_invalid_value_exits_64_naming_variable_and_value() {
+    let cases: &[(&str, &str)] = &[
+        ("HOST", "not-an-ip"),
+        ("PORT", "70000"),
+        ("METADATA_URL", "ftp://169.254.169.254"),
+        ("METADATA_CONNECT_TIMEOUT", "fast"),
+        ("METADATA_TIMEOUT", "0"),
+        ("INTERCEPT", "sometimes"),
+        ("DEFAULT_ROLE", "not a role"),
+        ("DEFAULT_ACCOUNT_ID", "1234"),
+        ("LOG_LEVEL", "verbose"),
+        ("LOG_FORMAT", "xml"),
+        ("DOCKER_URL", "docker.sock"),
+        ("DOCKER_HOST", "ssh://host"),
+        ("CONTAINER_LOOKUP_TIMEOUT", "5"),
+        ("ROLE_CACHE_OFFSET", "1h"),
+        ("ROLE_CACHE_OFFSET", "-5m"),
+        ("ROLE_SESSION_NAME", "has space"),
+        ("ROLE_SESSION_DURATION", "13h"),
+        ("AWS_REGION", "moon-base"),
+        ("COPY_DOCKER_LABELS", ",x"),
+        ("COPY_DOCKER_ENV", "a, ,b"),
+        ("STATSD_ADDR", "localhost"),
+        ("STATSITE_ADDR", ":8125"),
+        ("DATADOG_ADDR", "host:port"),
+        ("ENABLE_PROMETHEUS", "perhaps"),
+        ("SHUTDOWN_GRACE", "later"),
+        ("BUILTIN_LOCAL_IPV4", "10.0.0"),
+        ("BUILTIN_AVAILABILITY_ZONE", "Mars"),
+        ("BUILTIN_ACCOUNT_ID", "abc"),
+    ];
+    for (var, value) in cases {
+        let out = agent(&[(var, value)]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{var}={value}: {stderr}");
+        assert!(stderr.contains(var), "{var}={value}: {stderr}");
+        assert!(stderr.contains(value), "{var}={value}: {stderr}");
+    }
+}
+
+#[test]
+fn new_relic_needs_both_settings_and_never_echoes_the_license() {
+    let out = agent(&[("NEWRELIC_LICENSE", "license-secret-value")])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(stderr.contains("NEWRELIC_APP_NAME"), "{stderr}");
+    assert!(!stderr.contains("license-secret-value"));
+}
+
+#[test]
+fn unknown_flag_exits_64() {
+    let out = agent(&[]).arg("--no-such-flag").output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}
+
+#[test]
+fn help_lists_every_variable_with_its_default() {
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for var in [
+        "HOST",
+        "PORT",
+        "METADATA_URL",
+        "INTERCEPT",
+        "DEFAULT_ROLE",
+        "DEFAULT_ACCOUNT_ID",
+        "LOG_LEVEL",
+        "LOG_FORMAT",
+        "DOCKER_URL",
+        "ROLE_CACHE_OFFSET",
+        "ROLE_SESSION_NAME",
+        "ROLE_SESSION_DURATION",
+        "AWS_REGION",
+        "COPY_DOCKER_LABELS",
+        "COPY_DOCKER_ENV",
+        "STATSD_ADDR",
+        "STATSITE_ADDR",
+        "DATADOG_ADDR",
+        "ENABLE_PROMETHEUS",
+        "NEWRELIC_APP_NAME",
+        "NEWRELIC_LICENSE",
+    ] {
+        assert!(
+            help.contains(&format!("[env: {var}")),
+            "{var} missing from --help"
+        );
+    }
+    assert!(help.contains("[default: 15m]"));
+    assert!(help.contains("[default: http://169.254.169.254]"));
+}
+
+#[test]
+fn serves_with_builtin_upstream_and_drains_on_sigterm() {
+    let mut child = agent(&[
+        ("HOST", "127.0.0.1"),
+        ("PORT", "0"),
+        ("LOG_FORMAT", "json"),
+        ("DOCKER_URL", "unix:///nonexistent/docker.sock"),
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit())
+    .spawn()
+    .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("agent printed a ready line").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if v["message"] == "metadataproxy ready" {
+            break v["listen"].as_str().unwrap().to_string();
+        }
+    };
+    let body = http_get(&addr, "/latest/meta-data/instance-id");
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    assert!(body.ends_with("i-0123456789abcdef0"), "{body}");
+    // No Docker daemon: a credential request is a clean 404, not a crash.
+    let body = http_get(&addr, "/latest/meta-data/iam/security-credentials/");
+    assert!(body.starts_with("HTTP/1.1 404"), "{body}");
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut exited = None;
+    for _ in 0..100 {
+        if let Some(s) = child.try_wait().unwrap() {
+            exited = Some(s);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let exited = exited.unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!("agent did not exit after SIGTERM")
+    });
+    assert!(exited.success(), "{exited:?}");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(
+        rest.iter().any(|l| l.contains("shutdown requested")),
+        "{rest:?}"
+    );
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
