@@ -1,1 +1,657 @@
+//! Fixtures for end-to-end tests against real components: the agent binary as a process, a
+//! real Docker engine (through the `docker` CLI), moto as STS and IAM, real iptables rules,
+//! and the built-in emulator as a recording upstream.
+//!
+//! The test command (`scripts/test.sh`) starts dockerd and moto and exports `MP_TEST_*`;
+//! without them these tests fail with a message saying so (they never skip).
+//!
+//! Everything a test creates is named `mp-test-*` and removed when its guard is dropped.
 
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use metadataproxy::builtin::Emulator;
+use metadataproxy::config::BuiltinValues;
+use tokio::runtime::Runtime;
+
+/// One runtime for every async fixture of a test binary.
+pub fn rt() -> &'static Runtime {
+    static RT: OnceLock<Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("tokio runtime")
+    })
+}
+
+/// What the test command provides.
+#[derive(Debug, Clone)]
+pub struct TestEnv {
+    /// moto's URL (STS and IAM).
+    pub moto_url: String,
+    /// The busybox image containers run.
+    pub image: String,
+}
+
+/// Reads the test command's environment; panics (never skips) when it is missing.
+pub fn test_env() -> TestEnv {
+    let get = |k: &str| {
+        std::env::var(k).unwrap_or_else(|_| {
+            panic!(
+                "{k} is not set: end-to-end tests need the real Docker engine and moto that \
+                 scripts/test.sh installs and starts; run `bash scripts/test.sh` (as root)"
+            )
+        })
+    };
+    let env = TestEnv {
+        moto_url: get("MP_TEST_MOTO_URL"),
+        image: get("MP_TEST_IMAGE"),
+    };
+    let ping = Command::new("docker")
+        .args(["version", "--format", "{{.Server.APIVersion}}"])
+        .output()
+        .expect("docker CLI");
+    assert!(
+        ping.status.success(),
+        "the Docker engine does not answer: {}",
+        String::from_utf8_lossy(&ping.stderr)
+    );
+    env
+}
+
+/// Runs a command, panicking with its output if it fails.
+pub fn run(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {}: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The agent binary built by `cargo build -p metadataproxy` in this target directory.
+pub fn agent_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/<test> → target/<profile>/metadataproxy
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|dir| dir.join("metadataproxy"))
+        .expect("target directory");
+    assert!(
+        bin.exists(),
+        "{} is missing: build the agent first (`cargo build -p metadataproxy`; the test \
+         command does)",
+        bin.display()
+    );
+    bin
+}
+
+/// The built-in emulator served on loopback, recording what reaches it.
+#[derive(Debug)]
+pub struct FakeUpstream {
+    /// The emulator and its record.
+    pub emulator: Emulator,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FakeUpstream {
+    /// Serves a fresh emulator on `127.0.0.1`, any port.
+    pub fn start() -> FakeUpstream {
+        Self::start_on("127.0.0.1:0".parse().expect("addr"))
+    }
+
+    /// Serves a fresh emulator on `addr`.
+    pub fn start_on(addr: SocketAddr) -> FakeUpstream {
+        let emulator = Emulator::new(BuiltinValues::default());
+        let _enter = rt().enter();
+        let listener = rt()
+            .block_on(tokio::net::TcpListener::bind(addr))
+            .unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+        let addr = listener.local_addr().expect("local addr");
+        let task = emulator.serve(listener);
+        FakeUpstream {
+            emulator,
+            addr,
+            task,
+        }
+    }
+
+    /// `http://addr`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for FakeUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A forwarding proxy in front of moto that counts the AWS actions passing through it.
+#[derive(Debug)]
+pub struct AwsCounter {
+    /// Where the agent should send its STS and IAM calls.
+    pub addr: SocketAddr,
+    actions: Arc<Mutex<Vec<(String, String)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AwsCounter {
+    /// A counter forwarding to `moto_url`.
+    pub fn start(moto_url: &str) -> AwsCounter {
+        let target: http::Uri = moto_url.parse().expect("moto URL");
+        let actions = Arc::new(Mutex::new(Vec::new()));
+        let listener = rt()
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind counter");
+        let addr = listener.local_addr().expect("addr");
+        let recorded = actions.clone();
+        let task = rt().spawn(async move {
+            let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let client = client.clone();
+                let target = target.clone();
+                let recorded = recorded.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: http::Request<Incoming>| {
+                        let client = client.clone();
+                        let target = target.clone();
+                        let recorded = recorded.clone();
+                        async move {
+                            let (mut parts, body) = req.into_parts();
+                            let body = body.collect().await?.to_bytes();
+                            let form = String::from_utf8_lossy(&body);
+                            let action = form
+                                .split('&')
+                                .find_map(|kv| kv.strip_prefix("Action="))
+                                .unwrap_or("?")
+                                .to_string();
+                            recorded
+                                .lock()
+                                .expect("lock")
+                                .push((action, form.into_owned()));
+                            let pq = parts
+                                .uri
+                                .path_and_query()
+                                .map(|p| p.as_str().to_string())
+                                .unwrap_or_else(|| "/".into());
+                            parts.uri =
+                                format!("http://{}{pq}", target.authority().expect("authority"))
+                                    .parse()
+                                    .expect("uri");
+                            let resp = client
+                                .request(http::Request::from_parts(parts, Full::new(body)))
+                                .await
+                                .expect("moto answers");
+                            let (parts, body) = resp.into_parts();
+                            let body = body.collect().await?.to_bytes();
+                            Ok::<_, hyper::Error>(http::Response::from_parts(
+                                parts,
+                                Full::new(body),
+                            ))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        AwsCounter {
+            addr,
+            actions,
+            task,
+        }
+    }
+
+    /// `http://addr`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// How many calls of `action` (e.g. `AssumeRole`) passed through.
+    pub fn count(&self, action: &str) -> usize {
+        self.actions
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|(a, _)| a == action)
+            .count()
+    }
+
+    /// The form bodies of the `action` calls, in order.
+    pub fn forms(&self, action: &str) -> Vec<String> {
+        self.actions
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|(a, _)| a == action)
+            .map(|(_, f)| f.clone())
+            .collect()
+    }
+}
+
+impl Drop for AwsCounter {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The agent binary, running.
+#[derive(Debug)]
+pub struct Agent {
+    child: Child,
+    /// The port it listens on (all addresses).
+    pub port: u16,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Agent {
+    /// Starts the agent on `0.0.0.0`, any port, JSON logs, with its STS/IAM calls going to
+    /// `aws_url` and `vars` on top. The AWS SDK gets static test credentials and cannot
+    /// look anything up elsewhere.
+    pub fn start(upstream_url: &str, aws_url: &str, vars: &[(&str, &str)]) -> Agent {
+        let mut cmd = Command::new(agent_binary());
+        cmd.env_clear()
+            .env("HOST", "0.0.0.0")
+            .env("PORT", "0")
+            .env("LOG_FORMAT", "json")
+            .env("LOG_LEVEL", "debug")
+            .env("METADATA_URL", upstream_url)
+            .env("DOCKER_URL", "unix:///var/run/docker.sock")
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+            .env("AWS_ENDPOINT_URL", aws_url)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn agent");
+        let stdout = child.stdout.take().expect("stdout");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if v["message"] == "metadataproxy ready" {
+                        let _ = ready_tx.send(v["listen"].as_str().unwrap_or_default().to_string());
+                    }
+                }
+                sink.lock().expect("lock").push(line);
+            }
+        });
+        let listen = ready_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("agent ready within 30 s");
+        let port = listen
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port in ready line");
+        Agent { child, port, logs }
+    }
+
+    /// Every log line so far, parsed.
+    pub fn logs(&self) -> Vec<serde_json::Value> {
+        self.logs
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// The raw log output so far.
+    pub fn raw_logs(&self) -> String {
+        self.logs.lock().expect("lock").join("\n")
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A user-defined Docker network with a pinned subnet.
+#[derive(Debug)]
+pub struct Network {
+    /// `mp-test-...`.
+    pub name: String,
+    /// The subnet, `a.b.c.0/24`.
+    pub subnet: String,
+    /// The bridge's address on the host (`a.b.c.1`).
+    pub gateway: String,
+}
+
+impl Network {
+    /// Creates `mp-test-{name}` on `172.30.{octet}.0/24`.
+    pub fn create(name: &str, octet: u8) -> Network {
+        let name = format!("mp-test-{name}");
+        let subnet = format!("172.30.{octet}.0/24");
+        let gateway = format!("172.30.{octet}.1");
+        let _ = Command::new("docker")
+            .args(["network", "rm", &name])
+            .output();
+        run(
+            "docker",
+            &[
+                "network",
+                "create",
+                "--subnet",
+                &subnet,
+                "--gateway",
+                &gateway,
+                &name,
+            ],
+        );
+        Network {
+            name,
+            subnet,
+            gateway,
+        }
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["network", "rm", &self.name])
+            .output();
+    }
+}
+
+/// The address of `docker0` on the host.
+pub fn docker0_gateway() -> String {
+    run(
+        "docker",
+        &[
+            "network",
+            "inspect",
+            "bridge",
+            "--format",
+            "{{(index .IPAM.Config 0).Gateway}}",
+        ],
+    )
+}
+
+/// A running busybox container.
+#[derive(Debug)]
+pub struct Container {
+    /// `mp-test-...`.
+    pub name: String,
+    /// Its address on its network.
+    pub ip: String,
+}
+
+/// What `wget` got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetched {
+    /// HTTP status, or 0 when there was no answer.
+    pub status: u16,
+    /// Body (only for 2xx: busybox wget prints nothing else).
+    pub body: String,
+}
+
+impl Container {
+    /// Runs `sleep` in a new container named `mp-test-{name}` on `network` (`None`: the
+    /// default bridge) with `env`.
+    pub fn start(
+        env: &TestEnv,
+        name: &str,
+        network: Option<&str>,
+        vars: &[(&str, &str)],
+    ) -> Container {
+        let name = format!("mp-test-{name}");
+        let _ = Command::new("docker").args(["rm", "-f", &name]).output();
+        let mut args: Vec<String> = vec!["run".into(), "-d".into(), "--name".into(), name.clone()];
+        if let Some(n) = network {
+            args.push("--network".into());
+            args.push(n.into());
+        }
+        for (k, v) in vars {
+            args.push("-e".into());
+            args.push(format!("{k}={v}"));
+        }
+        args.extend([env.image.clone(), "sleep".into(), "3600".into()]);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        run("docker", &refs);
+        let ip = run(
+            "docker",
+            &[
+                "inspect",
+                "--format",
+                "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
+                &name,
+            ],
+        )
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+        Container { name, ip }
+    }
+
+    /// Runs a command in the container.
+    pub fn exec(&self, cmd: &[&str]) -> std::process::Output {
+        let mut args = vec!["exec", &self.name];
+        args.extend_from_slice(cmd);
+        Command::new("docker")
+            .args(&args)
+            .output()
+            .expect("docker exec")
+    }
+
+    /// `wget` from inside the container (5 s limit).
+    pub fn wget(&self, url: &str) -> Fetched {
+        let out = self.exec(&["timeout", "5", "wget", "-S", "-q", "-O", "-", url]);
+        parse_wget(&out)
+    }
+}
+
+/// Reads the status from busybox `wget -S` output.
+pub fn parse_wget(out: &std::process::Output) -> Fetched {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let status = stderr
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let rest = l
+                .strip_prefix("HTTP/1.1 ")
+                .or_else(|| l.strip_prefix("HTTP/1.0 "))
+                .or_else(|| l.split("HTTP/1.1 ").nth(1))?;
+            rest.split_whitespace().next()?.parse::<u16>().ok()
+        })
+        .last()
+        .unwrap_or(0);
+    Fetched {
+        status,
+        body: String::from_utf8_lossy(&out.stdout).into_owned(),
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["rm", "-f", &self.name])
+            .output();
+    }
+}
+
+/// An iptables rule that is deleted when dropped.
+#[derive(Debug)]
+pub struct Rule {
+    table: String,
+    spec: Vec<String>,
+}
+
+impl Rule {
+    /// Inserts `spec` at the top of `chain` in `table`.
+    pub fn insert(table: &str, chain: &str, spec: &[&str]) -> Rule {
+        let mut args = vec!["-w", "-t", table, "-I", chain];
+        args.extend_from_slice(spec);
+        run("iptables", &args);
+        let mut kept = vec![chain.to_string()];
+        kept.extend(spec.iter().map(|s| s.to_string()));
+        Rule {
+            table: table.into(),
+            spec: kept,
+        }
+    }
+
+    /// The classic-mode DNAT of `169.254.169.254:80` from `source` arriving on `iface` to
+    /// `to_ip:to_port`, as the README documents it.
+    pub fn dnat(iface: &str, source: &str, to_ip: &str, to_port: u16) -> Rule {
+        let to = format!("{to_ip}:{to_port}");
+        Rule::insert(
+            "nat",
+            "PREROUTING",
+            &[
+                "-i",
+                iface,
+                "-s",
+                source,
+                "-d",
+                "169.254.169.254/32",
+                "-p",
+                "tcp",
+                "--dport",
+                "80",
+                "-j",
+                "DNAT",
+                "--to-destination",
+                &to,
+            ],
+        )
+    }
+}
+
+impl Drop for Rule {
+    fn drop(&mut self) {
+        let mut args = vec![
+            "-w".to_string(),
+            "-t".into(),
+            self.table.clone(),
+            "-D".into(),
+        ];
+        args.extend(self.spec.iter().cloned());
+        let _ = Command::new("iptables").args(&args).output();
+    }
+}
+
+/// Polls `f` until it returns `Some`, for at most `limit`.
+pub fn eventually<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if start.elapsed() > limit {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// SDK config for calls the test itself makes to moto with `credentials`.
+pub fn aws_config(
+    moto_url: &str,
+    credentials: aws_credential_types::Credentials,
+) -> aws_config::SdkConfig {
+    rt().block_on(
+        aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .endpoint_url(moto_url)
+            .credentials_provider(credentials)
+            .load(),
+    )
+}
+
+/// Static test credentials for moto.
+pub fn test_credentials() -> aws_credential_types::Credentials {
+    aws_credential_types::Credentials::new("testing", "testing", None, None, "test")
+}
+
+/// Creates a role in moto (idempotent) and returns its ARN.
+pub fn create_role(moto_url: &str, name: &str, path: &str) -> String {
+    let iam = aws_sdk_iam::Client::new(&aws_config(moto_url, test_credentials()));
+    rt().block_on(async {
+        if let Ok(r) = iam.get_role().role_name(name).send().await {
+            if let Some(role) = r.role {
+                return role.arn;
+            }
+        }
+        iam.create_role()
+            .role_name(name)
+            .path(path)
+            .assume_role_policy_document(
+                r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"*"},"Action":"sts:AssumeRole"}]}"#,
+            )
+            .send()
+            .await
+            .expect("create role in moto")
+            .role
+            .expect("role")
+            .arn
+    })
+}
+
+/// `sts:GetCallerIdentity` signed with the credentials JSON a container received.
+pub fn caller_identity(moto_url: &str, creds: &serde_json::Value) -> String {
+    let c = aws_credential_types::Credentials::new(
+        creds["AccessKeyId"].as_str().expect("AccessKeyId"),
+        creds["SecretAccessKey"].as_str().expect("SecretAccessKey"),
+        Some(creds["Token"].as_str().expect("Token").to_string()),
+        None,
+        "container",
+    );
+    let sts = aws_sdk_sts::Client::new(&aws_config(moto_url, c));
+    rt().block_on(sts.get_caller_identity().send())
+        .expect("GetCallerIdentity with the container's credentials")
+        .arn
+        .expect("arn")
+}
+
+/// Counts of each `error_description` in the agent's request lines.
+pub fn error_descriptions(agent: &Agent) -> HashMap<String, usize> {
+    let mut out = HashMap::new();
+    for line in agent.logs() {
+        if let Some(e) = line["error_description"].as_str() {
+            *out.entry(e.to_string()).or_default() += 1;
+        }
+    }
+    out
+}
