@@ -485,9 +485,11 @@ impl Container {
 /// Reads the status from busybox `wget -S` output.
 pub fn parse_wget(out: &std::process::Output) -> Fetched {
     let stderr = String::from_utf8_lossy(&out.stderr);
+    // The last status line wins: wget follows redirects.
     let status = stderr
         .lines()
-        .filter_map(|l| {
+        .rev()
+        .find_map(|l| {
             let l = l.trim();
             let rest = l
                 .strip_prefix("HTTP/1.1 ")
@@ -495,7 +497,6 @@ pub fn parse_wget(out: &std::process::Output) -> Fetched {
                 .or_else(|| l.split("HTTP/1.1 ").nth(1))?;
             rest.split_whitespace().next()?.parse::<u16>().ok()
         })
-        .last()
         .unwrap_or(0);
     Fetched {
         status,
