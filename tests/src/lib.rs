@@ -656,3 +656,46 @@ pub fn error_descriptions(agent: &Agent) -> HashMap<String, usize> {
     }
     out
 }
+
+/// A classic-mode setup: a recording upstream, an AWS call counter in front of moto, the agent,
+/// and a user-defined network whose metadata traffic is DNATed to the agent.
+#[derive(Debug)]
+pub struct Classic {
+    /// The test command's environment.
+    pub env: TestEnv,
+    /// The recording upstream.
+    pub upstream: FakeUpstream,
+    /// Counts the agent's STS and IAM calls.
+    pub aws: AwsCounter,
+    /// The agent.
+    pub agent: Agent,
+    // Dropped in this order: the rule before the network it names.
+    _dnat: Rule,
+    /// The network.
+    pub net: Network,
+}
+
+impl Classic {
+    /// Starts everything for a test called `name`, on `172.30.{octet}.0/24`, with agent `vars`.
+    pub fn start(name: &str, octet: u8, vars: &[(&str, &str)]) -> Classic {
+        let env = test_env();
+        let upstream = FakeUpstream::start();
+        let aws = AwsCounter::start(&env.moto_url);
+        let agent = Agent::start(&upstream.url(), &aws.url(), vars);
+        let net = Network::create(name, octet);
+        let dnat = Rule::dnat("br-+", &net.subnet, &net.gateway, agent.port);
+        Classic {
+            env,
+            upstream,
+            aws,
+            agent,
+            _dnat: dnat,
+            net,
+        }
+    }
+
+    /// A container `mp-test-{name}` on this setup's network.
+    pub fn container(&self, name: &str, vars: &[(&str, &str)]) -> Container {
+        Container::start(&self.env, name, Some(&self.net.name), vars)
+    }
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use metadataproxy_tests::{
     caller_identity, create_role, docker0_gateway, error_descriptions, eventually, test_env, Agent,
-    AwsCounter, Container, FakeUpstream, Network, Rule,
+    AwsCounter, Classic, Container, FakeUpstream, Network, Rule,
 };
 
 const MD: &str = "http://169.254.169.254/latest/meta-data";
@@ -84,37 +84,29 @@ fn assert_gets_role(moto: &str, c: &Container, name: &str, account: &str) {
 
 #[test]
 fn every_role_format_on_default_bridge_and_user_network() {
-    let env = test_env();
-    let upstream = FakeUpstream::start();
-    let aws = AwsCounter::start(&env.moto_url);
-    let agent = Agent::start(
-        &upstream.url(),
-        &aws.url(),
-        &[("DEFAULT_ACCOUNT_ID", "123456789012")],
-    );
-    let net = Network::create("formats", 11);
-    let _dnat_net = Rule::dnat("br-+", &net.subnet, &net.gateway, agent.port);
+    let s = Classic::start("formats", 11, &[("DEFAULT_ACCOUNT_ID", "123456789012")]);
+    let (env, net, agent, aws, upstream) = (&s.env, &s.net, &s.agent, &s.aws, &s.upstream);
 
     let bare = Container::start(
-        &env,
+        env,
         "formats-bare",
         Some(&net.name),
         &[("IAM_ROLE", "bare-role")],
     );
     let at = Container::start(
-        &env,
+        env,
         "formats-at",
         Some(&net.name),
         &[("IAM_ROLE", "at-role@210987654321")],
     );
     let path_at = Container::start(
-        &env,
+        env,
         "formats-path-at",
         Some(&net.name),
         &[("IAM_ROLE", "team/sub/path-role@123456789012")],
     );
     let arn = Container::start(
-        &env,
+        env,
         "formats-arn",
         Some(&net.name),
         &[(
@@ -123,7 +115,7 @@ fn every_role_format_on_default_bridge_and_user_network() {
         )],
     );
     // One on the default bridge, reached through its own DNAT rule on docker0.
-    let bridged = Container::start(&env, "formats-bridge", None, &[("IAM_ROLE", "bridge-role")]);
+    let bridged = Container::start(env, "formats-bridge", None, &[("IAM_ROLE", "bridge-role")]);
     let _dnat_bridge = Rule::dnat(
         "docker0",
         &format!("{}/32", bridged.ip),
@@ -232,19 +224,11 @@ fn no_role_is_404_without_default_role_and_the_default_with_it() {
 
 #[test]
 fn another_roles_name_is_404_and_makes_no_sts_call() {
-    let env = test_env();
-    let upstream = FakeUpstream::start();
-    let aws = AwsCounter::start(&env.moto_url);
-    let agent = Agent::start(
-        &upstream.url(),
-        &aws.url(),
-        &[("DEFAULT_ACCOUNT_ID", "123456789012")],
-    );
-    let net = Network::create("mismatch", 15);
-    let _dnat = Rule::dnat("br-+", &net.subnet, &net.gateway, agent.port);
-    let c = Container::start(&env, "mismatch", Some(&net.name), &[("IAM_ROLE", "mine")]);
+    let s = Classic::start("mismatch", 15, &[("DEFAULT_ACCOUNT_ID", "123456789012")]);
+    let (env, net, agent, aws, upstream) = (&s.env, &s.net, &s.agent, &s.aws, &s.upstream);
+    let c = Container::start(env, "mismatch", Some(&net.name), &[("IAM_ROLE", "mine")]);
     let _other = Container::start(
-        &env,
+        env,
         "mismatch-other",
         Some(&net.name),
         &[("IAM_ROLE", "theirs")],
@@ -256,7 +240,7 @@ fn another_roles_name_is_404_and_makes_no_sts_call() {
     }
     assert_eq!(aws.count("AssumeRole"), 0);
     assert_eq!(
-        error_descriptions(&agent).get("role_names_do_not_match"),
+        error_descriptions(agent).get("role_names_do_not_match"),
         Some(&4)
     );
     assert!(upstream.emulator.recorded().is_empty());
@@ -297,17 +281,9 @@ const IAM_PATHS: &[&str] = &[
 
 #[test]
 fn no_iam_path_from_a_container_reaches_the_upstream() {
-    let env = test_env();
-    let upstream = FakeUpstream::start();
-    let aws = AwsCounter::start(&env.moto_url);
-    let agent = Agent::start(
-        &upstream.url(),
-        &aws.url(),
-        &[("DEFAULT_ACCOUNT_ID", "123456789012")],
-    );
-    let net = Network::create("iampaths", 16);
-    let _dnat = Rule::dnat("br-+", &net.subnet, &net.gateway, agent.port);
-    let c = Container::start(&env, "iampaths", Some(&net.name), &[("IAM_ROLE", "mine")]);
+    let s = Classic::start("iampaths", 16, &[("DEFAULT_ACCOUNT_ID", "123456789012")]);
+    let (env, net, agent, upstream) = (&s.env, &s.net, &s.agent, &s.upstream);
+    let c = Container::start(env, "iampaths", Some(&net.name), &[("IAM_ROLE", "mine")]);
 
     for path in IAM_PATHS {
         let r = c.wget(&format!("http://169.254.169.254{path}"));
@@ -341,13 +317,9 @@ fn no_iam_path_from_a_container_reaches_the_upstream() {
 
 #[test]
 fn passthrough_from_a_container_keeps_headers_and_adds_no_forwarded_for() {
-    let env = test_env();
-    let upstream = FakeUpstream::start();
-    let aws = AwsCounter::start(&env.moto_url);
-    let agent = Agent::start(&upstream.url(), &aws.url(), &[]);
-    let net = Network::create("passthrough", 17);
-    let _dnat = Rule::dnat("br-+", &net.subnet, &net.gateway, agent.port);
-    let c = Container::start(&env, "passthrough", Some(&net.name), &[]);
+    let s = Classic::start("passthrough", 17, &[]);
+    let (env, net, upstream) = (&s.env, &s.net, &s.upstream);
+    let c = Container::start(env, "passthrough", Some(&net.name), &[]);
 
     let r = c.wget("http://169.254.169.254/latest/meta-data/placement/region?x=1");
     assert_eq!((r.status, r.body.as_str()), (200, "us-east-1"));
@@ -412,24 +384,16 @@ fn passthrough_from_a_container_keeps_headers_and_adds_no_forwarded_for() {
 
 #[test]
 fn hundred_concurrent_first_requests_make_one_assume_role_per_external_id() {
-    let env = test_env();
-    let upstream = FakeUpstream::start();
-    let aws = AwsCounter::start(&env.moto_url);
-    let agent = Agent::start(
-        &upstream.url(),
-        &aws.url(),
-        &[("DEFAULT_ACCOUNT_ID", "123456789012")],
-    );
-    let net = Network::create("concurrent", 18);
-    let _dnat = Rule::dnat("br-+", &net.subnet, &net.gateway, agent.port);
+    let s = Classic::start("concurrent", 18, &[("DEFAULT_ACCOUNT_ID", "123456789012")]);
+    let (env, net, agent, aws) = (&s.env, &s.net, &s.agent, &s.aws);
     let a = Container::start(
-        &env,
+        env,
         "concurrent-a",
         Some(&net.name),
         &[("IAM_ROLE", "shared-role"), ("IAM_EXTERNAL_ID", "tenant-a")],
     );
     let b = Container::start(
-        &env,
+        env,
         "concurrent-b",
         Some(&net.name),
         &[("IAM_ROLE", "shared-role"), ("IAM_EXTERNAL_ID", "tenant-b")],
