@@ -13,6 +13,7 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 use crate::builtin::Emulator;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, UpstreamConfig};
+use crate::identity::kernel::KernelIdentity;
 use crate::identity::{ContainerLookup, DockerLookup};
 use crate::roles::{
     AssumeRole, CredentialCache, GetRole, Partition, RoleResolver, RoleSpec, SdkIam, SdkSts,
@@ -38,6 +39,10 @@ pub struct State {
     pub session_duration: Duration,
     /// Retry window for containers not listed yet.
     pub lookup_window: Duration,
+    /// eBPF mode: the kernel's connection records; `None` in classic mode.
+    pub kernel: Option<Arc<dyn KernelIdentity>>,
+    /// eBPF mode: requests refused because IP and cgroup disagreed.
+    pub identity_mismatches: std::sync::atomic::AtomicU64,
 }
 
 /// The external services behind the seams.
@@ -55,6 +60,8 @@ pub struct Deps {
     pub clock: Arc<dyn Clock>,
     /// Partition of ARNs built from names.
     pub partition: Partition,
+    /// eBPF mode: the kernel's connection records.
+    pub kernel: Option<Arc<dyn KernelIdentity>>,
 }
 
 impl State {
@@ -73,11 +80,14 @@ impl State {
             session_name: config.role_session_name.clone(),
             session_duration: config.role_session_duration,
             lookup_window: config.container_lookup_timeout,
+            kernel: deps.kernel,
+            identity_mismatches: Default::default(),
         }
     }
 
-    /// Builds the real components: Docker, the AWS SDK clients, the upstream.
-    pub async fn build(config: &Config) -> State {
+    /// Builds the real components: Docker, the AWS SDK clients, the upstream; `kernel` is the
+    /// eBPF redirect's connection records in eBPF mode.
+    pub async fn build(config: &Config, kernel: Option<Arc<dyn KernelIdentity>>) -> State {
         let sdk = aws_sdk_config(config).await;
         let region = sdk
             .region()
@@ -99,6 +109,7 @@ impl State {
             upstream,
             clock: Arc::new(SystemClock),
             partition: Partition::for_region(&region),
+            kernel,
         };
         State::new(config, deps)
     }

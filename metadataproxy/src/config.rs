@@ -52,9 +52,44 @@ pub struct Args {
     pub metadata_timeout: String,
 
     /// How container metadata traffic reaches the agent: `none` (the operator installs the
-    /// iptables rules, see the README). `iptables` and `ebpf` are not available in this version.
+    /// iptables rules, see the README) or `ebpf` (a kernel program redirects containers'
+    /// connects and tags them with their cgroup). `iptables` is not available in this version.
     #[arg(long, env = "INTERCEPT", default_value = "none")]
     pub intercept: String,
+
+    /// eBPF mode: the cgroup2 directory the programs attach to. Default: the cgroup2 mount
+    /// (/sys/fs/cgroup, or /sys/fs/cgroup/unified on hybrid hosts).
+    #[arg(long, env = "EBPF_CGROUP_PATH")]
+    pub ebpf_cgroup_path: Option<String>,
+
+    /// eBPF mode: bpffs directory where programs and maps are pinned, so containers stay
+    /// redirected (fail closed) while the agent is down.
+    #[arg(
+        long,
+        env = "EBPF_PIN_PATH",
+        default_value = "/sys/fs/bpf/metadataproxy"
+    )]
+    pub ebpf_pin_path: String,
+
+    /// eBPF mode: the IPv4 address containers' metadata connects are redirected to; the agent
+    /// must listen on it. Default: the address of the docker0 bridge.
+    #[arg(long, env = "EBPF_REDIRECT_ADDR")]
+    pub ebpf_redirect_addr: Option<String>,
+
+    /// eBPF mode: comma list of cgroup directories (relative to the cgroup2 root) whose
+    /// sub-cgroups are containers.
+    #[arg(
+        long,
+        env = "EBPF_CONTAINER_CGROUPS",
+        default_value = "docker,docker.slice"
+    )]
+    pub ebpf_container_cgroups: String,
+
+    /// eBPF mode: on a clean shutdown, `keep` the programs attached (containers' metadata
+    /// connects are refused until the agent is back) or `detach` them (containers reach the
+    /// real service again).
+    #[arg(long, env = "EBPF_ON_SHUTDOWN", default_value = "keep")]
+    pub ebpf_on_shutdown: String,
 
     /// Role for containers without IAM_ROLE (any role format). Unset: such containers get none.
     #[arg(long, env = "DEFAULT_ROLE")]
@@ -266,10 +301,36 @@ impl Default for BuiltinValues {
 }
 
 /// How container traffic reaches the agent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Intercept {
     /// The operator installs DNAT rules (classic mode).
     None,
+    /// The kernel program redirects and tags connections.
+    Ebpf(EbpfConfig),
+}
+
+/// eBPF mode settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EbpfConfig {
+    /// cgroup2 directory to attach to (`EBPF_CGROUP_PATH`); `None`: the cgroup2 mount.
+    pub cgroup_path: Option<std::path::PathBuf>,
+    /// bpffs pin directory (`EBPF_PIN_PATH`).
+    pub pin_path: std::path::PathBuf,
+    /// Redirect target (`EBPF_REDIRECT_ADDR`); `None`: docker0's address.
+    pub redirect_addr: Option<std::net::Ipv4Addr>,
+    /// Container parent cgroups (`EBPF_CONTAINER_CGROUPS`).
+    pub container_cgroups: Vec<String>,
+    /// Clean-shutdown policy (`EBPF_ON_SHUTDOWN`).
+    pub on_shutdown: OnShutdown,
+}
+
+/// What a clean shutdown does with the kernel programs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnShutdown {
+    /// Leave them attached: fail closed.
+    Keep,
+    /// Detach and unpin them.
+    Detach,
 }
 
 /// Logging settings.
@@ -417,15 +478,16 @@ impl TryFrom<Args> for Config {
 
         let intercept = match a.intercept.trim().to_ascii_lowercase().as_str() {
             "none" | "" => Intercept::None,
-            "iptables" | "ebpf" => {
+            "ebpf" => Intercept::Ebpf(parse_ebpf(&a)?),
+            "iptables" => {
                 return Err(invalid(
                     "INTERCEPT",
                     &a.intercept,
                     "not available in this version; use `none` and install the iptables rules \
-                     from the README",
+                     from the README, or `ebpf`",
                 ))
             }
-            _ => return Err(invalid("INTERCEPT", &a.intercept, "expected none")),
+            _ => return Err(invalid("INTERCEPT", &a.intercept, "expected none or ebpf")),
         };
 
         let default_account_id = match non_empty(&a.default_account_id) {
@@ -568,6 +630,65 @@ impl TryFrom<Args> for Config {
             shutdown_grace,
         })
     }
+}
+
+fn parse_ebpf(a: &Args) -> Result<EbpfConfig, ConfigError> {
+    let absolute = |var: &'static str, v: &str| {
+        let p = std::path::PathBuf::from(v);
+        if p.is_absolute() {
+            Ok(p)
+        } else {
+            Err(invalid(var, v, "expected an absolute path"))
+        }
+    };
+    let cgroup_path = match non_empty(&a.ebpf_cgroup_path) {
+        Some(v) => Some(absolute("EBPF_CGROUP_PATH", v)?),
+        None => None,
+    };
+    let pin_path = absolute("EBPF_PIN_PATH", a.ebpf_pin_path.trim())?;
+    let redirect_addr = match non_empty(&a.ebpf_redirect_addr) {
+        Some(v) => Some(
+            v.parse()
+                .map_err(|_| invalid("EBPF_REDIRECT_ADDR", v, "expected an IPv4 address"))?,
+        ),
+        None => None,
+    };
+    let container_cgroups = comma_list(
+        "EBPF_CONTAINER_CGROUPS",
+        &Some(a.ebpf_container_cgroups.clone()),
+    )?
+    .into_iter()
+    .map(|d| d.trim_matches('/').to_string())
+    .collect::<Vec<_>>();
+    if container_cgroups.is_empty()
+        || container_cgroups
+            .iter()
+            .any(|d| d.is_empty() || d.contains(".."))
+    {
+        return Err(invalid(
+            "EBPF_CONTAINER_CGROUPS",
+            &a.ebpf_container_cgroups,
+            "expected a comma list of cgroup directories such as docker,docker.slice",
+        ));
+    }
+    let on_shutdown = match a.ebpf_on_shutdown.trim().to_ascii_lowercase().as_str() {
+        "keep" => OnShutdown::Keep,
+        "detach" => OnShutdown::Detach,
+        _ => {
+            return Err(invalid(
+                "EBPF_ON_SHUTDOWN",
+                &a.ebpf_on_shutdown,
+                "expected keep or detach",
+            ))
+        }
+    };
+    Ok(EbpfConfig {
+        cgroup_path,
+        pin_path,
+        redirect_addr,
+        container_cgroups,
+        on_shutdown,
+    })
 }
 
 fn non_empty(v: &Option<String>) -> Option<&str> {

@@ -11,6 +11,7 @@ pub mod app;
 pub mod builtin;
 pub mod clock;
 pub mod config;
+pub mod ebpf;
 pub mod handlers;
 pub mod identity;
 pub mod roles;

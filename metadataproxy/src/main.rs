@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use clap::Parser;
 use metadataproxy::app::State;
-use metadataproxy::config::{Args, Config, EXIT_CONFIG};
+use metadataproxy::config::{Args, Config, Intercept, EXIT_CONFIG};
+use metadataproxy::ebpf::KernelRedirect;
 use metadataproxy::{server, telemetry};
 
 fn main() -> ExitCode {
@@ -53,16 +54,34 @@ async fn run(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let state = Arc::new(State::build(&config).await);
     let listen = listener.local_addr().unwrap_or(config.listen);
+    let redirect = match &config.intercept {
+        Intercept::None => None,
+        Intercept::Ebpf(ebpf) => match KernelRedirect::install(ebpf, listen) {
+            Ok(k) => Some(Arc::new(k)),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start eBPF mode");
+                eprintln!("metadataproxy: cannot start eBPF mode: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let kernel = redirect
+        .clone()
+        .map(|k| k as Arc<dyn metadataproxy::identity::kernel::KernelIdentity>);
+    let state = Arc::new(State::build(&config, kernel).await);
     tracing::info!(
         listen = %listen,
         upstream = ?config.upstream,
         docker = %config.docker,
+        intercept = if redirect.is_some() { "ebpf" } else { "none" },
         version = env!("CARGO_PKG_VERSION"),
         "metadataproxy ready"
     );
     server::serve(listener, state, shutdown_signal(), config.shutdown_grace).await;
+    if let Some(redirect) = redirect {
+        redirect.shutdown();
+    }
     ExitCode::SUCCESS
 }
 

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use super::Failure;
 use crate::app::State;
+use crate::identity::kernel::{ConnRecord, KernelIdentity};
 use crate::identity::{find_with_retry, Container, LookupError};
 use crate::roles::{AssumeRoleRequest, Credentials, RoleSpec};
 
@@ -25,23 +26,24 @@ pub struct CallerInfo {
     pub role_name: Option<String>,
 }
 
+/// The connection a request arrived on: what identifies its caller.
+#[derive(Debug, Clone, Copy)]
+pub struct Connection {
+    /// Peer address (IPv4-mapped IPv6 already folded to IPv4).
+    pub ip: IpAddr,
+    /// eBPF mode: the kernel's record of who connected, taken at accept.
+    pub kernel: Option<ConnRecord>,
+}
+
 /// The caller's container and role.
 async fn caller(
     state: &State,
-    ip: IpAddr,
+    conn: &Connection,
     info: &mut CallerInfo,
 ) -> Result<(Container, RoleSpec), Failure> {
-    // No container has a loopback address: such callers get one look, not the retry window.
-    let window = if ip.is_loopback() {
-        std::time::Duration::ZERO
-    } else {
-        state.lookup_window
-    };
-    let container = match find_with_retry(&state.lookup, ip, window).await {
-        Ok(Some(c)) => c,
-        Ok(None) => return Err(Failure::CouldNotFindContainer),
-        Err(e @ LookupError::Ambiguous { .. }) => return Err(Failure::AmbiguousContainer(e)),
-        Err(e @ LookupError::Docker(_)) => return Err(Failure::Docker(e)),
+    let container = match &state.kernel {
+        None => container_by_ip(state, conn.ip).await?,
+        Some(kernel) => container_verified(state, kernel.as_ref(), conn).await?,
     };
     info.container_id = Some(container.id.clone());
     info.container_name = Some(container.name.clone());
@@ -51,6 +53,67 @@ async fn caller(
     };
     info.role_name = Some(spec.name().to_string());
     Ok((container, spec))
+}
+
+fn lookup_failure(e: LookupError) -> Failure {
+    match e {
+        e @ LookupError::Ambiguous { .. } => Failure::AmbiguousContainer(e),
+        e @ LookupError::Docker(_) => Failure::Docker(e),
+    }
+}
+
+/// Classic mode: the container that owns the peer IP.
+async fn container_by_ip(state: &State, ip: IpAddr) -> Result<Container, Failure> {
+    // No container has a loopback address: such callers get one look, not the retry window.
+    let window = if ip.is_loopback() {
+        std::time::Duration::ZERO
+    } else {
+        state.lookup_window
+    };
+    find_with_retry(window, || state.lookup.by_ip(ip))
+        .await
+        .map_err(lookup_failure)?
+        .ok_or(Failure::CouldNotFindContainer)
+}
+
+/// eBPF mode: the container of the connecting cgroup, which must also own the peer IP unless
+/// no container does (host network).
+async fn container_verified(
+    state: &State,
+    kernel: &dyn KernelIdentity,
+    conn: &Connection,
+) -> Result<Container, Failure> {
+    let record = conn.kernel.ok_or(Failure::NoKernelIdentity)?;
+    let by_cgroup = kernel.container_id(&record);
+    let by_ip = state.lookup.by_ip(conn.ip).await.map_err(lookup_failure)?;
+    let mismatch = |by_ip: &Container, by_cgroup: Option<&str>| {
+        let by_cgroup = by_cgroup
+            .map(|id| format!("container {}", &id[..id.len().min(12)]))
+            .unwrap_or_else(|| format!("a host process (pid {})", record.tgid));
+        let by_ip = format!("container {} ({})", by_ip.short_id(), by_ip.name);
+        let total = state
+            .identity_mismatches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        tracing::warn!(
+            peer = %conn.ip,
+            by_ip = %by_ip,
+            by_cgroup = %by_cgroup,
+            cgroup_id = record.cgroup_id,
+            identity_mismatches_total = total,
+            "identity mismatch: the peer IP and the connecting cgroup disagree"
+        );
+        Failure::IdentityMismatch { by_ip, by_cgroup }
+    };
+    match (by_cgroup, by_ip) {
+        (None, None) => Err(Failure::CouldNotFindContainer),
+        (None, Some(c)) => Err(mismatch(&c, None)),
+        (Some(id), Some(c)) if c.id != id => Err(mismatch(&c, Some(&id))),
+        (Some(id), _) => find_with_retry(state.lookup_window, || state.lookup.by_id(&id))
+            .await
+            .map_err(lookup_failure)?
+            .ok_or(Failure::CouldNotFindContainer),
+    }
 }
 
 async fn credentials_for(
@@ -80,10 +143,10 @@ async fn credentials_for(
 /// `.../security-credentials[/]`: the role name, no trailing newline.
 pub async fn role_name(
     state: &State,
-    ip: IpAddr,
+    conn: &Connection,
     info: &mut CallerInfo,
 ) -> Result<Response<Bytes>, Failure> {
-    let (_, spec) = caller(state, ip, info).await?;
+    let (_, spec) = caller(state, conn, info).await?;
     Ok(ok(
         "text/plain; charset=utf-8",
         spec.name().as_bytes().to_vec(),
@@ -93,11 +156,11 @@ pub async fn role_name(
 /// `.../security-credentials/{role}[/]`: credentials, only for the container's own role.
 pub async fn credentials(
     state: &State,
-    ip: IpAddr,
+    conn: &Connection,
     requested: &str,
     info: &mut CallerInfo,
 ) -> Result<Response<Bytes>, Failure> {
-    let (container, spec) = caller(state, ip, info).await?;
+    let (container, spec) = caller(state, conn, info).await?;
     if requested != spec.name() {
         return Err(Failure::RoleNamesDoNotMatch {
             requested: requested.to_string(),
@@ -111,10 +174,10 @@ pub async fn credentials(
 /// `.../iam/info`: the assumed role as the instance profile.
 pub async fn info(
     state: &State,
-    ip: IpAddr,
+    conn: &Connection,
     info: &mut CallerInfo,
 ) -> Result<Response<Bytes>, Failure> {
-    let (container, spec) = caller(state, ip, info).await?;
+    let (container, spec) = caller(state, conn, info).await?;
     let creds = credentials_for(state, &container, &spec).await?;
     Ok(ok("application/json", info_body(&creds)))
 }

@@ -23,6 +23,18 @@ pub enum Failure {
     /// Several running containers claim the caller's address.
     #[error("{0}")]
     AmbiguousContainer(LookupError),
+    /// eBPF mode: the connection has no fresh kernel record (raw-socket handshake, forged
+    /// source, or a path around the kernel program).
+    #[error("no kernel record for this connection")]
+    NoKernelIdentity,
+    /// eBPF mode: the peer IP and the connecting cgroup name different callers.
+    #[error("peer IP belongs to {by_ip}, but the connection came from {by_cgroup}")]
+    IdentityMismatch {
+        /// The container owning the peer IP, or `none`.
+        by_ip: String,
+        /// The container of the connecting cgroup, or `a host process`.
+        by_cgroup: String,
+    },
     /// The container has no `IAM_ROLE` and there is no `DEFAULT_ROLE`.
     #[error("container has no IAM_ROLE and no DEFAULT_ROLE is set")]
     NoRole,
@@ -67,6 +79,8 @@ impl Failure {
             Failure::CouldNotFindContainer => "could_not_find_container",
             Failure::Docker(_) => "docker_unavailable",
             Failure::AmbiguousContainer(_) => "ambiguous_container",
+            Failure::NoKernelIdentity => "no_kernel_identity",
+            Failure::IdentityMismatch { .. } => "identity_mismatch",
             Failure::NoRole => "no_role",
             Failure::InvalidRole(_) => "invalid_role",
             Failure::RoleNamesDoNotMatch { .. } => "role_names_do_not_match",

@@ -83,8 +83,13 @@ impl DockerLookup {
             count => return Err(LookupError::Ambiguous { ip, count }),
         }
         let id = ids.pop().expect("one id");
+        self.inspect(&id).await
+    }
+
+    async fn inspect(&self, id: &str) -> Result<Option<Container>, LookupError> {
+        let docker = self.client().await?;
         let info = match docker
-            .inspect_container(&id, None::<InspectContainerOptions>)
+            .inspect_container(id, None::<InspectContainerOptions>)
             .await
         {
             Ok(info) => info,
@@ -101,7 +106,7 @@ impl DockerLookup {
         let config = info.config.unwrap_or_default();
         let env = config.env.unwrap_or_default();
         Ok(Some(Container::from_env(
-            info.id.unwrap_or(id),
+            info.id.unwrap_or_else(|| id.to_string()),
             info.name.unwrap_or_default(),
             config.image.unwrap_or_default(),
             env.iter().map(String::as_str),
@@ -116,5 +121,9 @@ fn docker_error(e: bollard::errors::Error) -> LookupError {
 impl ContainerLookup for DockerLookup {
     fn by_ip(&self, ip: IpAddr) -> BoxFuture<'_, Result<Option<Container>, LookupError>> {
         Box::pin(self.find(ip))
+    }
+
+    fn by_id<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Container>, LookupError>> {
+        Box::pin(self.inspect(id))
     }
 }

@@ -2,11 +2,12 @@
 //!
 //! Identity comes from the TCP peer address only; no header is ever consulted.
 
+pub mod cgroup;
 mod docker;
+pub mod kernel;
 
 use std::fmt;
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -92,19 +93,25 @@ pub enum LookupError {
 pub trait ContainerLookup: Send + Sync + fmt::Debug {
     /// The container with `ip` on any of its networks, if one is running.
     fn by_ip(&self, ip: IpAddr) -> BoxFuture<'_, Result<Option<Container>, LookupError>>;
+
+    /// The running container with this full id.
+    fn by_id<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Container>, LookupError>>;
 }
 
-/// Looks `ip` up, retrying for up to `window` while no container has it (a container that
-/// has just started may not be listed yet). Used on credential routes only.
-pub async fn find_with_retry(
-    lookup: &Arc<dyn ContainerLookup>,
-    ip: IpAddr,
+/// Runs `lookup` until it finds a container, for up to `window` (a container that has just
+/// started may not be listed yet). Used on credential routes only.
+pub async fn find_with_retry<F, Fut>(
     window: Duration,
-) -> Result<Option<Container>, LookupError> {
+    mut lookup: F,
+) -> Result<Option<Container>, LookupError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<Container>, LookupError>>,
+{
     const STEP: Duration = Duration::from_millis(200);
     let deadline = tokio::time::Instant::now() + window;
     loop {
-        let result = lookup.by_ip(ip).await;
+        let result = lookup().await;
         match &result {
             Ok(Some(_)) | Err(LookupError::Ambiguous { .. }) => return result,
             Ok(None) | Err(LookupError::Docker(_)) => {}
@@ -131,6 +138,7 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
 
     use super::*;
 
@@ -182,13 +190,20 @@ mod tests {
                 Ok((n >= 2).then(|| Container::from_env("id".into(), "n".into(), "i".into(), [])))
             })
         }
+        fn by_id<'a>(
+            &'a self,
+            _: &'a str,
+        ) -> BoxFuture<'a, Result<Option<Container>, LookupError>> {
+            Box::pin(async { Ok(None) })
+        }
     }
 
     #[tokio::test(start_paused = true)]
     async fn retry_finds_a_container_that_appears_late() {
         let inner = Arc::new(AppearsOnThirdTry::default());
         let lookup: Arc<dyn ContainerLookup> = inner.clone();
-        let found = find_with_retry(&lookup, "10.0.0.1".parse().unwrap(), Duration::from_secs(5))
+        let ip = "10.0.0.1".parse().unwrap();
+        let found = find_with_retry(Duration::from_secs(5), || lookup.by_ip(ip))
             .await
             .unwrap();
         assert!(found.is_some());
@@ -203,10 +218,17 @@ mod tests {
             fn by_ip(&self, _: IpAddr) -> BoxFuture<'_, Result<Option<Container>, LookupError>> {
                 Box::pin(async { Ok(None) })
             }
+            fn by_id<'a>(
+                &'a self,
+                _: &'a str,
+            ) -> BoxFuture<'a, Result<Option<Container>, LookupError>> {
+                Box::pin(async { Ok(None) })
+            }
         }
         let lookup: Arc<dyn ContainerLookup> = Arc::new(Never);
         let start = tokio::time::Instant::now();
-        let found = find_with_retry(&lookup, "10.0.0.1".parse().unwrap(), Duration::from_secs(5))
+        let ip = "10.0.0.1".parse().unwrap();
+        let found = find_with_retry(Duration::from_secs(5), || lookup.by_ip(ip))
             .await
             .unwrap();
         assert!(found.is_none());

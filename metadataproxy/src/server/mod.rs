@@ -5,7 +5,6 @@ pub mod router;
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,7 +18,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use crate::app::State;
-use crate::handlers::iam::CallerInfo;
+use crate::handlers::iam::{CallerInfo, Connection};
 use crate::handlers::{iam, passthrough, Failure};
 use crate::identity::canonical_ip;
 use router::Route;
@@ -57,10 +56,17 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                let conn = Connection {
+                    ip: canonical_ip(peer.ip()),
+                    kernel: match (&state.kernel, stream.local_addr()) {
+                        (Some(kernel), Ok(local)) => kernel.take(peer, local),
+                        _ => None,
+                    },
+                };
                 let state = state.clone();
                 let svc = service_fn(move |req| {
                     let state = state.clone();
-                    async move { Ok::<_, Infallible>(handle(&state, peer, req).await) }
+                    async move { Ok::<_, Infallible>(handle(&state, &conn, req).await) }
                 });
                 let conn = builder.serve_connection(TokioIo::new(stream), svc);
                 let conn = graceful.watch(conn);
@@ -87,12 +93,12 @@ pub async fn serve(
 /// Answers one request.
 pub async fn handle(
     state: &State,
-    peer: SocketAddr,
+    conn: &Connection,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
     let started = Instant::now();
     let request_id = uuid::Uuid::new_v4();
-    let ip = canonical_ip(peer.ip());
+    let ip = conn.ip;
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let route = router::classify(req.uri().path(), req.uri().query());
@@ -100,9 +106,9 @@ pub async fn handle(
 
     let result: Result<Response<Bytes>, Failure> = match &route {
         Route::Redirect(location) => Ok(redirect(location)),
-        Route::RoleName { .. } => iam::role_name(state, ip, &mut caller).await,
-        Route::Credentials { role, .. } => iam::credentials(state, ip, role, &mut caller).await,
-        Route::Info { .. } => iam::info(state, ip, &mut caller).await,
+        Route::RoleName { .. } => iam::role_name(state, conn, &mut caller).await,
+        Route::Credentials { role, .. } => iam::credentials(state, conn, role, &mut caller).await,
+        Route::Info { .. } => iam::info(state, conn, &mut caller).await,
         Route::IamDenied { .. } => Err(Failure::IamPathNotServed),
         Route::Favicon => Err(Failure::Favicon),
         Route::BadPath => Err(Failure::BadPath),

@@ -32,6 +32,17 @@ impl ContainerLookup for FakeLookup {
         let found = self.0.lock().unwrap().get(&ip).cloned();
         Box::pin(async move { Ok(found) })
     }
+
+    fn by_id<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Container>, LookupError>> {
+        let found = self
+            .0
+            .lock()
+            .unwrap()
+            .values()
+            .find(|c| c.id == id)
+            .cloned();
+        Box::pin(async move { Ok(found) })
+    }
 }
 
 /// Counts AssumeRole calls and hands out recognisable secrets.
@@ -143,6 +154,7 @@ impl Harness {
                 upstream,
                 clock: Arc::new(SystemClock),
                 partition: Partition::for_region("us-east-1"),
+                kernel: None,
             },
         ));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

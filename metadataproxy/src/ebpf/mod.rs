@@ -1,0 +1,421 @@
+//! eBPF mode: the only module that names aya. Loads the kernel programs shipped in
+//! `metadataproxy/ebpf/metadataproxy.bpf.o`, attaches them to the cgroup2 hierarchy, pins them
+//! in bpffs so containers stay redirected (fail closed) while the agent is down, and reads the
+//! kernel's connection records.
+//!
+//! Takeover: a restarted agent reuses the pinned maps, attaches its programs, and only then
+//! unpins the previous agent's links, so there is never a moment without a redirect and never
+//! more than one attachment once start-up is done.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use aya::maps::{Array, HashMap, MapData};
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::{CgroupAttachMode, CgroupSockAddr, SockOps};
+use aya::{Ebpf, EbpfLoader};
+use metadataproxy_common::{maps, programs, Config, ConnKey, ConnRecord};
+
+use crate::config::{EbpfConfig, OnShutdown};
+use crate::identity::cgroup::{cgroup_id, detect_cgroup2_root};
+use crate::identity::kernel::{is_fresh, monotonic_ns, CgroupResolver, KernelIdentity};
+
+/// The kernel object, built by `cargo xtask build-ebpf` and checked against the source in CI.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/ebpf/metadataproxy.bpf.o"
+));
+
+/// Pinned maps live in a directory named after their layout: a change to the shared types
+/// bumps it, so an agent never reuses maps of another layout.
+const MAPS_DIR: &str = "maps-v1";
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Why eBPF mode could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EbpfError {
+    /// No cgroup2 hierarchy to attach to.
+    #[error("no cgroup2 mount found; set EBPF_CGROUP_PATH")]
+    NoCgroup2,
+    /// No redirect address.
+    #[error("no IPv4 address on docker0 to redirect to; set EBPF_REDIRECT_ADDR")]
+    NoRedirectAddress,
+    /// The listener does not cover the redirect address.
+    #[error("the agent listens on {listen} but EBPF_REDIRECT_ADDR is {redirect}: listen on 0.0.0.0 or on the redirect address")]
+    NotListening {
+        /// The listen address.
+        listen: IpAddr,
+        /// The redirect address.
+        redirect: Ipv4Addr,
+    },
+    /// A filesystem step failed.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// On which path.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The pin directory is not on a bpffs.
+    #[error("{0} is not on a bpf filesystem (mount -t bpf bpf /sys/fs/bpf)")]
+    NotBpfFs(PathBuf),
+    /// Loading or attaching failed (permissions, kernel support).
+    #[error("{what}: {detail} (eBPF mode needs root or CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN, cgroup2 and BPF link support)")]
+    Kernel {
+        /// The step.
+        what: &'static str,
+        /// The error.
+        detail: String,
+    },
+}
+
+fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> EbpfError + 'a {
+    move |source| EbpfError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn kernel<E: std::error::Error>(what: &'static str) -> impl FnOnce(E) -> EbpfError {
+    move |e| {
+        let mut detail = e.to_string();
+        let mut source = e.source();
+        while let Some(inner) = source {
+            detail.push_str(": ");
+            detail.push_str(&inner.to_string());
+            source = inner.source();
+        }
+        EbpfError::Kernel { what, detail }
+    }
+}
+
+/// The attached kernel programs and the agent's handle on their connection records.
+#[derive(Debug)]
+pub struct KernelRedirect {
+    connections: Mutex<HashMap<MapData, ConnKey, ConnRecord>>,
+    resolver: CgroupResolver,
+    pin_dir: PathBuf,
+    on_shutdown: OnShutdown,
+    /// Where containers' metadata connects go.
+    pub redirect: SocketAddr,
+    /// The cgroup2 directory the programs are attached to.
+    pub cgroup: PathBuf,
+}
+
+impl KernelRedirect {
+    /// Loads, configures, attaches and pins the programs, taking over from a previous agent.
+    pub fn install(cfg: &EbpfConfig, listen: SocketAddr) -> Result<KernelRedirect, EbpfError> {
+        let cgroup_root = detect_cgroup2_root().ok_or(EbpfError::NoCgroup2)?;
+        let attach_to = cfg
+            .cgroup_path
+            .clone()
+            .unwrap_or_else(|| cgroup_root.clone());
+        let redirect_ip = match cfg.redirect_addr {
+            Some(ip) => ip,
+            None => interface_ipv4("docker0").ok_or(EbpfError::NoRedirectAddress)?,
+        };
+        if !listen.ip().is_unspecified() && listen.ip() != IpAddr::V4(redirect_ip) {
+            return Err(EbpfError::NotListening {
+                listen: listen.ip(),
+                redirect: redirect_ip,
+            });
+        }
+        let redirect = SocketAddr::new(IpAddr::V4(redirect_ip), listen.port());
+
+        ensure_bpffs(&cfg.pin_path)?;
+        let maps_dir = cfg.pin_path.join(MAPS_DIR);
+        std::fs::create_dir_all(&maps_dir).map_err(io("create", &maps_dir))?;
+
+        let parents = container_parents(&cgroup_root, &cfg.container_cgroups)?;
+        let own_cgroup = own_cgroup_id(&cgroup_root)?;
+
+        let map_names = [
+            maps::CONFIG,
+            maps::CONTAINER_PARENTS,
+            maps::SOCKETS,
+            maps::CONNECTIONS,
+        ];
+        let pins: Vec<PathBuf> = map_names.iter().map(|n| maps_dir.join(n)).collect();
+        let mut loader = EbpfLoader::new();
+        for (name, pin) in map_names.iter().zip(&pins) {
+            loader.map_pin_path(name, pin.as_path());
+        }
+        let mut bpf = loader
+            .load(OBJECT)
+            .map_err(kernel("load the kernel object"))?;
+
+        {
+            let mut parents_map: HashMap<_, u64, u8> =
+                HashMap::try_from(bpf.map_mut(maps::CONTAINER_PARENTS).expect("map in object"))
+                    .map_err(kernel("open the container parents map"))?;
+            let stale: Vec<u64> = parents_map.keys().filter_map(Result::ok).collect();
+            for key in stale {
+                if !parents.contains(&key) {
+                    let _ = parents_map.remove(&key);
+                }
+            }
+            for id in &parents {
+                parents_map
+                    .insert(id, 1, 0)
+                    .map_err(kernel("write the container parents map"))?;
+            }
+        }
+        {
+            let mut config_map: Array<_, Config> =
+                Array::try_from(bpf.map_mut(maps::CONFIG).expect("map in object"))
+                    .map_err(kernel("open the config map"))?;
+            let config = Config {
+                redirect_ip4: u32::from_ne_bytes(redirect_ip.octets()),
+                redirect_port: u32::from(listen.port().to_be()),
+                agent_port: u32::from(listen.port()),
+                agent_tgid: std::process::id(),
+                agent_cgroup: own_cgroup,
+                enabled: 1,
+                _pad: 0,
+            };
+            config_map
+                .set(0, config, 0)
+                .map_err(kernel("write the config map"))?;
+        }
+
+        let cgroup_dir = std::fs::File::open(&attach_to).map_err(io("open cgroup", &attach_to))?;
+        attach_pinned::<CgroupSockAddr>(&mut bpf, programs::CONNECT4, &cgroup_dir, &cfg.pin_path)?;
+        attach_pinned::<SockOps>(&mut bpf, programs::SOCKOPS, &cgroup_dir, &cfg.pin_path)?;
+
+        let connections =
+            HashMap::try_from(bpf.take_map(maps::CONNECTIONS).expect("map in object"))
+                .map_err(kernel("open the connections map"))?;
+        tracing::info!(
+            cgroup = %attach_to.display(),
+            redirect = %redirect,
+            pin_path = %cfg.pin_path.display(),
+            container_parents = parents.len(),
+            "eBPF redirect attached"
+        );
+        Ok(KernelRedirect {
+            connections: Mutex::new(connections),
+            resolver: CgroupResolver::new(cgroup_root),
+            pin_dir: cfg.pin_path.clone(),
+            on_shutdown: cfg.on_shutdown,
+            redirect,
+            cgroup: attach_to,
+        })
+    }
+
+    /// Applies the clean-shutdown policy: keep (fail closed) or detach and unpin everything.
+    pub fn shutdown(&self) {
+        match self.on_shutdown {
+            OnShutdown::Keep => tracing::info!(
+                pin_path = %self.pin_dir.display(),
+                "eBPF redirect stays attached (EBPF_ON_SHUTDOWN=keep): containers' metadata connects are refused until the agent is back"
+            ),
+            OnShutdown::Detach => match detach(&self.pin_dir) {
+                Ok(()) => tracing::info!("eBPF redirect detached and unpinned"),
+                Err(e) => tracing::error!(error = %e, "could not detach the eBPF redirect"),
+            },
+        }
+    }
+}
+
+/// Detaches and unpins everything under `pin_dir` (links and maps).
+pub fn detach(pin_dir: &Path) -> std::io::Result<()> {
+    for program in [programs::CONNECT4, programs::SOCKOPS] {
+        for pin in link_pins(pin_dir, program) {
+            if let Ok(link) = PinnedLink::from_pin(&pin) {
+                drop(link.unpin()?);
+            }
+        }
+    }
+    match std::fs::remove_dir_all(pin_dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// The two pin names a program's link alternates between across restarts (bpffs refuses
+/// dots in names).
+fn link_pins(pin_dir: &Path, program: &str) -> [PathBuf; 2] {
+    [
+        pin_dir.join(format!("{program}_link_a")),
+        pin_dir.join(format!("{program}_link_b")),
+    ]
+}
+
+trait CgroupProgram: Sized {
+    fn load_and_attach(
+        program: &mut aya::programs::Program,
+        cgroup: &std::fs::File,
+    ) -> Result<FdLink, String>;
+}
+
+impl CgroupProgram for CgroupSockAddr {
+    fn load_and_attach(
+        program: &mut aya::programs::Program,
+        cgroup: &std::fs::File,
+    ) -> Result<FdLink, String> {
+        let p: &mut CgroupSockAddr = program.try_into().map_err(|e| format!("{e}"))?;
+        p.load().map_err(|e| e.to_string())?;
+        let id = p
+            .attach(cgroup, CgroupAttachMode::Single)
+            .map_err(|e| e.to_string())?;
+        p.take_link(id)
+            .map_err(|e| e.to_string())?
+            .try_into()
+            .map_err(|e: aya::programs::links::LinkError| e.to_string())
+    }
+}
+
+impl CgroupProgram for SockOps {
+    fn load_and_attach(
+        program: &mut aya::programs::Program,
+        cgroup: &std::fs::File,
+    ) -> Result<FdLink, String> {
+        let p: &mut SockOps = program.try_into().map_err(|e| format!("{e}"))?;
+        p.load().map_err(|e| e.to_string())?;
+        let id = p
+            .attach(cgroup, CgroupAttachMode::Single)
+            .map_err(|e| e.to_string())?;
+        p.take_link(id)
+            .map_err(|e| e.to_string())?
+            .try_into()
+            .map_err(|e: aya::programs::links::LinkError| e.to_string())
+    }
+}
+
+/// Attaches `name` (a new link), pins it under the free one of its two pin names, then unpins
+/// the previous agent's link: one attachment before, one after, and no gap.
+fn attach_pinned<P: CgroupProgram>(
+    bpf: &mut Ebpf,
+    name: &str,
+    cgroup: &std::fs::File,
+    pin_dir: &Path,
+) -> Result<(), EbpfError> {
+    let [a, b] = link_pins(pin_dir, name);
+    let (new_pin, old_pin) = if a.exists() { (b, a) } else { (a, b) };
+    if new_pin.exists() {
+        // Both names taken (a crash mid-takeover): drop the one we are about to reuse.
+        if let Ok(link) = PinnedLink::from_pin(&new_pin) {
+            drop(link.unpin().map_err(io("unpin", &new_pin))?);
+        }
+    }
+    let program = bpf.program_mut(name).expect("program in object");
+    let link = P::load_and_attach(program, cgroup).map_err(|detail| EbpfError::Kernel {
+        what: "attach a kernel program",
+        detail: format!("{name}: {detail}"),
+    })?;
+    link.pin(&new_pin).map_err(kernel("pin a link"))?;
+    if old_pin.exists() {
+        if let Ok(old) = PinnedLink::from_pin(&old_pin) {
+            drop(old.unpin().map_err(io("unpin", &old_pin))?);
+            tracing::info!(
+                program = name,
+                "took over from the previous agent's attachment"
+            );
+        }
+    }
+    Ok(())
+}
+
+impl KernelIdentity for KernelRedirect {
+    fn take(&self, client: SocketAddr, server: SocketAddr) -> Option<ConnRecord> {
+        let (IpAddr::V4(client_ip), IpAddr::V4(server_ip)) = (
+            crate::identity::canonical_ip(client.ip()),
+            crate::identity::canonical_ip(server.ip()),
+        ) else {
+            return None;
+        };
+        let key = ConnKey {
+            client_ip4: u32::from_ne_bytes(client_ip.octets()),
+            server_ip4: u32::from_ne_bytes(server_ip.octets()),
+            client_port: client.port(),
+            server_port: server.port(),
+        };
+        let mut map = self.connections.lock().expect("connections map lock");
+        let record = map.get(&key, 0).ok()?;
+        let _ = map.remove(&key);
+        is_fresh(record.ktime_ns, monotonic_ns()).then_some(record)
+    }
+
+    fn container_id(&self, record: &ConnRecord) -> Option<String> {
+        self.resolver.container_id(record)
+    }
+}
+
+/// The first IPv4 address of `name`.
+fn interface_ipv4(name: &str) -> Option<Ipv4Addr> {
+    nix::ifaddrs::getifaddrs().ok()?.find_map(|ifa| {
+        if ifa.interface_name != name {
+            return None;
+        }
+        let addr = ifa.address?;
+        addr.as_sockaddr_in().map(|sin| sin.ip())
+    })
+}
+
+/// Makes sure `pin_path` is on a bpffs, mounting one at /sys/fs/bpf when that is where it
+/// should be and nothing is mounted there.
+fn ensure_bpffs(pin_path: &Path) -> Result<(), EbpfError> {
+    let is_bpffs = |p: &Path| {
+        nix::sys::statfs::statfs(p)
+            .map(|s| i64::from(s.filesystem_type().0) == BPF_FS_MAGIC)
+            .unwrap_or(false)
+    };
+    let mut probe = pin_path.to_path_buf();
+    while !probe.exists() {
+        if !probe.pop() {
+            break;
+        }
+    }
+    if is_bpffs(&probe) {
+        return std::fs::create_dir_all(pin_path).map_err(io("create", pin_path));
+    }
+    let default = Path::new("/sys/fs/bpf");
+    if pin_path.starts_with(default) && default.is_dir() && !is_bpffs(default) {
+        nix::mount::mount(
+            Some("bpf"),
+            default,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .map_err(|e| EbpfError::Kernel {
+            what: "mount bpffs at /sys/fs/bpf",
+            detail: e.to_string(),
+        })?;
+        return std::fs::create_dir_all(pin_path).map_err(io("create", pin_path));
+    }
+    Err(EbpfError::NotBpfFs(pin_path.to_path_buf()))
+}
+
+/// The ids of the container parent cgroups; a missing `docker` directory (cgroupfs driver,
+/// no container started yet) is created so that its id is known before the first container.
+fn container_parents(root: &Path, dirs: &[String]) -> Result<Vec<u64>, EbpfError> {
+    let mut ids = Vec::new();
+    for dir in dirs {
+        let path = root.join(dir);
+        if !path.exists() && !dir.ends_with(".slice") {
+            std::fs::create_dir_all(&path).map_err(io("create cgroup", &path))?;
+        }
+        if let Ok(id) = cgroup_id(&path) {
+            ids.push(id);
+        }
+    }
+    Ok(ids)
+}
+
+/// The agent's own cgroup id: `0::<path>` in /proc/self/cgroup, under the cgroup2 root.
+fn own_cgroup_id(root: &Path) -> Result<u64, EbpfError> {
+    let text = std::fs::read_to_string("/proc/self/cgroup")
+        .map_err(io("read", Path::new("/proc/self/cgroup")))?;
+    let rel = text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap_or("/")
+        .trim_start_matches('/');
+    let dir = root.join(rel);
+    cgroup_id(&dir).map_err(io("stat cgroup", &dir))
+}
