@@ -361,7 +361,7 @@ fn interface_ipv4(name: &str) -> Option<Ipv4Addr> {
 fn ensure_bpffs(pin_path: &Path) -> Result<(), EbpfError> {
     let is_bpffs = |p: &Path| {
         nix::sys::statfs::statfs(p)
-            .map(|s| i64::from(s.filesystem_type().0) == BPF_FS_MAGIC)
+            .map(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
             .unwrap_or(false)
     };
     let mut probe = pin_path.to_path_buf();
