@@ -1,13 +1,37 @@
 #!/usr/bin/env bash
 # The whole test suite, on a bare Debian 12 machine as root: installs and starts what the tests
-# need (Docker engine, moto, iptables guard; see scripts/test-env.sh), runs every check and
-# test, and stops and removes only what it started.
+# need (Docker engine, moto, iptables guard, eBPF toolchain; see scripts/test-env.sh and
+# scripts/ebpf-toolchain.sh), runs every check and test, and stops and removes only what it
+# started.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+# The eBPF tests put 169.254.169.254 on loopback with a recording catcher behind it, so that a
+# container request escaping interception lands in the catcher instead of timing out. Host
+# processes may then reach that loopback address only: the guard rejects 169.254.0.0/16 on
+# every other interface. (Read when test-env.sh is sourced.)
+export MP_GUARD_ALLOW_LOOPBACK=1
+
 # shellcheck source=scripts/test-env.sh
 source scripts/test-env.sh
-trap mp_cleanup EXIT
+# shellcheck source=scripts/ebpf-toolchain.sh
+source scripts/ebpf-toolchain.sh
+CATCHER_ADDED=0
+add_catcher_address() {
+  if ! ip -4 addr show dev lo | grep -q ' 169\.254\.169\.254/32'; then
+    ip addr add 169.254.169.254/32 dev lo
+    CATCHER_ADDED=1
+  fi
+}
+cleanup() {
+  # Whatever a failed eBPF test left attached: removing the pins detaches the programs.
+  rm -rf /sys/fs/bpf/mp-test-* 2>/dev/null || true
+  if [[ $CATCHER_ADDED == 1 ]]; then
+    ip addr del 169.254.169.254/32 dev lo 2>/dev/null || true
+  fi
+  mp_cleanup
+}
+trap cleanup EXIT
 
 mp_install_deps
 mp_install_guard
@@ -15,9 +39,13 @@ mp_start_dockerd
 mp_start_moto
 mp_build_test_image
 mp_export_test_env
+mp_ebpf_toolchain
+add_catcher_address
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# The shipped kernel object must be what the current source builds.
+cargo xtask build-ebpf --check
 # The end-to-end tests run the agent binary; build it before they start.
 cargo build -p metadataproxy
 cargo test --workspace

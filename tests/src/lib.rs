@@ -277,7 +277,28 @@ impl Agent {
     /// `aws_url` and `vars` on top. The AWS SDK gets static test credentials and cannot
     /// look anything up elsewhere.
     pub fn start(upstream_url: &str, aws_url: &str, vars: &[(&str, &str)]) -> Agent {
-        let mut cmd = Command::new(agent_binary());
+        Self::start_in(None, upstream_url, aws_url, vars)
+    }
+
+    /// Like [`Agent::start`], with the agent's process placed in the cgroup2 directory
+    /// `cgroup` (created if missing) before it runs.
+    pub fn start_in(
+        cgroup: Option<&std::path::Path>,
+        upstream_url: &str,
+        aws_url: &str,
+        vars: &[(&str, &str)],
+    ) -> Agent {
+        let mut cmd = match cgroup {
+            None => Command::new(agent_binary()),
+            Some(dir) => {
+                std::fs::create_dir_all(dir).expect("create the agent's cgroup");
+                let mut c = Command::new("sh");
+                c.args(["-c", "echo $$ > \"$1/cgroup.procs\" && exec \"$2\"", "sh"])
+                    .arg(dir)
+                    .arg(agent_binary());
+                c
+            }
+        };
         cmd.env_clear()
             .env("HOST", "0.0.0.0")
             .env("PORT", "0")
@@ -336,6 +357,29 @@ impl Agent {
     /// The raw log output so far.
     pub fn raw_logs(&self) -> String {
         self.logs.lock().expect("lock").join("\n")
+    }
+}
+
+impl Agent {
+    /// The agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (`-TERM`, `-KILL`) and waits up to 20 s for the agent to exit.
+    pub fn stop(&mut self, signal: &str) -> std::process::ExitStatus {
+        run("kill", &[signal, &self.child.id().to_string()]);
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for the agent") {
+                return status;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "agent did not exit after kill {signal}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 
@@ -435,9 +479,21 @@ impl Container {
         network: Option<&str>,
         vars: &[(&str, &str)],
     ) -> Container {
+        Self::start_privileged(env, name, network, vars, &[])
+    }
+
+    /// Like [`Container::start`], with extra `docker run` flags (capabilities).
+    pub fn start_privileged(
+        env: &TestEnv,
+        name: &str,
+        network: Option<&str>,
+        vars: &[(&str, &str)],
+        flags: &[&str],
+    ) -> Container {
         let name = format!("mp-test-{name}");
         let _ = Command::new("docker").args(["rm", "-f", &name]).output();
         let mut args: Vec<String> = vec!["run".into(), "-d".into(), "--name".into(), name.clone()];
+        args.extend(flags.iter().map(|f| f.to_string()));
         if let Some(n) = network {
             args.push("--network".into());
             args.push(n.into());
@@ -473,6 +529,26 @@ impl Container {
             .args(&args)
             .output()
             .expect("docker exec")
+    }
+
+    /// Moves this container (it needs NET_ADMIN) onto `victim`'s IP and announces it with
+    /// gratuitous ARP, so that replies to that IP come here rather than to the victim.
+    pub fn take_ip_of(&self, victim: &Container, gateway: &str) {
+        let script = format!(
+            "ip addr flush dev eth0 && ip addr add {ip}/24 dev eth0 && \
+             ip route add default via {gateway} && arping -U -c 2 -I eth0 -s {ip} {ip} >/dev/null; \
+             ip -4 addr show dev eth0",
+            ip = victim.ip
+        );
+        let out = self.exec(&["sh", "-c", &script]);
+        let shown = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            shown.contains(&format!("inet {}/24", victim.ip)),
+            "{} did not take {}'s IP: {shown} {}",
+            self.name,
+            victim.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// `wget` from inside the container (5 s limit).
@@ -698,4 +774,69 @@ impl Classic {
     pub fn container(&self, name: &str, vars: &[(&str, &str)]) -> Container {
         Container::start(&self.env, name, Some(&self.net.name), vars)
     }
+}
+
+/// Serialises tests that attach kernel programs to the root cgroup or use the shared catcher.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The recording fake on `169.254.169.254:80` (on loopback, put there by the test command):
+/// whatever escapes interception, or is not meant to be intercepted, lands here.
+pub fn catcher() -> &'static FakeUpstream {
+    static CATCHER: OnceLock<FakeUpstream> = OnceLock::new();
+    CATCHER.get_or_init(|| {
+        let has_address =
+            run("ip", &["-4", "addr", "show", "dev", "lo"]).contains("169.254.169.254/32");
+        assert!(
+            has_address,
+            "169.254.169.254 is not on loopback: the test command (scripts/test.sh) adds it for \
+             the catcher"
+        );
+        FakeUpstream::start_on("169.254.169.254:80".parse().expect("addr"))
+    })
+}
+
+/// A bpffs pin directory for one test, removed (detaching what is pinned there) when dropped.
+#[derive(Debug)]
+pub struct PinDir(pub PathBuf);
+
+impl PinDir {
+    /// `/sys/fs/bpf/mp-test-{name}`, emptied first.
+    pub fn new(name: &str) -> PinDir {
+        let dir = PathBuf::from(format!("/sys/fs/bpf/mp-test-{name}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        PinDir(dir)
+    }
+
+    /// The path as a string, for `EBPF_PIN_PATH`.
+    pub fn as_str(&self) -> &str {
+        self.0.to_str().expect("utf-8 path")
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The cgroup2 mount.
+pub fn cgroup2_root() -> PathBuf {
+    metadataproxy::identity::cgroup::detect_cgroup2_root().expect("a cgroup2 mount")
+}
+
+/// How many of our programs are attached to the cgroup2 root, by `bpftool cgroup show`.
+pub fn attachments(program: &str) -> usize {
+    let root = cgroup2_root();
+    run(
+        "bpftool",
+        &["cgroup", "show", root.to_str().expect("utf-8")],
+    )
+    .lines()
+    .filter(|l| l.split_whitespace().any(|w| w == program))
+    .count()
 }

@@ -432,3 +432,34 @@ fn hundred_concurrent_first_requests_make_one_assume_role_per_external_id() {
         );
     }
 }
+
+/// The weakness the eBPF mode closes: in classic mode identity is the source IP alone, so a
+/// container with NET_ADMIN that takes another container's IP gets that container's role.
+#[test]
+fn classic_mode_gives_a_forged_ip_the_victims_role() {
+    let s = Classic::start("forged", 19, &[("DEFAULT_ACCOUNT_ID", "123456789012")]);
+    let victim = s.container("classic-victim", &[("IAM_ROLE", "victim-role")]);
+    let attacker = Container::start_privileged(
+        &s.env,
+        "classic-attacker",
+        Some(&s.net.name),
+        &[("IAM_ROLE", "attacker-role")],
+        &["--cap-add", "NET_ADMIN"],
+    );
+    assert_eq!(
+        victim.wget(&format!("{MD}/iam/security-credentials/")).body,
+        "victim-role"
+    );
+    attacker.take_ip_of(&victim, &s.net.gateway);
+    let stolen = attacker.wget(&format!("{MD}/iam/security-credentials/victim-role"));
+    assert_eq!(stolen.status, 200, "classic mode trusts the source IP");
+    assert!(stolen.body.contains("AccessKeyId"));
+    assert!(s
+        .agent
+        .logs()
+        .iter()
+        .any(|l| l["role_name"] == "victim-role"
+            && l["container_name"] == "mp-test-classic-victim"
+            && l["response_code"] == 200
+            && l["handler"] == "iam-security-crentials-for-role"));
+}

@@ -1,0 +1,378 @@
+//! eBPF mode end to end, as root on the real kernel: the kernel program redirects containers'
+//! metadata connects (no DNAT rule anywhere) and the agent checks that the peer IP and the
+//! connecting cgroup agree. Escapes are made visible by the catcher on `169.254.169.254:80`
+//! (loopback): every test asserts that it recorded nothing from a container.
+//!
+//! These tests attach to the root cgroup, so they run one at a time.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use metadataproxy_tests::{
+    attachments, catcher, cgroup2_root, docker0_gateway, error_descriptions, eventually, run,
+    serial, test_env, Agent, AwsCounter, Container, FakeUpstream, Network, PinDir, TestEnv,
+};
+
+const MD: &str = "http://169.254.169.254/latest/meta-data";
+
+/// An agent in eBPF mode with its own pins, and an empty catcher.
+struct Setup {
+    env: TestEnv,
+    upstream: FakeUpstream,
+    aws: AwsCounter,
+    agent: Agent,
+    pins: PinDir,
+    _serial: std::sync::MutexGuard<'static, ()>,
+}
+
+fn ebpf_vars<'a>(pins: &'a PinDir, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut vars = vec![
+        ("INTERCEPT", "ebpf"),
+        ("EBPF_PIN_PATH", pins.as_str()),
+        ("DEFAULT_ACCOUNT_ID", "123456789012"),
+    ];
+    vars.extend_from_slice(extra);
+    vars
+}
+
+impl Setup {
+    fn start(name: &str, extra: &[(&str, &str)]) -> Setup {
+        let serial = serial();
+        let env = test_env();
+        catcher().emulator.clear();
+        let upstream = FakeUpstream::start();
+        let aws = AwsCounter::start(&env.moto_url);
+        let pins = PinDir::new(name);
+        let agent = Agent::start(&upstream.url(), &aws.url(), &ebpf_vars(&pins, extra));
+        assert_eq!(attachments("mp_connect4"), 1, "one connect4 attachment");
+        assert_eq!(attachments("mp_sockops"), 1, "one sockops attachment");
+        Setup {
+            env,
+            upstream,
+            aws,
+            agent,
+            pins,
+            _serial: serial,
+        }
+    }
+
+    fn container(&self, name: &str, network: Option<&str>, vars: &[(&str, &str)]) -> Container {
+        Container::start(&self.env, name, network, vars)
+    }
+
+    /// The agent's address as containers reach it without the redirect.
+    fn agent_url(&self) -> String {
+        format!("http://{}:{}", docker0_gateway(), self.agent.port)
+    }
+}
+
+/// Nothing a container sent reached the catcher (the real metadata service's stand-in).
+fn assert_no_escape() {
+    let escaped: Vec<String> = catcher()
+        .emulator
+        .recorded()
+        .iter()
+        .map(|r| format!("{} {} from {:?}", r.method, r.path_and_query, r.peer))
+        .collect();
+    assert!(
+        escaped.is_empty(),
+        "reached the real metadata address: {escaped:?}"
+    );
+}
+
+fn creds_of(c: &Container, role: &str) -> serde_json::Value {
+    let r = c.wget(&format!("{MD}/iam/security-credentials/{role}"));
+    assert_eq!(r.status, 200, "{}: credentials for {role}", c.name);
+    serde_json::from_str(&r.body).expect("credentials JSON")
+}
+
+#[test]
+fn containers_on_default_bridge_and_user_network_get_credentials_through_the_kernel() {
+    let s = Setup::start("redirect", &[]);
+    let net = Network::create("ebpf-redirect", 21);
+    let bridged = s.container("ebpf-bridge", None, &[("IAM_ROLE", "bridge-role")]);
+    let user = s.container("ebpf-user", Some(&net.name), &[("IAM_ROLE", "user-role")]);
+    for (c, role) in [(&bridged, "bridge-role"), (&user, "user-role")] {
+        assert_eq!(
+            c.wget(&format!("{MD}/iam/security-credentials/")).body,
+            role
+        );
+        let v = creds_of(c, role);
+        let arn = metadataproxy_tests::caller_identity(&s.env.moto_url, &v);
+        assert_eq!(
+            arn,
+            format!("arn:aws:sts::123456789012:assumed-role/{role}/go-metadataproxy")
+        );
+        // Passthrough goes to the configured upstream, not to the real address.
+        let id = c.wget(&format!("{MD}/instance-id"));
+        assert_eq!((id.status, id.body.as_str()), (200, "i-0123456789abcdef0"));
+    }
+    assert_eq!(s.upstream.emulator.recorded().len(), 2);
+    assert_eq!(s.aws.count("AssumeRole"), 2);
+    assert_no_escape();
+}
+
+#[test]
+fn a_container_forging_another_containers_ip_is_refused() {
+    let s = Setup::start("forged", &[]);
+    let net = Network::create("ebpf-forged", 22);
+    let victim = s.container(
+        "ebpf-victim",
+        Some(&net.name),
+        &[("IAM_ROLE", "victim-role")],
+    );
+    // The victim gets its credentials before the attack.
+    creds_of(&victim, "victim-role");
+    let attacker = Container::start_privileged(
+        &s.env,
+        "ebpf-attacker",
+        Some(&net.name),
+        &[("IAM_ROLE", "attacker-role")],
+        &["--cap-add", "NET_ADMIN"],
+    );
+    attacker.take_ip_of(&victim, &net.gateway);
+
+    // Through the metadata address (redirected) and directly at the agent's address.
+    for base in [
+        MD.to_string(),
+        format!("{}/latest/meta-data", s.agent_url()),
+    ] {
+        for path in [
+            "iam/security-credentials/",
+            "iam/security-credentials/victim-role",
+            "iam/info",
+        ] {
+            let r = attacker.wget(&format!("{base}/{path}"));
+            assert_eq!(r.status, 404, "{base}/{path}: {r:?}");
+            assert!(!r.body.contains("AccessKeyId"));
+        }
+    }
+    let mismatches = error_descriptions(&s.agent)
+        .get("identity_mismatch")
+        .copied()
+        .unwrap_or(0);
+    assert_eq!(mismatches, 6, "{}", s.agent.raw_logs());
+    let warnings: Vec<_> = s
+        .agent
+        .logs()
+        .into_iter()
+        .filter(|l| l["level"] == "WARN" && l["by_ip"].is_string())
+        .collect();
+    assert_eq!(warnings.len(), 6);
+    assert!(warnings[0]["by_ip"]
+        .as_str()
+        .unwrap()
+        .contains("mp-test-ebpf-victim"));
+    assert_eq!(warnings[5]["identity_mismatches_total"], 6);
+    assert_no_escape();
+}
+
+#[test]
+fn a_host_network_container_gets_its_own_role() {
+    let s = Setup::start("hostnet", &[]);
+    let c = s.container(
+        "ebpf-hostnet",
+        Some("host"),
+        &[("IAM_ROLE", "hostnet-role")],
+    );
+    assert_eq!(
+        c.wget(&format!("{MD}/iam/security-credentials/")).body,
+        "hostnet-role"
+    );
+    let v = creds_of(&c, "hostnet-role");
+    assert_eq!(
+        metadataproxy_tests::caller_identity(&s.env.moto_url, &v),
+        "arn:aws:sts::123456789012:assumed-role/hostnet-role/go-metadataproxy"
+    );
+    assert_no_escape();
+}
+
+#[test]
+fn a_host_process_is_not_redirected_and_gets_no_container_credentials() {
+    let s = Setup::start("hostproc", &[]);
+    // This test process is a host process: its connect is not redirected, so it reaches the
+    // catcher (standing in for the real service), and the agent never sees it.
+    let out = run(
+        "curl",
+        &[
+            "-s",
+            "--noproxy",
+            "*",
+            "-m",
+            "5",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("{MD}/iam/security-credentials/"),
+        ],
+    );
+    assert_eq!(out, "404", "the catcher serves no IAM paths");
+    let reached: Vec<String> = catcher()
+        .emulator
+        .recorded()
+        .iter()
+        .map(|r| r.path_and_query.clone())
+        .collect();
+    assert_eq!(reached, ["/latest/meta-data/iam/security-credentials/"]);
+    assert!(
+        !s.agent.logs().iter().any(|l| l["message"] == "request"),
+        "{}",
+        s.agent.raw_logs()
+    );
+    // A host process that connects to the agent directly is tagged, and is not a container.
+    let direct = run(
+        "curl",
+        &[
+            "-s",
+            "--noproxy",
+            "*",
+            "-m",
+            "5",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!(
+                "{}/latest/meta-data/iam/security-credentials/",
+                s.agent_url()
+            ),
+        ],
+    );
+    assert_eq!(direct, "404");
+    assert_eq!(
+        error_descriptions(&s.agent).get("could_not_find_container"),
+        Some(&1),
+        "{}",
+        s.agent.raw_logs()
+    );
+}
+
+#[test]
+fn the_agents_own_upstream_calls_are_not_redirected_back_to_it() {
+    let _serial = serial();
+    let env = test_env();
+    catcher().emulator.clear();
+    let aws = AwsCounter::start(&env.moto_url);
+    let pins = PinDir::new("own-calls");
+    // The agent runs in a cgroup under the container parent, where every metadata connect is
+    // redirected, and forwards to the real address: the catcher must receive it.
+    let cgroup: PathBuf = cgroup2_root().join("docker/mp-test-agent");
+    let agent = Agent::start_in(
+        Some(&cgroup),
+        "http://169.254.169.254",
+        &aws.url(),
+        &ebpf_vars(&pins, &[]),
+    );
+    let c = Container::start(&env, "ebpf-owncalls", None, &[]);
+    let r = c.wget(&format!("{MD}/instance-id"));
+    assert_eq!((r.status, r.body.as_str()), (200, "i-0123456789abcdef0"));
+    let rec = catcher().emulator.recorded();
+    assert_eq!(rec.len(), 1, "{rec:?}");
+    assert_eq!(rec[0].path_and_query, "/latest/meta-data/instance-id");
+    // From the agent (a host address), not from the container.
+    assert_ne!(rec[0].peer.expect("peer").ip().to_string(), c.ip, "{rec:?}");
+    drop(c);
+    drop(agent);
+    let _ = std::fs::remove_dir(&cgroup);
+}
+
+#[test]
+fn a_container_calling_at_start_gets_its_credentials() {
+    let s = Setup::start("atstart", &[]);
+    let name = "mp-test-ebpf-atstart";
+    let _ = std::process::Command::new("docker")
+        .args(["rm", "-f", name])
+        .output();
+    let out = std::process::Command::new("docker")
+        .args([
+            "run",
+            "--rm",
+            "--name",
+            name,
+            "-e",
+            "IAM_ROLE=early-role",
+            &s.env.image,
+            "timeout",
+            "10",
+            "wget",
+            "-q",
+            "-O",
+            "-",
+            &format!("{MD}/iam/security-credentials/early-role"),
+        ])
+        .output()
+        .expect("docker run");
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        body.contains("\"AccessKeyId\""),
+        "{body} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_no_escape();
+}
+
+#[test]
+fn after_sigkill_containers_are_refused_and_a_restart_takes_over() {
+    let mut s = Setup::start("restart", &[]);
+    let c = s.container("ebpf-restart", None, &[("IAM_ROLE", "restart-role")]);
+    creds_of(&c, "restart-role");
+    s.agent.stop("-KILL");
+    // Still redirected to the dead agent: refused, never the real service.
+    let r = c.wget(&format!("{MD}/iam/security-credentials/restart-role"));
+    assert_eq!(r.status, 0, "no answer while the agent is down: {r:?}");
+    assert_eq!(c.wget(&format!("{MD}/instance-id")).status, 0);
+    assert_eq!(
+        attachments("mp_connect4"),
+        1,
+        "the pinned programs stay attached"
+    );
+
+    let port = s.agent.port.to_string();
+    let agent = Agent::start(
+        &s.upstream.url(),
+        &s.aws.url(),
+        &ebpf_vars(&s.pins, &[("PORT", &port)]),
+    );
+    assert_eq!(
+        attachments("mp_connect4"),
+        1,
+        "exactly one attachment after the restart"
+    );
+    assert_eq!(attachments("mp_sockops"), 1);
+    creds_of(&c, "restart-role");
+    drop(agent);
+    assert_no_escape();
+}
+
+#[test]
+fn clean_shutdown_keeps_or_detaches_as_configured() {
+    let mut keep = Setup::start("keep", &[]);
+    assert!(keep.agent.stop("-TERM").success());
+    assert_eq!(
+        attachments("mp_connect4"),
+        1,
+        "EBPF_ON_SHUTDOWN=keep stays attached"
+    );
+    let c = keep.container("ebpf-keep", None, &[("IAM_ROLE", "keep-role")]);
+    assert_eq!(c.wget(&format!("{MD}/iam/security-credentials/")).status, 0);
+    drop(c);
+    drop(keep);
+    assert!(
+        eventually(Duration::from_secs(5), || (attachments("mp_connect4") == 0)
+            .then_some(()))
+        .is_some(),
+        "removing the pins detaches"
+    );
+
+    let mut detach = Setup::start("detach", &[("EBPF_ON_SHUTDOWN", "detach")]);
+    assert!(detach.agent.stop("-TERM").success());
+    assert_eq!(
+        attachments("mp_connect4"),
+        0,
+        "EBPF_ON_SHUTDOWN=detach detaches"
+    );
+    assert_eq!(attachments("mp_sockops"), 0);
+    assert!(!detach.pins.0.exists());
+    assert_no_escape();
+}
