@@ -15,6 +15,7 @@ use metadataproxy::app::{Deps, State};
 use metadataproxy::builtin::Emulator;
 use metadataproxy::clock::SystemClock;
 use metadataproxy::config::{Args, BuiltinValues, Config};
+use metadataproxy::identity::kernel::{ConnRecord, KernelIdentity};
 use metadataproxy::identity::{Container, ContainerLookup, LookupError};
 use metadataproxy::roles::{
     AssumeRole, AssumeRoleRequest, AwsError, Credentials, GetRole, Partition, RoleArn, Secret,
@@ -114,6 +115,15 @@ impl Harness {
     /// Starts the agent with `flags`, the emulator as upstream over TCP (unless `upstream`
     /// overrides it), and 127.0.0.1 mapped to `container` if given.
     pub async fn start(flags: &[&str], container: Option<Container>) -> Harness {
+        Self::start_with(flags, container, None).await
+    }
+
+    /// Like [`Harness::start`], in eBPF mode with `kernel` as the kernel's records.
+    pub async fn start_with(
+        flags: &[&str],
+        container: Option<Container>,
+        kernel: Option<Arc<dyn KernelIdentity>>,
+    ) -> Harness {
         let emulator = Emulator::new(BuiltinValues::default());
         let up_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let upstream_addr = up_listener.local_addr().unwrap();
@@ -154,7 +164,7 @@ impl Harness {
                 upstream,
                 clock: Arc::new(SystemClock),
                 partition: Partition::for_region("us-east-1"),
-                kernel: None,
+                kernel,
             },
         ));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -249,5 +259,36 @@ pub fn parse_response(buf: &[u8]) -> RawResponse {
         status,
         headers,
         body: buf[split + 4..].to_vec(),
+    }
+}
+
+/// The kernel's records, as a test sets them: every connection gets `record`, and its cgroup
+/// belongs to `container_id`.
+#[derive(Debug, Default)]
+pub struct FakeKernel {
+    pub record: Mutex<Option<ConnRecord>>,
+    pub container_id: Mutex<Option<String>>,
+}
+
+impl FakeKernel {
+    pub fn new(record: bool, container_id: Option<&str>) -> Arc<FakeKernel> {
+        Arc::new(FakeKernel {
+            record: Mutex::new(record.then(|| ConnRecord {
+                cgroup_id: 4242,
+                tgid: 77,
+                ..ConnRecord::default()
+            })),
+            container_id: Mutex::new(container_id.map(str::to_string)),
+        })
+    }
+}
+
+impl KernelIdentity for FakeKernel {
+    fn take(&self, _client: SocketAddr, _server: SocketAddr) -> Option<ConnRecord> {
+        *self.record.lock().unwrap()
+    }
+
+    fn container_id(&self, _record: &ConnRecord) -> Option<String> {
+        self.container_id.lock().unwrap().clone()
     }
 }
