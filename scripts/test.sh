@@ -43,9 +43,9 @@ mp_ebpf_toolchain
 add_catcher_address
 
 cargo fmt --all -- --check
-cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy --all-targets -- -D warnings
 # The shipped kernel object must be what the current source builds.
 cargo xtask build-ebpf --check
 # The end-to-end tests run the agent binary; build it before they start.
 cargo build -p metadataproxy
-cargo test --workspace
+cargo test

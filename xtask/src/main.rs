@@ -162,9 +162,10 @@ fn build_object() -> Result<(Vec<u8>, String), String> {
             "bpfel-unknown-none",
             "-Z",
             "build-std=core",
-            "--manifest-path",
+            "--package",
+            "metadataproxy-ebpf",
         ])
-        .arg(root.join("metadataproxy-ebpf/Cargo.toml"))
+        .current_dir(&root)
         .arg("--target-dir")
         .arg(&target_dir)
         // Unlocks -Z on a stable-channel compiler (Debian's); harmless on nightly.
