@@ -17,10 +17,10 @@ use aya_ebpf::helpers::generated::{
     bpf_ktime_get_ns,
 };
 use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid};
-use aya_ebpf::EbpfContext;
 use aya_ebpf::macros::{cgroup_sock_addr, map, sock_ops};
 use aya_ebpf::maps::{Array, HashMap, LruHashMap};
 use aya_ebpf::programs::{SockAddrContext, SockOpsContext};
+use aya_ebpf::EbpfContext;
 use metadataproxy_common::{
     Config, ConnKey, ConnRecord, MAX_CGROUP_LEVEL, METADATA_IPV4_BE, METADATA_PORT_BE,
 };
