@@ -840,3 +840,19 @@ pub fn attachments(program: &str) -> usize {
     .filter(|l| l.split_whitespace().any(|w| w == program))
     .count()
 }
+
+/// How many entries a pinned map holds, by `bpftool map dump`.
+pub fn map_entries(pinned: &std::path::Path) -> usize {
+    let out = run(
+        "bpftool",
+        &[
+            "-j",
+            "map",
+            "dump",
+            "pinned",
+            pinned.to_str().expect("utf-8"),
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).expect("bpftool JSON");
+    v.as_array().map(Vec::len).unwrap_or(0)
+}

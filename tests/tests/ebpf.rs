@@ -9,8 +9,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use metadataproxy_tests::{
-    attachments, catcher, cgroup2_root, docker0_gateway, error_descriptions, eventually, run,
-    serial, test_env, Agent, AwsCounter, Container, FakeUpstream, Network, PinDir, TestEnv,
+    attachments, catcher, cgroup2_root, docker0_gateway, error_descriptions, eventually,
+    map_entries, run, serial, test_env, Agent, AwsCounter, Container, FakeUpstream, Network,
+    PinDir, TestEnv,
 };
 
 const MD: &str = "http://169.254.169.254/latest/meta-data";
@@ -109,6 +110,11 @@ fn containers_on_default_bridge_and_user_network_get_credentials_through_the_ker
     }
     assert_eq!(s.upstream.emulator.recorded().len(), 2);
     assert_eq!(s.aws.count("AssumeRole"), 2);
+    // Every record was consumed when its connection was accepted: nothing accumulates.
+    let maps = s.pins.0.join("maps-v1");
+    assert_eq!(map_entries(&maps.join("MP_CONTAINER_PARENTS")), 1, "the count works");
+    assert_eq!(map_entries(&maps.join("MP_SOCKETS")), 0);
+    assert_eq!(map_entries(&maps.join("MP_CONNECTIONS")), 0);
     assert_no_escape();
 }
 
