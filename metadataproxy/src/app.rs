@@ -13,8 +13,9 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 use crate::builtin::Emulator;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, UpstreamConfig};
+use crate::handlers::iam::{credentials_for, role_of};
 use crate::identity::kernel::KernelIdentity;
-use crate::identity::{ContainerLookup, DockerLookup};
+use crate::identity::{Container, ContainerIndex, ContainerLookup, DockerLookup};
 use crate::roles::{
     AssumeRole, CredentialCache, GetRole, Partition, RoleResolver, RoleSpec, SdkIam, SdkSts,
 };
@@ -43,6 +44,8 @@ pub struct State {
     pub kernel: Option<Arc<dyn KernelIdentity>>,
     /// eBPF mode: requests refused because IP and cgroup disagreed.
     pub identity_mismatches: std::sync::atomic::AtomicU64,
+    /// Credentials fetched for a container before it asked.
+    pub prefetches: std::sync::atomic::AtomicU64,
 }
 
 /// The external services behind the seams.
@@ -82,12 +85,14 @@ impl State {
             lookup_window: config.container_lookup_timeout,
             kernel: deps.kernel,
             identity_mismatches: Default::default(),
+            prefetches: Default::default(),
         }
     }
 
-    /// Builds the real components: Docker, the AWS SDK clients, the upstream; `kernel` is the
-    /// eBPF redirect's connection records in eBPF mode.
-    pub async fn build(config: &Config, kernel: Option<Arc<dyn KernelIdentity>>) -> State {
+    /// Builds the real components: the container index (following Docker's events), the AWS
+    /// SDK clients, the upstream; `kernel` is the eBPF redirect's connection records in eBPF
+    /// mode. Starts the index and the credential prefetcher.
+    pub async fn build(config: &Config, kernel: Option<Arc<dyn KernelIdentity>>) -> Arc<State> {
         let sdk = aws_sdk_config(config).await;
         let region = sdk
             .region()
@@ -102,8 +107,10 @@ impl State {
             )),
             UpstreamConfig::Builtin(values) => Arc::new(Emulator::new(values.clone())),
         };
+        let (index, started) = ContainerIndex::new(DockerLookup::new(config.docker.clone()));
+        tokio::spawn(index.clone().run(config.docker_reconcile_interval));
         let deps = Deps {
-            lookup: Arc::new(DockerLookup::new(config.docker.clone())),
+            lookup: index,
             sts: Arc::new(SdkSts::new(aws_sdk_sts::Client::new(&sdk))),
             iam: Arc::new(SdkIam::new(aws_sdk_iam::Client::new(&sdk))),
             upstream,
@@ -111,7 +118,50 @@ impl State {
             partition: Partition::for_region(&region),
             kernel,
         };
-        State::new(config, deps)
+        let state = Arc::new(State::new(config, deps));
+        if config.credential_prefetch {
+            tokio::spawn(prefetch(state.clone(), started));
+        }
+        state
+    }
+}
+
+/// Fetches credentials for containers as they start (and for those found at start-up), so
+/// that their first request finds them cached. A few at a time.
+async fn prefetch(state: Arc<State>, mut started: tokio::sync::mpsc::UnboundedReceiver<Container>) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(8));
+    while let Some(container) = started.recv().await {
+        let Ok(spec) = role_of(&state, &container) else {
+            continue;
+        };
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            match credentials_for(&state, &container, &spec).await {
+                Ok(_) => {
+                    state
+                        .prefetches
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::info!(
+                        container_id = %container.id,
+                        container_name = %container.name,
+                        role_name = spec.name(),
+                        "credentials prefetched"
+                    );
+                }
+                Err(e) => tracing::warn!(
+                    container_id = %container.id,
+                    container_name = %container.name,
+                    role_name = spec.name(),
+                    error_description = e.description(),
+                    error = %e,
+                    "credential prefetch failed"
+                ),
+            }
+        });
     }
 }
 

@@ -121,6 +121,15 @@ pub struct Args {
     #[arg(long, env = "CONTAINER_LOOKUP_TIMEOUT", default_value = "5s")]
     pub container_lookup_timeout: String,
 
+    /// How often the container index is rebuilt from a full Docker listing, as a safety net
+    /// beside Docker's event stream (Go duration).
+    #[arg(long, env = "DOCKER_RECONCILE_INTERVAL", default_value = "60s")]
+    pub docker_reconcile_interval: String,
+
+    /// Fetch a container's credentials when it starts, before it asks (true or false).
+    #[arg(long, env = "CREDENTIAL_PREFETCH", default_value = "true")]
+    pub credential_prefetch: String,
+
     /// Refresh credentials this long before they expire (Go duration). Must be shorter than
     /// the session duration.
     #[arg(long, env = "ROLE_CACHE_OFFSET", default_value = "15m")]
@@ -234,6 +243,10 @@ pub struct Config {
     pub docker: DockerUrl,
     /// Retry window for a container not yet listed (`CONTAINER_LOOKUP_TIMEOUT`).
     pub container_lookup_timeout: Duration,
+    /// Full resync period of the container index (`DOCKER_RECONCILE_INTERVAL`).
+    pub docker_reconcile_interval: Duration,
+    /// Prefetch credentials at container start (`CREDENTIAL_PREFETCH`).
+    pub credential_prefetch: bool,
     /// Refresh margin before credential expiry (`ROLE_CACHE_OFFSET`).
     pub role_cache_offset: Duration,
     /// STS session name (`ROLE_SESSION_NAME`).
@@ -540,6 +553,15 @@ impl TryFrom<Args> for Config {
 
         let container_lookup_timeout = parse_go_duration(&a.container_lookup_timeout)
             .map_err(|e| invalid("CONTAINER_LOOKUP_TIMEOUT", &a.container_lookup_timeout, e))?;
+        let docker_reconcile_interval =
+            positive_duration("DOCKER_RECONCILE_INTERVAL", &a.docker_reconcile_interval)?;
+        let credential_prefetch = parse_bool(a.credential_prefetch.trim()).ok_or_else(|| {
+            invalid(
+                "CREDENTIAL_PREFETCH",
+                &a.credential_prefetch,
+                "expected true or false",
+            )
+        })?;
         let role_cache_offset = parse_go_duration(&a.role_cache_offset)
             .map_err(|e| invalid("ROLE_CACHE_OFFSET", &a.role_cache_offset, e))?;
         let role_session_duration = parse_go_duration(&a.role_session_duration)
@@ -622,6 +644,8 @@ impl TryFrom<Args> for Config {
             log: LogConfig { level, format },
             docker,
             container_lookup_timeout,
+            docker_reconcile_interval,
+            credential_prefetch,
             role_cache_offset,
             role_session_name,
             role_session_duration,

@@ -69,7 +69,7 @@ async fn run(config: Config) -> ExitCode {
     let kernel = redirect
         .clone()
         .map(|k| k as Arc<dyn metadataproxy::identity::kernel::KernelIdentity>);
-    let state = Arc::new(State::build(&config, kernel).await);
+    let state = State::build(&config, kernel).await;
     tracing::info!(
         listen = %listen,
         upstream = ?config.upstream,

@@ -245,6 +245,15 @@ impl AwsCounter {
             .count()
     }
 
+    /// How many calls of `action` had a form body containing `needle` (e.g.
+    /// `role%2Fmy-role&`, form-encoded).
+    pub fn count_matching(&self, action: &str, needle: &str) -> usize {
+        self.forms(action)
+            .iter()
+            .filter(|f| f.contains(needle))
+            .count()
+    }
+
     /// The form bodies of the `action` calls, in order.
     pub fn forms(&self, action: &str) -> Vec<String> {
         self.actions
@@ -725,7 +734,11 @@ pub fn caller_identity(moto_url: &str, creds: &serde_json::Value) -> String {
 /// Counts of each `error_description` in the agent's request lines.
 pub fn error_descriptions(agent: &Agent) -> HashMap<String, usize> {
     let mut out = HashMap::new();
-    for line in agent.logs() {
+    for line in agent
+        .logs()
+        .into_iter()
+        .filter(|l| l["message"] == "request")
+    {
         if let Some(e) = line["error_description"].as_str() {
             *out.entry(e.to_string()).or_default() += 1;
         }

@@ -47,12 +47,17 @@ async fn caller(
     };
     info.container_id = Some(container.id.clone());
     info.container_name = Some(container.name.clone());
-    let spec = match &container.role {
-        Some(raw) => RoleSpec::parse(raw).map_err(Failure::InvalidRole)?,
-        None => state.default_role.clone().ok_or(Failure::NoRole)?,
-    };
+    let spec = role_of(state, &container)?;
     info.role_name = Some(spec.name().to_string());
     Ok((container, spec))
+}
+
+/// The container's role: its `IAM_ROLE`, else `DEFAULT_ROLE`.
+pub(crate) fn role_of(state: &State, container: &Container) -> Result<RoleSpec, Failure> {
+    match &container.role {
+        Some(raw) => RoleSpec::parse(raw).map_err(Failure::InvalidRole),
+        None => state.default_role.clone().ok_or(Failure::NoRole),
+    }
 }
 
 fn lookup_failure(e: LookupError) -> Failure {
@@ -116,7 +121,7 @@ async fn container_verified(
     }
 }
 
-async fn credentials_for(
+pub(crate) async fn credentials_for(
     state: &State,
     container: &Container,
     spec: &RoleSpec,

@@ -5,7 +5,10 @@
 
 use std::net::IpAddr;
 
-use bollard::query_parameters::{InspectContainerOptions, ListContainersOptions};
+use bollard::models::EventMessage;
+use bollard::query_parameters::{
+    EventsOptionsBuilder, InspectContainerOptions, ListContainersOptions,
+};
 use bollard::Docker;
 use futures_util::future::BoxFuture;
 use tokio::sync::OnceCell;
@@ -53,7 +56,8 @@ impl DockerLookup {
             .await
     }
 
-    async fn find(&self, ip: IpAddr) -> Result<Option<Container>, LookupError> {
+    /// The running container with `ip` on any network: one list, then one inspect.
+    pub async fn find(&self, ip: IpAddr) -> Result<Option<Container>, LookupError> {
         let docker = self.client().await?;
         let listed = docker
             .list_containers(None::<ListContainersOptions>)
@@ -66,14 +70,7 @@ impl DockerLookup {
                     .network_settings
                     .as_ref()
                     .and_then(|n| n.networks.as_ref());
-                networks.is_some_and(|nets| {
-                    nets.values().any(|ep| {
-                        [&ep.ip_address, &ep.global_ipv6_address]
-                            .into_iter()
-                            .flatten()
-                            .any(|a| a.parse::<IpAddr>().is_ok_and(|a| a == ip))
-                    })
-                })
+                networks.is_some_and(|nets| endpoint_ips(nets.values()).any(|a| a == ip))
             })
             .filter_map(|c| c.id)
             .collect();
@@ -86,7 +83,18 @@ impl DockerLookup {
         self.inspect(&id).await
     }
 
-    async fn inspect(&self, id: &str) -> Result<Option<Container>, LookupError> {
+    /// The ids of the running containers.
+    pub async fn running_ids(&self) -> Result<Vec<String>, LookupError> {
+        let docker = self.client().await?;
+        let listed = docker
+            .list_containers(None::<ListContainersOptions>)
+            .await
+            .map_err(docker_error)?;
+        Ok(listed.into_iter().filter_map(|c| c.id).collect())
+    }
+
+    /// The container with this id, if it is running.
+    pub async fn inspect(&self, id: &str) -> Result<Option<Container>, LookupError> {
         let docker = self.client().await?;
         let info = match docker
             .inspect_container(id, None::<InspectContainerOptions>)
@@ -103,15 +111,56 @@ impl DockerLookup {
         if !running {
             return Ok(None);
         }
+        let ips: Vec<IpAddr> = info
+            .network_settings
+            .as_ref()
+            .and_then(|n| n.networks.as_ref())
+            .map(|nets| endpoint_ips(nets.values()).collect())
+            .unwrap_or_default();
         let config = info.config.unwrap_or_default();
         let env = config.env.unwrap_or_default();
-        Ok(Some(Container::from_env(
+        let mut container = Container::from_env(
             info.id.unwrap_or_else(|| id.to_string()),
             info.name.unwrap_or_default(),
             config.image.unwrap_or_default(),
             env.iter().map(String::as_str),
-        )))
+        );
+        container.ips = ips;
+        Ok(Some(container))
     }
+
+    /// Container and network events, from `since` (seconds since the epoch) on.
+    pub async fn events(
+        &self,
+        since: i64,
+    ) -> Result<
+        impl futures_util::Stream<Item = Result<EventMessage, bollard::errors::Error>> + '_,
+        LookupError,
+    > {
+        let docker = self.client().await?;
+        let mut filters = std::collections::HashMap::new();
+        filters.insert("type", vec!["container", "network"]);
+        filters.insert(
+            "event",
+            vec!["start", "die", "destroy", "rename", "connect", "disconnect"],
+        );
+        let options = EventsOptionsBuilder::new()
+            .since(&since.to_string())
+            .filters(&filters)
+            .build();
+        Ok(docker.events(Some(options)))
+    }
+}
+
+fn endpoint_ips<'a>(
+    endpoints: impl Iterator<Item = &'a bollard::models::EndpointSettings> + 'a,
+) -> impl Iterator<Item = IpAddr> + 'a {
+    endpoints.flat_map(|ep| {
+        [&ep.ip_address, &ep.global_ipv6_address]
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a.parse::<IpAddr>().ok())
+    })
 }
 
 fn docker_error(e: bollard::errors::Error) -> LookupError {

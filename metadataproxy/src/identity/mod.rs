@@ -4,6 +4,7 @@
 
 pub mod cgroup;
 mod docker;
+pub mod index;
 pub mod kernel;
 
 use std::fmt;
@@ -13,6 +14,7 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 
 pub use docker::DockerLookup;
+pub use index::ContainerIndex;
 
 /// What the agent needs to know about a running container.
 #[derive(Clone, PartialEq, Eq)]
@@ -27,6 +29,8 @@ pub struct Container {
     pub role: Option<String>,
     /// The `IAM_EXTERNAL_ID` environment variable, if set and non-empty.
     pub external_id: Option<String>,
+    /// Its addresses on every network (empty on the host network).
+    pub ips: Vec<IpAddr>,
 }
 
 impl fmt::Debug for Container {
@@ -37,6 +41,7 @@ impl fmt::Debug for Container {
             .field("image", &self.image)
             .field("role", &self.role)
             .field("external_id", &self.external_id.as_ref().map(|_| "***"))
+            .field("ips", &self.ips)
             .finish()
     }
 }
@@ -64,6 +69,7 @@ impl Container {
             image,
             role,
             external_id,
+            ips: Vec::new(),
         }
     }
 
