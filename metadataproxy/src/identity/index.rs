@@ -183,8 +183,9 @@ impl ContainerIndex {
         self.stats.events.fetch_add(1, Ordering::Relaxed);
         match action.as_str() {
             "die" | "destroy" => self.remove(&id),
-            "start" => self.refresh(&id, true).await,
-            _ => self.refresh(&id, false).await,
+            // Docker announces the network connect before the start; whichever event first
+            // finds the container running adds it, and announces it.
+            _ => self.refresh(&id, true).await,
         }
     }
 

@@ -1,0 +1,144 @@
+//! The container index and credential prefetch, end to end: a real Docker engine (behind a
+//! proxy that counts the agent's API calls), moto behind a counter, iptables DNAT.
+
+use std::time::Duration;
+
+use metadataproxy_tests::{
+    eventually, test_env, Agent, AwsCounter, Container, DockerCounter, FakeUpstream, Network, Rule,
+};
+
+const MD: &str = "http://169.254.169.254/latest/meta-data";
+
+#[test]
+fn a_warm_index_answers_without_docker_or_sts_calls_and_credentials_are_prefetched() {
+    let env = test_env();
+    let docker = DockerCounter::start("warm");
+    let upstream = FakeUpstream::start();
+    let aws = AwsCounter::start(&env.moto_url);
+    let agent = Agent::start(
+        &upstream.url(),
+        &aws.url(),
+        &[
+            ("DEFAULT_ACCOUNT_ID", "123456789012"),
+            ("DOCKER_URL", &docker.url()),
+        ],
+    );
+    let net = Network::create("index-warm", 31);
+    let _dnat = Rule::dnat("br-+", &net.subnet, &net.gateway, agent.port);
+    let c = Container::start(
+        &env,
+        "index-warm",
+        Some(&net.name),
+        &[("IAM_ROLE", "warm-role")],
+    );
+
+    // The start event leads to a prefetch before the container asks anything.
+    let role = "%2Fwarm-role&";
+    eventually(Duration::from_secs(10), || {
+        (aws.count_matching("AssumeRole", role) == 1).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "credentials prefetched at start: {}\n{:?}",
+            agent.raw_logs(),
+            docker.requests()
+        )
+    });
+    assert!(agent
+        .logs()
+        .iter()
+        .any(|l| l["message"] == "credentials prefetched"
+            && l["container_name"] == "mp-test-index-warm"));
+
+    let docker_before = docker.requests().len();
+    for _ in 0..3 {
+        let r = c.wget(&format!("{MD}/iam/security-credentials/warm-role"));
+        assert_eq!(r.status, 200);
+        assert_eq!(c.wget(&format!("{MD}/iam/info")).status, 200);
+        assert_eq!(
+            c.wget(&format!("{MD}/iam/security-credentials/")).body,
+            "warm-role"
+        );
+    }
+    let during: Vec<String> = docker.requests()[docker_before..].to_vec();
+    // The index may follow other tests' containers meanwhile (events, inspects); a lookup
+    // would be a container listing or an inspect of this container.
+    let lookups: Vec<&String> = during
+        .iter()
+        .filter(|r| r.contains("/containers/json") && !r.contains("/containers/json?all"))
+        .chain(
+            during
+                .iter()
+                .filter(|r| r.contains(&format!("/containers/{}", c.name))),
+        )
+        .collect();
+    assert!(
+        lookups.is_empty(),
+        "Docker calls on the hot path: {lookups:?}"
+    );
+    assert_eq!(
+        aws.count_matching("AssumeRole", role),
+        1,
+        "nine requests, no STS call beyond the prefetch"
+    );
+    // The counter does see the agent's Docker traffic (sync, events).
+    assert!(docker.requests().iter().any(|r| r.contains("/events")));
+}
+
+#[test]
+fn an_ip_reused_by_a_new_container_maps_to_the_new_one_only() {
+    let env = test_env();
+    let upstream = FakeUpstream::start();
+    let aws = AwsCounter::start(&env.moto_url);
+    let agent = Agent::start(
+        &upstream.url(),
+        &aws.url(),
+        &[("DEFAULT_ACCOUNT_ID", "123456789012")],
+    );
+    let net = Network::create("index-reuse", 32);
+    let _dnat = Rule::dnat("br-+", &net.subnet, &net.gateway, agent.port);
+    let ip = "172.30.32.50";
+    let a = Container::start_privileged(
+        &env,
+        "index-reuse-a",
+        Some(&net.name),
+        &[("IAM_ROLE", "role-a")],
+        &["--ip", ip],
+    );
+    assert_eq!(
+        a.wget(&format!("{MD}/iam/security-credentials/")).body,
+        "role-a"
+    );
+    drop(a);
+    let b = Container::start_privileged(
+        &env,
+        "index-reuse-b",
+        Some(&net.name),
+        &[("IAM_ROLE", "role-b")],
+        &["--ip", ip],
+    );
+    assert_eq!(b.ip, ip);
+    // Immediately: the new container's role, never the old one's.
+    assert_eq!(
+        b.wget(&format!("{MD}/iam/security-credentials/")).body,
+        "role-b"
+    );
+    let creds = b.wget(&format!("{MD}/iam/security-credentials/role-b"));
+    assert_eq!(creds.status, 200);
+    assert_eq!(
+        b.wget(&format!("{MD}/iam/security-credentials/role-a"))
+            .status,
+        404
+    );
+    let requests: Vec<serde_json::Value> = agent
+        .logs()
+        .into_iter()
+        .filter(|l| l["message"] == "request" && l["remote_addr"] == ip)
+        .collect();
+    let by_a = requests
+        .iter()
+        .filter(|l| l["container_name"] == "mp-test-index-reuse-a")
+        .count();
+    assert_eq!(by_a, 1, "only A's own request is attributed to A");
+    assert_eq!(requests.len(), 4);
+}
