@@ -49,3 +49,5 @@ cargo xtask build-ebpf --check
 # The end-to-end tests run the agent binary; build it before they start.
 cargo build -p metadataproxy
 cargo test
+# Stops and restarts dockerd: on its own, after everything else.
+cargo test -p metadataproxy-tests --test dockerd_restart
