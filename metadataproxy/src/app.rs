@@ -17,7 +17,8 @@ use crate::handlers::iam::{credentials_for, role_of};
 use crate::identity::kernel::KernelIdentity;
 use crate::identity::{Container, ContainerIndex, ContainerLookup, DockerLookup};
 use crate::roles::{
-    AssumeRole, CredentialCache, GetRole, Partition, RoleResolver, RoleSpec, SdkIam, SdkSts,
+    AssumeRole, CacheSettings, CredentialCache, GetRole, Partition, RoleResolver, RoleSpec, SdkIam,
+    SdkSts,
 };
 use crate::upstream::{HttpUpstream, Upstream};
 
@@ -77,7 +78,15 @@ impl State {
                 config.default_account_id.clone(),
                 deps.iam,
             ),
-            credentials: CredentialCache::new(deps.sts, deps.clock, config.role_cache_offset),
+            credentials: CredentialCache::new(
+                deps.sts,
+                deps.clock,
+                CacheSettings {
+                    offset: config.role_cache_offset,
+                    rate_limit: config.sts_rate_limit,
+                    ..CacheSettings::default()
+                },
+            ),
             upstream: deps.upstream,
             default_role: config.default_role.clone(),
             session_name: config.role_session_name.clone(),

@@ -139,6 +139,11 @@ pub struct Args {
     #[arg(long, env = "ROLE_SESSION_NAME", default_value = "go-metadataproxy")]
     pub role_session_name: String,
 
+    /// At most this many sts:AssumeRole calls per second; further calls wait their turn
+    /// (0: no limit).
+    #[arg(long, env = "STS_RATE_LIMIT", default_value = "100")]
+    pub sts_rate_limit: String,
+
     /// Duration of the assumed-role sessions (Go duration, 15m to 12h).
     #[arg(long, env = "ROLE_SESSION_DURATION", default_value = "1h")]
     pub role_session_duration: String,
@@ -253,6 +258,8 @@ pub struct Config {
     pub role_session_name: String,
     /// STS session duration (`ROLE_SESSION_DURATION`).
     pub role_session_duration: Duration,
+    /// AssumeRole calls per second (`STS_RATE_LIMIT`, 0: unlimited).
+    pub sts_rate_limit: u32,
     /// Region of the agent's AWS clients (`AWS_REGION`).
     pub aws_region: Option<String>,
     /// Telemetry settings parsed now and used by a later version.
@@ -587,6 +594,13 @@ impl TryFrom<Args> for Config {
                 ),
             ));
         }
+        let sts_rate_limit: u32 = a.sts_rate_limit.trim().parse().map_err(|_| {
+            invalid(
+                "STS_RATE_LIMIT",
+                &a.sts_rate_limit,
+                "expected a whole number of calls per second (0: no limit)",
+            )
+        })?;
         let role_session_name = a.role_session_name.trim().to_string();
         if !is_session_name(&role_session_name) {
             return Err(invalid(
@@ -649,6 +663,7 @@ impl TryFrom<Args> for Config {
             role_cache_offset,
             role_session_name,
             role_session_duration,
+            sts_rate_limit,
             aws_region,
             telemetry,
             shutdown_grace,
@@ -790,7 +805,7 @@ fn parse_upstream(a: &Args, region: Option<&str>) -> Result<UpstreamConfig, Conf
         )
     })?;
     let ok = uri.scheme_str() == Some("http")
-        && uri.authority().is_some()
+        && uri.authority().is_some_and(|a| !a.as_str().contains('@'))
         && matches!(uri.path(), "" | "/")
         && uri.query().is_none();
     if !ok {
@@ -1046,6 +1061,7 @@ mod tests {
             ("port", "99999", "PORT"),
             ("metadata-url", "ftp://x", "METADATA_URL"),
             ("metadata-url", "http://x/path", "METADATA_URL"),
+            ("metadata-url", "http://user:secret@x", "METADATA_URL"),
             ("metadata-timeout", "0", "METADATA_TIMEOUT"),
             ("intercept", "magic", "INTERCEPT"),
             ("default-role", "a b", "DEFAULT_ROLE"),

@@ -22,8 +22,10 @@ fn other_container(role: &str) -> Container {
     )
 }
 
+/// Without a record the connection did not come through the kernel program (another host, a
+/// raw socket): nothing is served, passthrough included.
 #[tokio::test]
-async fn no_kernel_record_is_404_on_iam_routes_only() {
+async fn no_kernel_record_is_404_on_every_route() {
     let kernel = FakeKernel::new(false, Some(ID_A));
     let h = Harness::start_with(
         &[],
@@ -39,7 +41,8 @@ async fn no_kernel_record_is_404_on_iam_routes_only() {
         assert_eq!(h.get(path).await.status, 404, "{path}");
     }
     assert_eq!(h.sts.calls.load(Ordering::SeqCst), 0);
-    assert_eq!(h.get("/latest/meta-data/instance-id").await.status, 200);
+    assert_eq!(h.get("/latest/meta-data/instance-id").await.status, 404);
+    assert!(h.upstream.recorded().is_empty());
 }
 
 #[tokio::test]

@@ -64,43 +64,101 @@ impl RoleResolver {
     }
 }
 
+/// How the credential cache treats time and STS.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheSettings {
+    /// Refresh this long before expiry (`ROLE_CACHE_OFFSET`).
+    pub offset: Duration,
+    /// While STS fails, cached credentials are still served until this long before expiry.
+    pub min_validity: Duration,
+    /// After a failed AssumeRole, the same request is not retried for this long (negative
+    /// cache): no tight loop against a failing or throttling STS.
+    pub failure_backoff: Duration,
+    /// At most this many AssumeRole calls per second; further calls queue (`STS_RATE_LIMIT`).
+    pub rate_limit: u32,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        CacheSettings {
+            offset: Duration::from_secs(900),
+            min_validity: Duration::from_secs(60),
+            failure_backoff: Duration::from_secs(5),
+            rate_limit: 100,
+        }
+    }
+}
+
+/// Counters for tests and telemetry.
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    /// Answers from a fresh entry.
+    pub hits: std::sync::atomic::AtomicU64,
+    /// AssumeRole calls made.
+    pub sts_calls: std::sync::atomic::AtomicU64,
+    /// AssumeRole calls that failed.
+    pub sts_errors: std::sync::atomic::AtomicU64,
+    /// Stale entries served because STS failed.
+    pub served_stale: std::sync::atomic::AtomicU64,
+}
+
 /// STS credentials per [`AssumeRoleRequest`], refreshed `offset` before they expire.
 ///
 /// moka stores the entries; whether an entry is fresh is decided here against the [`Clock`],
 /// so tests can move time. Concurrent requests for one key make one STS call: the fast path
 /// reads without locking, and misses or stale entries go through moka's per-key compute,
 /// which re-checks freshness under the key's lock.
+///
+/// When STS fails, an entry that is stale but still valid for `min_validity` keeps being
+/// served, and the request is not retried for `failure_backoff`.
 #[derive(Debug)]
 pub struct CredentialCache {
     sts: Arc<dyn AssumeRole>,
     clock: Arc<dyn Clock>,
-    offset: Duration,
+    settings: CacheSettings,
     entries: moka::future::Cache<AssumeRoleRequest, Arc<Credentials>>,
+    failures: moka::future::Cache<AssumeRoleRequest, (AwsError, std::time::SystemTime)>,
+    limiter: RateLimiter,
+    /// Counters.
+    pub stats: CacheStats,
 }
 
 impl CredentialCache {
-    /// A cache over `sts` that refreshes `offset` before expiry.
-    pub fn new(sts: Arc<dyn AssumeRole>, clock: Arc<dyn Clock>, offset: Duration) -> Self {
+    /// A cache over `sts`.
+    pub fn new(sts: Arc<dyn AssumeRole>, clock: Arc<dyn Clock>, settings: CacheSettings) -> Self {
         CredentialCache {
             sts,
             clock,
-            offset,
+            settings,
             entries: moka::future::Cache::builder()
                 .max_capacity(100_000)
                 // Entries are useless after the longest session STS grants; drop them then.
                 .time_to_live(Duration::from_secs(12 * 3600))
                 .build(),
+            // Whether a failure is recent is decided against the clock; moka's TTL only cleans up.
+            failures: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(settings.failure_backoff + Duration::from_secs(60))
+                .build(),
+            limiter: RateLimiter::new(settings.rate_limit),
+            stats: CacheStats::default(),
         }
     }
 
     fn is_fresh(&self, c: &Credentials) -> bool {
-        self.clock.now() + self.offset < c.expiration
+        self.clock.now() + self.settings.offset < c.expiration
+    }
+
+    fn is_usable(&self, c: &Credentials) -> bool {
+        self.clock.now() + self.settings.min_validity < c.expiration
     }
 
     /// Credentials for `req`, from the cache when fresh, else from STS.
     pub async fn get(&self, req: &AssumeRoleRequest) -> Result<Arc<Credentials>, AwsError> {
+        use std::sync::atomic::Ordering::Relaxed;
         if let Some(c) = self.entries.get(req).await {
             if self.is_fresh(&c) {
+                self.stats.hits.fetch_add(1, Relaxed);
                 return Ok(c);
             }
         }
@@ -109,13 +167,50 @@ impl CredentialCache {
             .entries
             .entry_by_ref(req)
             .and_try_compute_with(|existing| async move {
-                if let Some(entry) = existing {
-                    if self.is_fresh(entry.value()) {
+                let existing = existing.map(|e| e.into_value());
+                if let Some(c) = &existing {
+                    if self.is_fresh(c) {
                         return Ok(Op::Nop);
                     }
                 }
-                let fresh = self.sts.assume_role(req).await?;
-                Ok::<_, AwsError>(Op::Put(Arc::new(fresh)))
+                let usable = existing.as_ref().is_some_and(|c| self.is_usable(c));
+                let recent_failure = self
+                    .failures
+                    .get(req)
+                    .await
+                    .filter(|(_, at)| self.clock.now() < *at + self.settings.failure_backoff);
+                if let Some((error, _)) = recent_failure {
+                    // Failed a moment ago: no new call yet.
+                    return if usable {
+                        self.stats.served_stale.fetch_add(1, Relaxed);
+                        Ok(Op::Nop)
+                    } else {
+                        Err(error)
+                    };
+                }
+                self.limiter.acquire().await;
+                self.stats.sts_calls.fetch_add(1, Relaxed);
+                match self.sts.assume_role(req).await {
+                    Ok(fresh) => Ok(Op::Put(Arc::new(fresh))),
+                    Err(error) => {
+                        self.stats.sts_errors.fetch_add(1, Relaxed);
+                        self.failures
+                            .insert(req.clone(), (error.clone(), self.clock.now()))
+                            .await;
+                        if usable {
+                            self.stats.served_stale.fetch_add(1, Relaxed);
+                            tracing::warn!(
+                                role_arn = %req.role_arn,
+                                aws_error_code = %error.code,
+                                error = %error,
+                                "AssumeRole failed; serving the cached credentials while they last"
+                            );
+                            Ok(Op::Nop)
+                        } else {
+                            Err(error)
+                        }
+                    }
+                }
             })
             .await?;
         match result {
@@ -136,6 +231,45 @@ impl CredentialCache {
     }
 }
 
+/// A token bucket: `rate` calls per second, bursts of up to `rate`; callers over the rate wait
+/// their turn (first come, first served).
+#[derive(Debug)]
+pub struct RateLimiter {
+    rate: f64,
+    state: tokio::sync::Mutex<(f64, tokio::time::Instant)>,
+}
+
+impl RateLimiter {
+    /// A limiter of `rate` per second (0: unlimited).
+    pub fn new(rate: u32) -> Self {
+        RateLimiter {
+            rate: f64::from(rate),
+            state: tokio::sync::Mutex::new((f64::from(rate), tokio::time::Instant::now())),
+        }
+    }
+
+    /// Waits for a token.
+    pub async fn acquire(&self) {
+        if self.rate <= 0.0 {
+            return;
+        }
+        // Holding the lock while waiting keeps the queue fair and the arithmetic simple.
+        let mut state = self.state.lock().await;
+        let now = tokio::time::Instant::now();
+        let (tokens, last) = *state;
+        let mut tokens =
+            (tokens + now.duration_since(last).as_secs_f64() * self.rate).min(self.rate);
+        let mut at = now;
+        if tokens < 1.0 {
+            let wait = Duration::from_secs_f64((1.0 - tokens) / self.rate);
+            tokio::time::sleep(wait).await;
+            at = tokio::time::Instant::now();
+            tokens = 1.0;
+        }
+        *state = (tokens - 1.0, at);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -153,7 +287,7 @@ mod tests {
         calls: AtomicUsize,
         clock: Arc<ManualClock>,
         seen: Mutex<Vec<AssumeRoleRequest>>,
-        fail: bool,
+        fail: std::sync::atomic::AtomicBool,
     }
 
     impl AssumeRole for CountingSts {
@@ -166,7 +300,7 @@ mod tests {
                 self.seen.lock().unwrap().push(req.clone());
                 // Let concurrent callers pile up behind this call.
                 tokio::time::sleep(Duration::from_millis(20)).await;
-                if self.fail {
+                if self.fail.load(Ordering::SeqCst) {
                     return Err(AwsError {
                         code: "AccessDenied".into(),
                         message: "no".into(),
@@ -194,9 +328,9 @@ mod tests {
             calls: AtomicUsize::new(0),
             clock: clock.clone(),
             seen: Mutex::new(Vec::new()),
-            fail,
+            fail: fail.into(),
         });
-        let cache = CredentialCache::new(sts.clone(), clock.clone(), Duration::from_secs(900));
+        let cache = CredentialCache::new(sts.clone(), clock.clone(), CacheSettings::default());
         (sts, clock, cache)
     }
 
@@ -264,12 +398,101 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn failures_are_not_cached() {
-        let (sts, _clock, cache) = setup(true);
+    async fn a_failure_is_not_retried_until_the_backoff_has_passed() {
+        let (sts, clock, cache) = setup(true);
         let req = request(None);
         assert_eq!(cache.get(&req).await.unwrap_err().code, "AccessDenied");
         assert_eq!(cache.get(&req).await.unwrap_err().code, "AccessDenied");
+        assert_eq!(sts.calls.load(Ordering::SeqCst), 1, "negative cache");
+        clock.advance(Duration::from_secs(5));
+        assert_eq!(cache.get(&req).await.unwrap_err().code, "AccessDenied");
         assert_eq!(sts.calls.load(Ordering::SeqCst), 2);
+        assert_eq!(
+            cache.entry_count().await,
+            0,
+            "failures are not cached as credentials"
+        );
+    }
+
+    #[tokio::test]
+    async fn while_sts_fails_cached_credentials_last_until_expiry_minus_margin() {
+        let (sts, clock, cache) = setup(false);
+        let req = request(None);
+        let first = cache.get(&req).await.unwrap();
+        sts.fail.store(true, Ordering::SeqCst);
+        // Past the refresh point: STS fails, the cached credentials are still served.
+        clock.advance(Duration::from_secs(50 * 60));
+        assert_eq!(
+            cache.get(&req).await.unwrap().access_key_id,
+            first.access_key_id
+        );
+        assert_eq!(sts.calls.load(Ordering::SeqCst), 2);
+        // Within the backoff: no new call, still served.
+        assert_eq!(
+            cache.get(&req).await.unwrap().access_key_id,
+            first.access_key_id
+        );
+        assert_eq!(sts.calls.load(Ordering::SeqCst), 2);
+        // One second more than the margin (60 s) before expiry: still served.
+        clock.advance(Duration::from_secs(10 * 60 - 61));
+        assert_eq!(
+            cache.get(&req).await.unwrap().access_key_id,
+            first.access_key_id
+        );
+        // Inside the margin: refused.
+        clock.advance(Duration::from_secs(2));
+        assert_eq!(cache.get(&req).await.unwrap_err().code, "AccessDenied");
+        assert_eq!(cache.stats.served_stale.load(Ordering::SeqCst), 3);
+        // STS recovers: new credentials.
+        sts.fail.store(false, Ordering::SeqCst);
+        clock.advance(Duration::from_secs(5));
+        assert_ne!(
+            cache.get(&req).await.unwrap().access_key_id,
+            first.access_key_id
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn assume_role_calls_stay_under_the_rate_limit() {
+        let clock = Arc::new(ManualClock::new(
+            UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+        ));
+        let sts = Arc::new(CountingSts {
+            calls: AtomicUsize::new(0),
+            clock: clock.clone(),
+            seen: Mutex::new(Vec::new()),
+            fail: false.into(),
+        });
+        let settings = CacheSettings {
+            rate_limit: 10,
+            ..CacheSettings::default()
+        };
+        let cache = Arc::new(CredentialCache::new(sts.clone(), clock, settings));
+        let start = tokio::time::Instant::now();
+        let tasks: Vec<_> = (0..50)
+            .map(|i| {
+                let cache = cache.clone();
+                tokio::spawn(async move {
+                    let mut req = request(None);
+                    req.role_arn =
+                        RoleArn::parse(&format!("arn:aws:iam::123456789012:role/r{i}")).unwrap();
+                    cache.get(&req).await.unwrap();
+                    tokio::time::Instant::now()
+                })
+            })
+            .collect();
+        let mut finished = Vec::new();
+        for t in tasks {
+            finished.push(t.await.unwrap().duration_since(start));
+        }
+        assert_eq!(sts.calls.load(Ordering::SeqCst), 50);
+        // A burst of 10, then 10 a second: the last call cannot start before 4 s.
+        finished.sort();
+        assert!(finished[49] >= Duration::from_secs(4), "{:?}", finished[49]);
+        // And in no one-second window did more than 20 calls (burst + rate) complete.
+        for w in finished.windows(21) {
+            assert!(w[20] - w[0] >= Duration::from_millis(900), "{w:?}");
+        }
     }
 
     #[derive(Debug, Default)]

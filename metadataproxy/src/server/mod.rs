@@ -104,7 +104,12 @@ pub async fn handle(
     let route = router::classify(req.uri().path(), req.uri().query());
     let mut caller = CallerInfo::default();
 
+    // eBPF mode: every caller the agent serves (a redirected container, a host process) made
+    // its connect under the kernel program; a connection without a record came from elsewhere
+    // (another host, a raw socket) and gets nothing, passthrough included.
+    let unidentified = state.kernel.is_some() && conn.kernel.is_none();
     let result: Result<Response<Bytes>, Failure> = match &route {
+        _ if unidentified && !matches!(route, Route::Redirect(_)) => Err(Failure::NoKernelIdentity),
         Route::Redirect(location) => Ok(redirect(location)),
         Route::RoleName { .. } => iam::role_name(state, conn, &mut caller).await,
         Route::Credentials { role, .. } => iam::credentials(state, conn, role, &mut caller).await,

@@ -77,6 +77,8 @@ pub fn classify(path: &str, query: Option<&str>) -> Route {
     }
     let cleaned = clean_path(path);
     if cleaned != path {
+        // A backslash in Location could be read as `/` by a client (`/\evil.example`).
+        let cleaned = cleaned.replace('\\', "%5C");
         let location = match query {
             Some(q) => format!("{cleaned}?{q}"),
             None => cleaned,
@@ -88,6 +90,15 @@ pub fn classify(path: &str, query: Option<&str>) -> Route {
     }
 
     let decoded = decode_fully(path);
+    // Real `.` and `..` segments were redirected above; what is left is disguised (encoded,
+    // padded with white space, backslashed). A server upstream may read those as ordinary
+    // names, or resolve them differently than this router would: refuse to guess.
+    if decoded
+        .split('/')
+        .any(|seg| matches!(seg.trim(), "." | ".."))
+    {
+        return Route::IamDenied { version: None };
+    }
     let segments = resolve_segments(&decoded);
     let folded: Vec<String> = segments
         .iter()
@@ -98,6 +109,13 @@ pub fn classify(path: &str, query: Option<&str>) -> Route {
             s.trim().to_lowercase()
         })
         .collect();
+    // The instance's identity-role credentials are the host's too: never forwarded.
+    if folded
+        .windows(2)
+        .any(|w| w[0] == "meta-data" && w[1] == "identity-credentials")
+    {
+        return Route::IamDenied { version: None };
+    }
     let iam_at = folded
         .windows(2)
         .position(|w| w[0] == "meta-data" && w[1] == "iam");
@@ -263,11 +281,24 @@ mod tests {
             Route::Redirect("/latest/meta-data/iam/".into())
         );
         assert_eq!(classify("/..", None), Route::Redirect("/".into()));
+        assert_eq!(
+            classify("/./\\evil.example", None),
+            Route::Redirect("/%5Cevil.example".into())
+        );
         assert_eq!(classify("*", None), Route::BadPath);
     }
 
     /// Every one of these reaches IAM data in some spelling; none may be forwarded.
     const IAM_PATHS: &[&str] = &[
+        "/latest/meta-data/iam/security-credentials/r/%20../%20../%20../%20..",
+        "/latest/meta-data/iam/security-credentials/r/%20../%20../%2e%2e/%2e%2e",
+        "/latest/meta-data/iam/info/%20../%20../%20../%2e%2e/%2e%2e/%2e%2e",
+        "/latest/meta-data/iam/security-credentials/r/%252e%252e",
+        "/latest/meta-data/iam/security-credentials/r/%5c..",
+        "/latest/meta-data/iam/security-credentials/r/\\..",
+        "/latest/meta-data/iam/security-credentials/r/%09..",
+        "/latest/meta-data/identity-credentials/ec2/security-credentials/ec2-instance",
+        "/latest/meta-data/Identity-Credentials/ec2/info",
         "/latest/meta-data/iam",
         "/latest/meta-data/iam/",
         "/latest/meta-data/iam/security-credentials/r/junk",
