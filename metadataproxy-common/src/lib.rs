@@ -31,6 +31,8 @@ pub mod maps {
 pub mod programs {
     /// The `cgroup/connect4` program.
     pub const CONNECT4: &str = "mp_connect4";
+    /// The `cgroup/connect6` program.
+    pub const CONNECT6: &str = "mp_connect6";
     /// The `sockops` program.
     pub const SOCKOPS: &str = "mp_sockops";
 }
@@ -43,7 +45,7 @@ pub struct Config {
     pub redirect_ip4: u32,
     /// Where redirected connects go: port in network byte order, widened (as `user_port`).
     pub redirect_port: u32,
-    /// The agent's port in host byte order: connects to it are tagged too.
+    /// The agent's port in host byte order.
     pub agent_port: u32,
     /// The agent's process id (init namespace): its own connects are never redirected.
     pub agent_tgid: u32,

@@ -2,8 +2,9 @@
 //!
 //! `mp_connect4` (`cgroup/connect4`, process context) rewrites TCP connects to
 //! `169.254.169.254:80` made by processes in container cgroups to the agent's address, and
-//! records who made each connect to the metadata address or to the agent's port, keyed by
-//! socket cookie. `mp_sockops` (`TCP_CONNECT_CB`, still in the connecting process, after the
+//! records who made each connect to the metadata address or to the agent's address, keyed by
+//! socket cookie. `mp_connect6` does the same for IPv6 sockets connecting to IPv4-mapped
+//! addresses (which bypass `connect4`), and refuses containers the IPv6 metadata address. `mp_sockops` (`TCP_CONNECT_CB`, still in the connecting process, after the
 //! source port is chosen) moves that record to a map keyed by the connection's addresses and
 //! ports, where the agent reads it when it accepts the connection.
 //!
@@ -27,6 +28,7 @@ use metadataproxy_common::{
 
 const SOCK_STREAM: u32 = 1;
 const AF_INET: u32 = 2;
+const AF_INET6: u32 = 10;
 
 #[map(name = "MP_CONFIG")]
 static MP_CONFIG: Array<Config> = Array::with_max_entries(1, 0);
@@ -40,70 +42,153 @@ static MP_SOCKETS: LruHashMap<u64, ConnRecord> = LruHashMap::with_max_entries(16
 #[map(name = "MP_CONNECTIONS")]
 static MP_CONNECTIONS: LruHashMap<ConnKey, ConnRecord> = LruHashMap::with_max_entries(65536, 0);
 
-#[cgroup_sock_addr(connect4)]
-pub fn mp_connect4(ctx: SockAddrContext) -> i32 {
-    try_connect4(&ctx);
-    1
+/// What a connect should become.
+enum Verdict {
+    /// Not ours: leave it alone.
+    Pass,
+    /// From a container to the metadata address: send it to the agent.
+    Redirect,
+    /// To the agent's own address and port: record who made it.
+    Record,
 }
 
-fn try_connect4(ctx: &SockAddrContext) {
-    let Some(config) = MP_CONFIG.get(0) else {
-        return;
-    };
-    if config.enabled == 0 {
-        return;
-    }
-    // SAFETY: the kernel hands the program a valid `bpf_sock_addr` for its whole run.
-    let sa = unsafe { &mut *ctx.sock_addr };
-    if sa.type_ != SOCK_STREAM {
-        return;
-    }
-    let to_metadata = sa.user_ip4 == METADATA_IPV4_BE && sa.user_port == METADATA_PORT_BE;
-    let to_agent = u32::from(u16::from_be(sa.user_port as u16)) == config.agent_port;
+/// The decision both connect hooks share, on an IPv4 destination (network order).
+fn decide(config: &Config, ip4: u32, port: u32, record: &mut ConnRecord) -> Verdict {
+    let to_metadata = ip4 == METADATA_IPV4_BE && port == METADATA_PORT_BE;
+    let to_agent = ip4 == config.redirect_ip4 && port == config.redirect_port;
     if !to_metadata && !to_agent {
-        return;
+        return Verdict::Pass;
     }
-    // SAFETY: argument-less helpers, available in cgroup/connect4 (process context).
-    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tgid = (pid_tgid >> 32) as u32;
-    let mut record = ConnRecord {
-        cgroup_id,
-        tgid,
-        ..ConnRecord::default()
-    };
-    let mut in_container = false;
+    fill(record);
+    if !to_metadata {
+        return Verdict::Record;
+    }
+    let is_agent = record.tgid == config.agent_tgid && record.cgroup_id == config.agent_cgroup;
+    if is_agent || !in_container(record) {
+        // The agent's own upstream calls and host processes reach the real service.
+        return Verdict::Pass;
+    }
+    record.redirected = 1;
+    Verdict::Redirect
+}
+
+/// Who is connecting: process, cgroup and its ancestors (process context).
+fn fill(record: &mut ConnRecord) {
+    // SAFETY: argument-less helpers, available in cgroup/connect4 and connect6.
+    record.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    record.tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let mut level = 0;
     while level < MAX_CGROUP_LEVEL {
         // SAFETY: any level is valid; levels deeper than the cgroup give 0.
-        let ancestor = unsafe { bpf_get_current_ancestor_cgroup_id((level + 1) as i32) };
-        record.ancestors[level] = ancestor;
+        record.ancestors[level] = unsafe { bpf_get_current_ancestor_cgroup_id((level + 1) as i32) };
+        level += 1;
+    }
+}
+
+/// Whether the connecting process sits strictly below a container parent cgroup.
+fn in_container(record: &ConnRecord) -> bool {
+    let mut level = 0;
+    while level < MAX_CGROUP_LEVEL {
+        let ancestor = record.ancestors[level];
         if ancestor != 0
-            && ancestor != cgroup_id
+            && ancestor != record.cgroup_id
             // SAFETY: read-only lookup of a plain value.
             && unsafe { MP_CONTAINER_PARENTS.get(&ancestor) }.is_some()
         {
-            in_container = true;
+            return true;
         }
         level += 1;
     }
-    if to_metadata {
-        let is_agent = tgid == config.agent_tgid && cgroup_id == config.agent_cgroup;
-        if is_agent || !in_container {
-            // The agent's own upstream calls and host processes reach the real service.
-            return;
-        }
-        sa.user_ip4 = config.redirect_ip4;
-        sa.user_port = config.redirect_port;
-        record.redirected = 1;
-    }
-    // SAFETY: the context pointer is what these helpers expect in cgroup/connect4.
+    false
+}
+
+/// Keeps the record for sockops, keyed by socket cookie.
+fn remember(ctx: &SockAddrContext, record: &mut ConnRecord) {
+    // SAFETY: the context pointer is what these helpers expect in cgroup/connect*.
     let cookie = unsafe {
         record.netns_cookie = bpf_get_netns_cookie(ctx.as_ptr());
         record.ktime_ns = bpf_ktime_get_ns();
         bpf_get_socket_cookie(ctx.as_ptr())
     };
-    let _ = MP_SOCKETS.insert(&cookie, &record, 0);
+    let _ = MP_SOCKETS.insert(&cookie, record, 0);
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn mp_connect4(ctx: SockAddrContext) -> i32 {
+    let Some(config) = MP_CONFIG.get(0) else {
+        return 1;
+    };
+    if config.enabled == 0 {
+        return 1;
+    }
+    // SAFETY: the kernel hands the program a valid `bpf_sock_addr` for its whole run.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    if sa.type_ != SOCK_STREAM {
+        return 1;
+    }
+    let mut record = ConnRecord::default();
+    match decide(config, sa.user_ip4, sa.user_port, &mut record) {
+        Verdict::Pass => {}
+        Verdict::Record => remember(&ctx, &mut record),
+        Verdict::Redirect => {
+            sa.user_ip4 = config.redirect_ip4;
+            sa.user_port = config.redirect_port;
+            remember(&ctx, &mut record);
+        }
+    }
+    1
+}
+
+/// `::ffff:0:0/96`, the IPv4-mapped prefix, as the third word of `user_ip6`.
+const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+/// `fd00:ec2::254`, the metadata service's IPv6 address, as `user_ip6` words.
+const METADATA_IPV6: [u32; 4] = [
+    u32::from_ne_bytes([0xfd, 0x00, 0x0e, 0xc2]),
+    0,
+    0,
+    u32::from_ne_bytes([0, 0, 0x02, 0x54]),
+];
+
+/// IPv6 sockets: an IPv4-mapped destination goes to the IPv4 stack without passing
+/// `connect4`, so the same rules apply here; the IPv6 metadata address is refused to
+/// containers (there is no IPv6 redirect target).
+#[cgroup_sock_addr(connect6)]
+pub fn mp_connect6(ctx: SockAddrContext) -> i32 {
+    let Some(config) = MP_CONFIG.get(0) else {
+        return 1;
+    };
+    if config.enabled == 0 {
+        return 1;
+    }
+    // SAFETY: the kernel hands the program a valid `bpf_sock_addr` for its whole run.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    if sa.type_ != SOCK_STREAM {
+        return 1;
+    }
+    let ip6 = sa.user_ip6;
+    let mut record = ConnRecord::default();
+    if ip6 == METADATA_IPV6 && sa.user_port == METADATA_PORT_BE {
+        fill(&mut record);
+        let is_agent = record.tgid == config.agent_tgid && record.cgroup_id == config.agent_cgroup;
+        return if !is_agent && in_container(&record) {
+            0
+        } else {
+            1
+        };
+    }
+    if ip6[0] != 0 || ip6[1] != 0 || ip6[2] != V4_MAPPED_WORD {
+        return 1;
+    }
+    match decide(config, ip6[3], sa.user_port, &mut record) {
+        Verdict::Pass => {}
+        Verdict::Record => remember(&ctx, &mut record),
+        Verdict::Redirect => {
+            sa.user_ip6[3] = config.redirect_ip4;
+            sa.user_port = config.redirect_port;
+            remember(&ctx, &mut record);
+        }
+    }
+    1
 }
 
 #[sock_ops]
@@ -113,7 +198,16 @@ pub fn mp_sockops(ctx: SockOpsContext) -> u32 {
 }
 
 fn try_sockops(ctx: &SockOpsContext) {
-    if ctx.op() != BPF_SOCK_OPS_TCP_CONNECT_CB || ctx.family() != AF_INET {
+    if ctx.op() != BPF_SOCK_OPS_TCP_CONNECT_CB {
+        return;
+    }
+    // An IPv6 socket connected to an IPv4-mapped address went through the IPv4 stack, which
+    // filled the IPv4 fields; a real IPv6 connection leaves them zero.
+    if ctx.family() != AF_INET && ctx.family() != AF_INET6 {
+        return;
+    }
+    let (client_ip4, server_ip4) = (ctx.local_ip4(), ctx.remote_ip4());
+    if client_ip4 == 0 || server_ip4 == 0 {
         return;
     }
     // SAFETY: the context pointer is what the helper expects in sockops.
@@ -124,8 +218,8 @@ fn try_sockops(ctx: &SockOpsContext) {
     };
     let _ = MP_SOCKETS.remove(&cookie);
     let key = ConnKey {
-        client_ip4: ctx.local_ip4(),
-        server_ip4: ctx.remote_ip4(),
+        client_ip4,
+        server_ip4,
         client_port: ctx.local_port() as u16,
         // `remote_port` holds the network-order port in its upper half.
         server_port: u16::from_be((ctx.remote_port() >> 16) as u16),

@@ -46,6 +46,7 @@ impl Setup {
         let pins = PinDir::new(name);
         let agent = Agent::start(&upstream.url(), &aws.url(), &ebpf_vars(&pins, extra));
         assert_eq!(attachments("mp_connect4"), 1, "one connect4 attachment");
+        assert_eq!(attachments("mp_connect6"), 1, "one connect6 attachment");
         assert_eq!(attachments("mp_sockops"), 1, "one sockops attachment");
         Setup {
             env,
@@ -107,6 +108,15 @@ fn containers_on_default_bridge_and_user_network_get_credentials_through_the_ker
         // Passthrough goes to the configured upstream, not to the real address.
         let id = c.wget(&format!("{MD}/instance-id"));
         assert_eq!((id.status, id.body.as_str()), (200, "i-0123456789abcdef0"));
+        // An IPv6 socket to the IPv4-mapped address bypasses connect4: connect6 redirects it.
+        let mapped =
+            c.wget("http://[::ffff:169.254.169.254]/latest/meta-data/iam/security-credentials/");
+        assert_eq!(
+            (mapped.status, mapped.body.as_str()),
+            (200, role),
+            "{}",
+            c.name
+        );
     }
     assert_eq!(s.upstream.emulator.recorded().len(), 2);
     for role in ["bridge-role", "user-role"] {

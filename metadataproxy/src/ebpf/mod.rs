@@ -184,6 +184,7 @@ impl KernelRedirect {
 
         let cgroup_dir = std::fs::File::open(&attach_to).map_err(io("open cgroup", &attach_to))?;
         attach_pinned::<CgroupSockAddr>(&mut bpf, programs::CONNECT4, &cgroup_dir, &cfg.pin_path)?;
+        attach_pinned::<CgroupSockAddr>(&mut bpf, programs::CONNECT6, &cgroup_dir, &cfg.pin_path)?;
         attach_pinned::<SockOps>(&mut bpf, programs::SOCKOPS, &cgroup_dir, &cfg.pin_path)?;
 
         let connections =
@@ -198,7 +199,7 @@ impl KernelRedirect {
         );
         Ok(KernelRedirect {
             connections: Mutex::new(connections),
-            resolver: CgroupResolver::new(cgroup_root),
+            resolver: CgroupResolver::new(cgroup_root, cfg.container_cgroups.clone()),
             pin_dir: cfg.pin_path.clone(),
             on_shutdown: cfg.on_shutdown,
             redirect,
@@ -223,7 +224,7 @@ impl KernelRedirect {
 
 /// Detaches and unpins everything under `pin_dir` (links and maps).
 pub fn detach(pin_dir: &Path) -> std::io::Result<()> {
-    for program in [programs::CONNECT4, programs::SOCKOPS] {
+    for program in [programs::CONNECT4, programs::CONNECT6, programs::SOCKOPS] {
         for pin in link_pins(pin_dir, program) {
             if let Ok(link) = PinnedLink::from_pin(&pin) {
                 drop(link.unpin()?);

@@ -43,7 +43,7 @@ async fn caller(
 ) -> Result<(Container, RoleSpec), Failure> {
     let container = match &state.kernel {
         None => container_by_ip(state, conn.ip).await?,
-        Some(kernel) => container_verified(state, kernel.as_ref(), conn).await?,
+        Some(kernel) => container_verified(state, kernel.clone(), conn).await?,
     };
     info.container_id = Some(container.id.clone());
     info.container_name = Some(container.name.clone());
@@ -85,11 +85,14 @@ async fn container_by_ip(state: &State, ip: IpAddr) -> Result<Container, Failure
 /// no container does (host network).
 async fn container_verified(
     state: &State,
-    kernel: &dyn KernelIdentity,
+    kernel: std::sync::Arc<dyn KernelIdentity>,
     conn: &Connection,
 ) -> Result<Container, Failure> {
     let record = conn.kernel.ok_or(Failure::NoKernelIdentity)?;
-    let by_cgroup = kernel.container_id(&record);
+    // The cgroup lookup reads the cgroup filesystem: off the async runtime.
+    let by_cgroup = tokio::task::spawn_blocking(move || kernel.container_id(&record))
+        .await
+        .unwrap_or(None);
     let by_ip = state.lookup.by_ip(conn.ip).await.map_err(lookup_failure)?;
     let mismatch = |by_ip: &Container, by_cgroup: Option<&str>| {
         let by_cgroup = by_cgroup

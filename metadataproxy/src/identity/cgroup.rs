@@ -56,10 +56,9 @@ pub fn cgroup_id(dir: &Path) -> std::io::Result<u64> {
     Ok(std::fs::metadata(dir)?.ino())
 }
 
-/// Finds the container whose cgroup (or one of its ancestors) has id `target`, by walking the
-/// directories where Docker creates container cgroups.
-pub fn find_container_by_cgroup_id(root: &Path, ids: &[u64]) -> Option<String> {
-    let parents = ["docker", "system.slice", "docker.slice"];
+/// Finds the container whose cgroup has one of the ids in `ids` (a cgroup and its ancestors),
+/// by walking the container parent directories `parents` (relative to `root`).
+pub fn find_container_by_cgroup_id(root: &Path, parents: &[String], ids: &[u64]) -> Option<String> {
     for parent in parents {
         let Ok(entries) = std::fs::read_dir(root.join(parent)) else {
             continue;
@@ -127,11 +126,17 @@ mod tests {
         let dir = root.join("docker").join(ID);
         std::fs::create_dir_all(dir.join("nested")).unwrap();
         let id = cgroup_id(&dir).unwrap();
+        let parents = ["docker".to_string()];
         assert_eq!(
-            find_container_by_cgroup_id(&root, &[1, id]).as_deref(),
+            find_container_by_cgroup_id(&root, &parents, &[1, id]).as_deref(),
             Some(ID)
         );
-        assert_eq!(find_container_by_cgroup_id(&root, &[1]), None);
+        assert_eq!(find_container_by_cgroup_id(&root, &parents, &[1]), None);
+        // Only the configured parents are searched.
+        assert_eq!(
+            find_container_by_cgroup_id(&root, &["other".into()], &[id]),
+            None
+        );
         std::fs::remove_dir_all(&root).unwrap();
     }
 }

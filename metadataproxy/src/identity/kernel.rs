@@ -23,7 +23,8 @@ pub trait KernelIdentity: Send + Sync + fmt::Debug {
     /// kernel made one recently enough to trust.
     fn take(&self, client: SocketAddr, server: SocketAddr) -> Option<ConnRecord>;
 
-    /// The container whose cgroup (or an ancestor cgroup) made the connection, if any.
+    /// The container whose cgroup (or an ancestor cgroup) made the connection, if any. May
+    /// read the filesystem: call it off the async runtime.
     fn container_id(&self, record: &ConnRecord) -> Option<String>;
 }
 
@@ -31,19 +32,20 @@ pub trait KernelIdentity: Send + Sync + fmt::Debug {
 #[derive(Debug, Clone)]
 pub struct CgroupResolver {
     root: PathBuf,
+    parents: Vec<String>,
 }
 
 impl CgroupResolver {
-    /// A resolver over the cgroup2 mount at `root`.
-    pub fn new(root: PathBuf) -> Self {
-        CgroupResolver { root }
+    /// A resolver over the cgroup2 mount at `root`, for containers under `parents`.
+    pub fn new(root: PathBuf, parents: Vec<String>) -> Self {
+        CgroupResolver { root, parents }
     }
 
     /// The container of `record`'s cgroup or any of its ancestors.
     pub fn container_id(&self, record: &ConnRecord) -> Option<String> {
         let mut ids = vec![record.cgroup_id];
         ids.extend(record.ancestors.iter().copied().filter(|id| *id != 0));
-        find_container_by_cgroup_id(&self.root, &ids)
+        find_container_by_cgroup_id(&self.root, &self.parents, &ids)
     }
 }
 
