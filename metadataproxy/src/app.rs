@@ -13,7 +13,7 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 use crate::builtin::Emulator;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, UpstreamConfig};
-use crate::handlers::iam::{credentials_for, role_of};
+use crate::handlers::iam::{assume_role_request, credentials_for, role_of};
 use crate::identity::kernel::KernelIdentity;
 use crate::identity::{Container, ContainerIndex, ContainerLookup, DockerLookup};
 use crate::roles::{
@@ -118,6 +118,7 @@ impl State {
         };
         let (index, started) = ContainerIndex::new(DockerLookup::new(config.docker.clone()));
         tokio::spawn(index.clone().run(config.docker_reconcile_interval));
+        let index_handle = index.clone();
         let deps = Deps {
             lookup: index,
             sts: Arc::new(SdkSts::new(aws_sdk_sts::Client::new(&sdk))),
@@ -130,8 +131,44 @@ impl State {
         let state = Arc::new(State::new(config, deps));
         if config.credential_prefetch {
             tokio::spawn(prefetch(state.clone(), started));
+            tokio::spawn(refresh_ahead(state.clone(), index_handle));
         }
         state
+    }
+}
+
+/// How often running containers' credentials are checked for refresh-ahead.
+const REFRESH_PERIOD: Duration = Duration::from_secs(30);
+/// Credentials are renewed when they get within `ROLE_CACHE_OFFSET` + this (plus up to a
+/// minute of jitter, so that many roles do not renew at once) of their expiry.
+const REFRESH_AHEAD: Duration = Duration::from_secs(300);
+
+/// Keeps running containers' credentials renewed before requests would have to wait for STS;
+/// stopped containers drop out of the index, and nothing more is fetched for them.
+async fn refresh_ahead(state: Arc<State>, index: Arc<ContainerIndex>) {
+    let mut tick = tokio::time::interval(REFRESH_PERIOD);
+    loop {
+        tick.tick().await;
+        for container in index.containers() {
+            let Ok(spec) = role_of(&state, &container) else {
+                continue;
+            };
+            let Ok(req) = assume_role_request(&state, &container, &spec).await else {
+                continue;
+            };
+            let jitter = Duration::from_millis(rand::random::<u64>() % 60_000);
+            if state
+                .credentials
+                .refresh_ahead(&req, REFRESH_AHEAD + jitter)
+                .await
+            {
+                tracing::info!(
+                    container_name = %container.name,
+                    role_name = spec.name(),
+                    "credentials renewed ahead of expiry"
+                );
+            }
+        }
     }
 }
 

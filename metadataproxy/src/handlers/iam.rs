@@ -124,23 +124,32 @@ async fn container_verified(
     }
 }
 
-pub(crate) async fn credentials_for(
+/// Every AssumeRole input for `container` in role `spec`: the credential cache key.
+pub(crate) async fn assume_role_request(
     state: &State,
     container: &Container,
     spec: &RoleSpec,
-) -> Result<std::sync::Arc<Credentials>, Failure> {
+) -> Result<AssumeRoleRequest, Failure> {
     let role_arn = state
         .resolver
         .resolve(spec)
         .await
         .map_err(|e| Failure::CouldNotResolveRole((*e).clone()))?;
-    let req = AssumeRoleRequest {
+    Ok(AssumeRoleRequest {
         role_arn,
         external_id: container.external_id.clone(),
         session_name: state.session_name.clone(),
         duration: state.session_duration,
         policy: None,
-    };
+    })
+}
+
+pub(crate) async fn credentials_for(
+    state: &State,
+    container: &Container,
+    spec: &RoleSpec,
+) -> Result<std::sync::Arc<Credentials>, Failure> {
+    let req = assume_role_request(state, container, spec).await?;
     state
         .credentials
         .get(&req)

@@ -101,6 +101,17 @@ impl ContainerIndex {
         self.maps.read().expect("index lock").by_id.len()
     }
 
+    /// Every container the index holds.
+    pub fn containers(&self) -> Vec<Container> {
+        self.maps
+            .read()
+            .expect("index lock")
+            .by_id
+            .values()
+            .cloned()
+            .collect()
+    }
+
     /// Whether the index holds no container.
     pub fn is_empty(&self) -> bool {
         self.len() == 0

@@ -146,7 +146,11 @@ impl CredentialCache {
     }
 
     fn is_fresh(&self, c: &Credentials) -> bool {
-        self.clock.now() + self.settings.offset < c.expiration
+        self.fresh_for(c, self.settings.offset)
+    }
+
+    fn fresh_for(&self, c: &Credentials, margin: Duration) -> bool {
+        self.clock.now() + margin < c.expiration
     }
 
     fn is_usable(&self, c: &Credentials) -> bool {
@@ -155,21 +159,47 @@ impl CredentialCache {
 
     /// Credentials for `req`, from the cache when fresh, else from STS.
     pub async fn get(&self, req: &AssumeRoleRequest) -> Result<Arc<Credentials>, AwsError> {
-        use std::sync::atomic::Ordering::Relaxed;
         if let Some(c) = self.entries.get(req).await {
             if self.is_fresh(&c) {
-                self.stats.hits.fetch_add(1, Relaxed);
+                self.stats
+                    .hits
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 return Ok(c);
             }
         }
+        self.fetch(req, self.settings.offset).await
+    }
+
+    /// Refresh-ahead: if the cached credentials for `req` expire within `offset + ahead`,
+    /// fetches new ones now, so that requests never wait for STS. Returns whether it did.
+    pub async fn refresh_ahead(&self, req: &AssumeRoleRequest, ahead: Duration) -> bool {
+        let margin = self.settings.offset + ahead;
+        match self.entries.get(req).await {
+            Some(c) if !self.fresh_for(&c, margin) => {
+                let before = c.obtained_at;
+                self.fetch(req, margin)
+                    .await
+                    .is_ok_and(|now| now.obtained_at != before)
+            }
+            _ => false,
+        }
+    }
+
+    /// Under the key's lock: keeps an entry fresh for `margin`, else calls STS.
+    async fn fetch(
+        &self,
+        req: &AssumeRoleRequest,
+        margin: Duration,
+    ) -> Result<Arc<Credentials>, AwsError> {
         use moka::ops::compute::{CompResult, Op};
+        use std::sync::atomic::Ordering::Relaxed;
         let result = self
             .entries
             .entry_by_ref(req)
             .and_try_compute_with(|existing| async move {
                 let existing = existing.map(|e| e.into_value());
                 if let Some(c) = &existing {
-                    if self.is_fresh(c) {
+                    if self.fresh_for(c, margin) {
                         return Ok(Op::Nop);
                     }
                 }
@@ -450,6 +480,31 @@ mod tests {
             cache.get(&req).await.unwrap().access_key_id,
             first.access_key_id
         );
+    }
+
+    #[tokio::test]
+    async fn refresh_ahead_renews_before_the_offset_is_reached() {
+        let (sts, clock, cache) = setup(false);
+        let req = request(None);
+        let first = cache.get(&req).await.unwrap();
+        let ahead = Duration::from_secs(300);
+        // 40 minutes left: more than offset (15) + ahead (5): nothing to do.
+        clock.advance(Duration::from_secs(20 * 60));
+        assert!(!cache.refresh_ahead(&req, ahead).await);
+        // 19 minutes left: within offset + ahead, renewed in the background.
+        clock.advance(Duration::from_secs(21 * 60));
+        assert!(cache.refresh_ahead(&req, ahead).await);
+        assert_eq!(sts.calls.load(Ordering::SeqCst), 2);
+        let served = cache.get(&req).await.unwrap();
+        assert_ne!(served.access_key_id, first.access_key_id);
+        assert_eq!(
+            sts.calls.load(Ordering::SeqCst),
+            2,
+            "the request did not wait for STS"
+        );
+        // Nothing cached: refresh-ahead does not fetch (that is prefetch's job).
+        assert!(!cache.refresh_ahead(&request(Some("other")), ahead).await);
+        assert_eq!(sts.calls.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test(start_paused = true)]

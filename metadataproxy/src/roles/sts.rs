@@ -211,3 +211,31 @@ impl GetRole for SdkIam {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_sts::config::endpoint::{DefaultResolver, Params, ResolveEndpoint};
+
+    /// The agent leaves `use_global_endpoint` unset: STS calls go to the region's endpoint.
+    /// (Tests point the SDK at moto, which hides this; here the resolver itself is asked.)
+    #[tokio::test]
+    async fn sts_endpoint_is_regional() {
+        for (region, url) in [
+            ("eu-west-1", "https://sts.eu-west-1.amazonaws.com"),
+            ("us-east-1", "https://sts.us-east-1.amazonaws.com"),
+            ("cn-north-1", "https://sts.cn-north-1.amazonaws.com.cn"),
+        ] {
+            let params = Params::builder()
+                .region(region)
+                .use_dual_stack(false)
+                .use_fips(false)
+                .build()
+                .expect("params");
+            let endpoint = DefaultResolver::new()
+                .resolve_endpoint(&params)
+                .await
+                .expect("endpoint");
+            assert_eq!(endpoint.url(), url, "{region}");
+        }
+    }
+}
