@@ -35,8 +35,10 @@ pub struct State {
     pub upstream: Arc<dyn Upstream>,
     /// Role for containers without `IAM_ROLE`.
     pub default_role: Option<RoleSpec>,
-    /// STS session name.
-    pub session_name: String,
+    /// STS session name template.
+    pub session_name: crate::roles::SessionTemplate,
+    /// Tag sessions with the container.
+    pub session_tags: bool,
     /// STS session duration.
     pub session_duration: Duration,
     /// Retry window for containers not listed yet.
@@ -90,6 +92,7 @@ impl State {
             upstream: deps.upstream,
             default_role: config.default_role.clone(),
             session_name: config.role_session_name.clone(),
+            session_tags: config.role_session_tags,
             session_duration: config.role_session_duration,
             lookup_window: config.container_lookup_timeout,
             kernel: deps.kernel,

@@ -135,9 +135,16 @@ pub struct Args {
     #[arg(long, env = "ROLE_CACHE_OFFSET", default_value = "15m")]
     pub role_cache_offset: String,
 
-    /// Session name sent with sts:AssumeRole (2-64 characters of [A-Za-z0-9+=,.@_-]).
+    /// Session name sent with sts:AssumeRole: 2-64 characters of [A-Za-z0-9+=,.@_-], with
+    /// optional {container_name}, {container_id} and {image} placeholders (other characters
+    /// in their values become `-`).
     #[arg(long, env = "ROLE_SESSION_NAME", default_value = "go-metadataproxy")]
     pub role_session_name: String,
+
+    /// Tag each session with the container's id, name and image (ContainerId, ContainerName,
+    /// Image), for CloudTrail; the roles' trust policies must allow sts:TagSession.
+    #[arg(long, env = "ROLE_SESSION_TAGS", default_value = "false")]
+    pub role_session_tags: String,
 
     /// At most this many sts:AssumeRole calls per second; further calls wait their turn
     /// (0: no limit).
@@ -254,8 +261,10 @@ pub struct Config {
     pub credential_prefetch: bool,
     /// Refresh margin before credential expiry (`ROLE_CACHE_OFFSET`).
     pub role_cache_offset: Duration,
-    /// STS session name (`ROLE_SESSION_NAME`).
-    pub role_session_name: String,
+    /// STS session name template (`ROLE_SESSION_NAME`).
+    pub role_session_name: crate::roles::SessionTemplate,
+    /// Tag sessions with the container (`ROLE_SESSION_TAGS`).
+    pub role_session_tags: bool,
     /// STS session duration (`ROLE_SESSION_DURATION`).
     pub role_session_duration: Duration,
     /// AssumeRole calls per second (`STS_RATE_LIMIT`, 0: unlimited).
@@ -601,14 +610,15 @@ impl TryFrom<Args> for Config {
                 "expected a whole number of calls per second (0: no limit)",
             )
         })?;
-        let role_session_name = a.role_session_name.trim().to_string();
-        if !is_session_name(&role_session_name) {
-            return Err(invalid(
-                "ROLE_SESSION_NAME",
-                &a.role_session_name,
-                "expected 2-64 characters of A-Z a-z 0-9 + = , . @ _ -",
-            ));
-        }
+        let role_session_name = crate::roles::SessionTemplate::parse(a.role_session_name.trim())
+            .map_err(|e| invalid("ROLE_SESSION_NAME", &a.role_session_name, e))?;
+        let role_session_tags = parse_bool(a.role_session_tags.trim()).ok_or_else(|| {
+            invalid(
+                "ROLE_SESSION_TAGS",
+                &a.role_session_tags,
+                "expected true or false",
+            )
+        })?;
 
         let telemetry = TelemetryConfig {
             copy_docker_labels: comma_list("COPY_DOCKER_LABELS", &a.copy_docker_labels)?,
@@ -662,6 +672,7 @@ impl TryFrom<Args> for Config {
             credential_prefetch,
             role_cache_offset,
             role_session_name,
+            role_session_tags,
             role_session_duration,
             sts_rate_limit,
             aws_region,
@@ -902,13 +913,6 @@ fn is_region(r: &str) -> bool {
         && r.chars().last().is_some_and(|c| c.is_ascii_digit())
 }
 
-/// STS `RoleSessionName`: 2-64 characters of `[\w+=,.@-]`.
-pub fn is_session_name(s: &str) -> bool {
-    (2..=64).contains(&s.len())
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "+=,.@_-".contains(c))
-}
-
 /// Parses a Go `time.ParseDuration` string: `300ms`, `1.5h`, `1h30m`, `0`.
 /// Negative durations are refused: nothing here means anything negative.
 pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
@@ -1033,7 +1037,10 @@ mod tests {
         );
         assert_eq!(c.role_cache_offset, Duration::from_secs(900));
         assert_eq!(c.role_session_duration, Duration::from_secs(3600));
-        assert_eq!(c.role_session_name, "go-metadataproxy");
+        assert_eq!(
+            c.role_session_name,
+            crate::roles::SessionTemplate::parse("go-metadataproxy").unwrap()
+        );
         assert_eq!(c.log.format, LogFormat::Text);
         assert_eq!(c.log.level, tracing::Level::INFO);
         assert_eq!(c.container_lookup_timeout, Duration::from_secs(5));

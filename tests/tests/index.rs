@@ -142,3 +142,53 @@ fn an_ip_reused_by_a_new_container_maps_to_the_new_one_only() {
     assert_eq!(by_a, 1, "only A's own request is attributed to A");
     assert_eq!(requests.len(), 4);
 }
+
+#[test]
+fn session_name_duration_and_tags_reach_sts() {
+    let env = test_env();
+    let upstream = FakeUpstream::start();
+    let aws = AwsCounter::start(&env.moto_url);
+    let agent = Agent::start(
+        &upstream.url(),
+        &aws.url(),
+        &[
+            ("DEFAULT_ACCOUNT_ID", "123456789012"),
+            ("ROLE_SESSION_NAME", "mp-{container_name}"),
+            ("ROLE_SESSION_DURATION", "2h"),
+            ("ROLE_SESSION_TAGS", "true"),
+            ("CREDENTIAL_PREFETCH", "false"),
+        ],
+    );
+    let net = Network::create("index-session", 33);
+    let _dnat = Rule::dnat("br-+", &net.subnet, &net.gateway, agent.port);
+    let c = Container::start(
+        &env,
+        "index-session",
+        Some(&net.name),
+        &[("IAM_ROLE", "session-role")],
+    );
+    let creds = c.wget(&format!("{MD}/iam/security-credentials/session-role"));
+    assert_eq!(creds.status, 200, "{}", agent.raw_logs());
+    let forms: Vec<String> = aws
+        .forms("AssumeRole")
+        .into_iter()
+        .filter(|f| f.contains("%2Fsession-role&"))
+        .collect();
+    assert_eq!(forms.len(), 1);
+    let form = &forms[0];
+    for expected in [
+        "RoleSessionName=mp-mp-test-index-session",
+        "DurationSeconds=7200",
+        "Tags.member.1.Key=ContainerId",
+        "Tags.member.2.Key=ContainerName",
+        "Tags.member.2.Value=mp-test-index-session",
+        "Tags.member.3.Key=Image",
+    ] {
+        assert!(form.contains(expected), "{expected} missing from {form}");
+    }
+    let v: serde_json::Value = serde_json::from_str(&creds.body).unwrap();
+    assert_eq!(
+        metadataproxy_tests::caller_identity(&env.moto_url, &v),
+        "arn:aws:sts::123456789012:assumed-role/session-role/mp-mp-test-index-session"
+    );
+}

@@ -138,9 +138,14 @@ pub(crate) async fn assume_role_request(
     Ok(AssumeRoleRequest {
         role_arn,
         external_id: container.external_id.clone(),
-        session_name: state.session_name.clone(),
+        session_name: state.session_name.render(container),
         duration: state.session_duration,
         policy: None,
+        tags: if state.session_tags {
+            crate::roles::session_tags(container)
+        } else {
+            Vec::new()
+        },
     })
 }
 

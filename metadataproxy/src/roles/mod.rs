@@ -1,12 +1,14 @@
 //! Roles: from a container's `IAM_ROLE` to an ARN, and from an ARN to cached STS credentials.
 
 mod arn;
+mod session;
 mod sts;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use arn::{AccountId, Partition, RoleArn, RoleParseError, RoleSpec};
+pub use session::{session_tags, SessionTemplate};
 pub use sts::{
     AssumeRole, AssumeRoleRequest, AwsError, Credentials, GetRole, SdkIam, SdkSts, Secret,
 };
@@ -371,6 +373,7 @@ mod tests {
             session_name: "go-metadataproxy".into(),
             duration: Duration::from_secs(3600),
             policy: None,
+            tags: Vec::new(),
         }
     }
 

@@ -63,6 +63,8 @@ pub struct AssumeRoleRequest {
     pub duration: Duration,
     /// An inline session policy.
     pub policy: Option<String>,
+    /// Session tags, `(key, value)`.
+    pub tags: Vec<(String, String)>,
 }
 
 impl fmt::Debug for AssumeRoleRequest {
@@ -74,6 +76,7 @@ impl fmt::Debug for AssumeRoleRequest {
             .field("session_name", &self.session_name)
             .field("duration", &self.duration)
             .field("policy", &self.policy.is_some())
+            .field("tags", &self.tags)
             .finish()
     }
 }
@@ -145,9 +148,24 @@ impl AssumeRole for SdkSts {
         req: &'a AssumeRoleRequest,
     ) -> BoxFuture<'a, Result<Credentials, AwsError>> {
         Box::pin(async move {
+            let tags = req
+                .tags
+                .iter()
+                .map(|(k, v)| {
+                    aws_sdk_sts::types::Tag::builder()
+                        .key(k)
+                        .value(v)
+                        .build()
+                        .map_err(|e| AwsError {
+                            code: "ConstructionFailure".into(),
+                            message: e.to_string(),
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             let out = self
                 .client
                 .assume_role()
+                .set_tags((!tags.is_empty()).then_some(tags))
                 .role_arn(req.role_arn.as_str())
                 .role_session_name(&req.session_name)
                 .duration_seconds(i32::try_from(req.duration.as_secs()).unwrap_or(i32::MAX))
