@@ -499,6 +499,28 @@ impl Container {
         vars: &[(&str, &str)],
         flags: &[&str],
     ) -> Container {
+        Self::start_full(env, name, network, vars, flags, &["sleep", "3600"])
+    }
+
+    /// Like [`Container::start`], running `command` instead of `sleep`.
+    pub fn start_command(
+        env: &TestEnv,
+        name: &str,
+        network: Option<&str>,
+        vars: &[(&str, &str)],
+        command: &[&str],
+    ) -> Container {
+        Self::start_full(env, name, network, vars, &[], command)
+    }
+
+    fn start_full(
+        env: &TestEnv,
+        name: &str,
+        network: Option<&str>,
+        vars: &[(&str, &str)],
+        flags: &[&str],
+        command: &[&str],
+    ) -> Container {
         let name = format!("mp-test-{name}");
         let _ = Command::new("docker").args(["rm", "-f", &name]).output();
         let mut args: Vec<String> = vec!["run".into(), "-d".into(), "--name".into(), name.clone()];
@@ -511,7 +533,8 @@ impl Container {
             args.push("-e".into());
             args.push(format!("{k}={v}"));
         }
-        args.extend([env.image.clone(), "sleep".into(), "3600".into()]);
+        args.push(env.image.clone());
+        args.extend(command.iter().map(|c| c.to_string()));
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         run("docker", &refs);
         let ip = run(

@@ -192,3 +192,87 @@ fn session_name_duration_and_tags_reach_sts() {
         "arn:aws:sts::123456789012:assumed-role/session-role/mp-mp-test-index-session"
     );
 }
+
+/// 100 containers started and stopped in waves of 25 while each asks for its credentials ten
+/// times from the moment it starts: every answer is the asking container's own role, and none
+/// fails.
+#[test]
+fn churn_of_a_hundred_containers_gets_every_container_its_own_role() {
+    let env = test_env();
+    let upstream = FakeUpstream::start();
+    let aws = AwsCounter::start(&env.moto_url);
+    let agent = Agent::start(
+        &upstream.url(),
+        &aws.url(),
+        &[("DEFAULT_ACCOUNT_ID", "123456789012")],
+    );
+    let net = Network::create("churn", 34);
+    let _dnat = Rule::dnat("br-+", &net.subnet, &net.gateway, agent.port);
+    let load = format!(
+        "i=0; while [ $i -lt 10 ]; do \
+         r=$(timeout 5 wget -q -O - {MD}/iam/security-credentials/ 2>/dev/null); \
+         echo \"${{r:-FAILED}}\" >> /tmp/answers; i=$((i+1)); sleep 0.1; done; \
+         echo done >> /tmp/answers; sleep 3600"
+    );
+    let start_wave = |wave: usize| -> Vec<(Container, String)> {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..5)
+                .map(|t| {
+                    let (env, net, load) = (&env, &net, &load);
+                    scope.spawn(move || {
+                        (0..5)
+                            .map(|k| {
+                                let n = wave * 25 + t * 5 + k;
+                                let role = format!("churn-role-{n}");
+                                let c = Container::start_command(
+                                    env,
+                                    &format!("churn-{n}"),
+                                    Some(&net.name),
+                                    &[("IAM_ROLE", &role)],
+                                    &["sh", "-c", load],
+                                );
+                                (c, role)
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().expect("wave"))
+                .collect()
+        })
+    };
+    let check_wave = |wave: &[(Container, String)]| {
+        for (c, role) in wave {
+            let answers = eventually(Duration::from_secs(60), || {
+                let out = c.exec(&["cat", "/tmp/answers"]);
+                let text = String::from_utf8_lossy(&out.stdout).to_string();
+                text.contains("done").then_some(text)
+            })
+            .unwrap_or_else(|| panic!("{} did not finish its requests", c.name));
+            let lines: Vec<&str> = answers.lines().filter(|l| *l != "done").collect();
+            assert_eq!(lines.len(), 10, "{}: {answers}", c.name);
+            for line in lines {
+                assert_eq!(line, role, "{} got another answer: {answers}", c.name);
+            }
+        }
+    };
+    let mut previous: Option<Vec<(Container, String)>> = None;
+    for wave in 0..4 {
+        let current = start_wave(wave);
+        if let Some(done) = previous.take() {
+            check_wave(&done);
+            // Stopped while the next wave runs.
+            drop(done);
+        }
+        previous = Some(current);
+    }
+    check_wave(&previous.take().expect("last wave"));
+    let wrong: Vec<serde_json::Value> = agent
+        .logs()
+        .into_iter()
+        .filter(|l| l["message"] == "request" && l["response_code"] != 200)
+        .collect();
+    assert!(wrong.is_empty(), "failed requests: {wrong:?}");
+}
