@@ -44,11 +44,17 @@ fn a_warm_index_answers_without_docker_or_sts_calls_and_credentials_are_prefetch
             docker.requests()
         )
     });
-    assert!(agent
-        .logs()
-        .iter()
-        .any(|l| l["message"] == "credentials prefetched"
-            && l["container_name"] == "mp-test-index-warm"));
+    eventually(Duration::from_secs(10), || {
+        agent
+            .logs()
+            .iter()
+            .any(|l| {
+                l["message"] == "credentials prefetched"
+                    && l["container_name"] == "mp-test-index-warm"
+            })
+            .then_some(())
+    })
+    .expect("the prefetch is logged");
 
     let docker_before = docker.requests().len();
     for _ in 0..3 {
