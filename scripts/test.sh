@@ -26,6 +26,12 @@ add_catcher_address() {
 cleanup() {
   # Whatever a failed eBPF test left attached: removing the pins detaches the programs.
   rm -rf /sys/fs/bpf/mp-test-* 2>/dev/null || true
+  # And the test cgroups it made (empty once its processes are gone).
+  local cg
+  cg=$(awk '$3 == "cgroup2" { print $2; exit }' /proc/mounts)
+  if [[ -n $cg ]]; then
+    find "$cg" -depth -type d -name 'mp-test-*' -exec rmdir {} + 2>/dev/null || true
+  fi
   if [[ $CATCHER_ADDED == 1 ]]; then
     ip addr del 169.254.169.254/32 dev lo 2>/dev/null || true
   fi

@@ -66,6 +66,17 @@ async fn run(config: Config) -> ExitCode {
             }
         },
     };
+    if let Some(redirect) = &redirect {
+        // Container parents can appear or be recreated after start-up (systemd slices).
+        let redirect = redirect.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+            loop {
+                tick.tick().await;
+                redirect.refresh_parents();
+            }
+        });
+    }
     let kernel = redirect
         .clone()
         .map(|k| k as Arc<dyn metadataproxy::identity::kernel::KernelIdentity>);

@@ -401,3 +401,49 @@ fn clean_shutdown_keeps_or_detaches_as_configured() {
     assert!(!detach.pins.0.exists());
     assert_no_escape();
 }
+
+#[test]
+fn a_container_parent_that_appears_after_start_up_is_redirected() {
+    let parent = cgroup2_root().join("mp-test-late.slice");
+    let child = parent.join("child");
+    let _ = std::fs::remove_dir(&child);
+    let _ = std::fs::remove_dir(&parent);
+    let s = Setup::start(
+        "lateparent",
+        &[("EBPF_CONTAINER_CGROUPS", "docker,mp-test-late.slice")],
+    );
+    // Created after the agent started, like a systemd slice made by the first container.
+    std::fs::create_dir_all(&child).expect("create cgroups");
+    eventually(Duration::from_secs(10), || {
+        s.agent
+            .logs()
+            .iter()
+            .any(|l| {
+                l["message"]
+                    == "container parent cgroup appeared: containers under it are redirected"
+            })
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("the agent saw the new parent: {}", s.agent.raw_logs()));
+    // A process under it is redirected to the agent (which finds no container: 404), not
+    // sent to the real address.
+    let code = run(
+        "sh",
+        &[
+            "-c",
+            "echo $$ > \"$1/cgroup.procs\" && exec curl -s --noproxy '*' -m 5 -o /dev/null -w '%{http_code}' http://169.254.169.254/latest/meta-data/iam/security-credentials/",
+            "sh",
+            child.to_str().expect("utf-8"),
+        ],
+    );
+    assert_eq!(code, "404");
+    assert_eq!(
+        error_descriptions(&s.agent).get("could_not_find_container"),
+        Some(&1),
+        "{}",
+        s.agent.raw_logs()
+    );
+    assert_no_escape();
+    let _ = std::fs::remove_dir(&child);
+    let _ = std::fs::remove_dir(&parent);
+}

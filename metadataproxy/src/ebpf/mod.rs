@@ -97,6 +97,9 @@ fn kernel<E: std::error::Error>(what: &'static str) -> impl FnOnce(E) -> EbpfErr
 #[derive(Debug)]
 pub struct KernelRedirect {
     connections: Mutex<HashMap<MapData, ConnKey, ConnRecord>>,
+    parents: Mutex<HashMap<MapData, u64, u8>>,
+    cgroup_root: PathBuf,
+    parent_dirs: Vec<String>,
     resolver: CgroupResolver,
     pin_dir: PathBuf,
     on_shutdown: OnShutdown,
@@ -148,22 +151,13 @@ impl KernelRedirect {
             .load(OBJECT)
             .map_err(kernel("load the kernel object"))?;
 
-        {
-            let mut parents_map: HashMap<_, u64, u8> =
-                HashMap::try_from(bpf.map_mut(maps::CONTAINER_PARENTS).expect("map in object"))
-                    .map_err(kernel("open the container parents map"))?;
-            let stale: Vec<u64> = parents_map.keys().filter_map(Result::ok).collect();
-            for key in stale {
-                if !parents.contains(&key) {
-                    let _ = parents_map.remove(&key);
-                }
-            }
-            for id in &parents {
-                parents_map
-                    .insert(id, 1, 0)
-                    .map_err(kernel("write the container parents map"))?;
-            }
-        }
+        let mut parents_map: HashMap<MapData, u64, u8> = HashMap::try_from(
+            bpf.take_map(maps::CONTAINER_PARENTS)
+                .expect("map in object"),
+        )
+        .map_err(kernel("open the container parents map"))?;
+        sync_parents(&mut parents_map, &parents)
+            .map_err(kernel("write the container parents map"))?;
         {
             let mut config_map: Array<_, Config> =
                 Array::try_from(bpf.map_mut(maps::CONFIG).expect("map in object"))
@@ -197,14 +191,44 @@ impl KernelRedirect {
             container_parents = parents.len(),
             "eBPF redirect attached"
         );
+        for dir in &cfg.container_cgroups {
+            if !cgroup_root.join(dir).is_dir() {
+                tracing::warn!(
+                    cgroup = %cgroup_root.join(dir).display(),
+                    "container parent cgroup does not exist yet: containers under it are redirected once it appears (checked every 2 s)"
+                );
+            }
+        }
         Ok(KernelRedirect {
             connections: Mutex::new(connections),
+            parents: Mutex::new(parents_map),
+            cgroup_root: cgroup_root.clone(),
+            parent_dirs: cfg.container_cgroups.clone(),
             resolver: CgroupResolver::new(cgroup_root, cfg.container_cgroups.clone()),
             pin_dir: cfg.pin_path.clone(),
             on_shutdown: cfg.on_shutdown,
             redirect,
             cgroup: attach_to,
         })
+    }
+
+    /// Re-reads the container parent cgroups (a systemd slice created by the first container,
+    /// a parent deleted and recreated) and updates the kernel's map. Returns how many parents
+    /// it now holds.
+    pub fn refresh_parents(&self) -> usize {
+        let ids = container_parent_ids(&self.cgroup_root, &self.parent_dirs);
+        let mut map = self.parents.lock().expect("parents map lock");
+        let before: Vec<u64> = map.keys().filter_map(Result::ok).collect();
+        if let Err(e) = sync_parents(&mut map, &ids) {
+            tracing::error!(error = %e, "could not update the container parents map");
+        }
+        for id in ids.iter().filter(|id| !before.contains(id)) {
+            tracing::info!(
+                cgroup_id = id,
+                "container parent cgroup appeared: containers under it are redirected"
+            );
+        }
+        ids.len()
     }
 
     /// Applies the clean-shutdown policy: keep (fail closed) or detach and unpin everything.
@@ -394,18 +418,41 @@ fn ensure_bpffs(pin_path: &Path) -> Result<(), EbpfError> {
 
 /// The ids of the container parent cgroups; a missing `docker` directory (cgroupfs driver,
 /// no container started yet) is created so that its id is known before the first container.
+/// (systemd slices are left to systemd.)
 fn container_parents(root: &Path, dirs: &[String]) -> Result<Vec<u64>, EbpfError> {
-    let mut ids = Vec::new();
     for dir in dirs {
         let path = root.join(dir);
         if !path.exists() && !dir.ends_with(".slice") {
             std::fs::create_dir_all(&path).map_err(io("create cgroup", &path))?;
         }
-        if let Ok(id) = cgroup_id(&path) {
-            ids.push(id);
-        }
     }
-    Ok(ids)
+    Ok(container_parent_ids(root, dirs))
+}
+
+/// The ids of the container parent cgroups that exist now.
+fn container_parent_ids(root: &Path, dirs: &[String]) -> Vec<u64> {
+    dirs.iter()
+        .filter_map(|dir| cgroup_id(&root.join(dir)).ok())
+        .collect()
+}
+
+/// Makes the kernel's parents map hold exactly `ids`.
+fn sync_parents(
+    map: &mut HashMap<MapData, u64, u8>,
+    ids: &[u64],
+) -> Result<(), aya::maps::MapError> {
+    let stale: Vec<u64> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !ids.contains(k))
+        .collect();
+    for key in stale {
+        let _ = map.remove(&key);
+    }
+    for id in ids {
+        map.insert(id, 1, 0)?;
+    }
+    Ok(())
 }
 
 /// The agent's own cgroup id: `0::<path>` in /proc/self/cgroup, under the cgroup2 root.
