@@ -7,9 +7,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use metadataproxy_tests::{
-    eventually, run, test_env, Agent, AwsCounter, Container, FakeUpstream, Network, Rule,
-};
+use metadataproxy_tests::{eventually, run, Classic, Container};
 
 const MD: &str = "http://169.254.169.254/latest/meta-data";
 
@@ -71,16 +69,8 @@ impl Drop for Restore {
 
 #[test]
 fn requests_are_answered_while_dockerd_is_down_and_the_index_resyncs_after() {
-    let env = test_env();
-    let upstream = FakeUpstream::start();
-    let aws = AwsCounter::start(&env.moto_url);
-    let agent = Agent::start(
-        &upstream.url(),
-        &aws.url(),
-        &[("DEFAULT_ACCOUNT_ID", "123456789012")],
-    );
-    let net = Network::create("restart", 41);
-    let _dnat = Rule::dnat("br-+", &net.subnet, &net.gateway, agent.port);
+    let s = Classic::start("restart", 41, &[("DEFAULT_ACCOUNT_ID", "123456789012")]);
+    let (env, net, agent) = (&s.env, &s.net, &s.agent);
     let kept = Container::start(
         &env,
         "restart-kept",

@@ -3,30 +3,24 @@
 
 use std::time::Duration;
 
-use metadataproxy_tests::{
-    eventually, test_env, Agent, AwsCounter, Container, DockerCounter, FakeUpstream, Network, Rule,
-};
+use metadataproxy_tests::{eventually, Classic, Container, DockerCounter};
 
 const MD: &str = "http://169.254.169.254/latest/meta-data";
 
 #[test]
 fn a_warm_index_answers_without_docker_or_sts_calls_and_credentials_are_prefetched() {
-    let env = test_env();
     let docker = DockerCounter::start("warm");
-    let upstream = FakeUpstream::start();
-    let aws = AwsCounter::start(&env.moto_url);
-    let agent = Agent::start(
-        &upstream.url(),
-        &aws.url(),
+    let s = Classic::start(
+        "index-warm",
+        31,
         &[
             ("DEFAULT_ACCOUNT_ID", "123456789012"),
             ("DOCKER_URL", &docker.url()),
         ],
     );
-    let net = Network::create("index-warm", 31);
-    let _dnat = Rule::dnat("br-+", &net.subnet, &net.gateway, agent.port);
+    let (env, net, agent, aws) = (&s.env, &s.net, &s.agent, &s.aws);
     let c = Container::start(
-        &env,
+        env,
         "index-warm",
         Some(&net.name),
         &[("IAM_ROLE", "warm-role")],
@@ -93,19 +87,11 @@ fn a_warm_index_answers_without_docker_or_sts_calls_and_credentials_are_prefetch
 
 #[test]
 fn an_ip_reused_by_a_new_container_maps_to_the_new_one_only() {
-    let env = test_env();
-    let upstream = FakeUpstream::start();
-    let aws = AwsCounter::start(&env.moto_url);
-    let agent = Agent::start(
-        &upstream.url(),
-        &aws.url(),
-        &[("DEFAULT_ACCOUNT_ID", "123456789012")],
-    );
-    let net = Network::create("index-reuse", 32);
-    let _dnat = Rule::dnat("br-+", &net.subnet, &net.gateway, agent.port);
+    let s = Classic::start("index-reuse", 32, &[("DEFAULT_ACCOUNT_ID", "123456789012")]);
+    let (env, net, agent) = (&s.env, &s.net, &s.agent);
     let ip = "172.30.32.50";
     let a = Container::start_privileged(
-        &env,
+        env,
         "index-reuse-a",
         Some(&net.name),
         &[("IAM_ROLE", "role-a")],
@@ -117,7 +103,7 @@ fn an_ip_reused_by_a_new_container_maps_to_the_new_one_only() {
     );
     drop(a);
     let b = Container::start_privileged(
-        &env,
+        env,
         "index-reuse-b",
         Some(&net.name),
         &[("IAM_ROLE", "role-b")],
@@ -151,12 +137,9 @@ fn an_ip_reused_by_a_new_container_maps_to_the_new_one_only() {
 
 #[test]
 fn session_name_duration_and_tags_reach_sts() {
-    let env = test_env();
-    let upstream = FakeUpstream::start();
-    let aws = AwsCounter::start(&env.moto_url);
-    let agent = Agent::start(
-        &upstream.url(),
-        &aws.url(),
+    let s = Classic::start(
+        "index-session",
+        33,
         &[
             ("DEFAULT_ACCOUNT_ID", "123456789012"),
             ("ROLE_SESSION_NAME", "mp-{container_name}"),
@@ -165,10 +148,9 @@ fn session_name_duration_and_tags_reach_sts() {
             ("CREDENTIAL_PREFETCH", "false"),
         ],
     );
-    let net = Network::create("index-session", 33);
-    let _dnat = Rule::dnat("br-+", &net.subnet, &net.gateway, agent.port);
+    let (env, net, agent, aws) = (&s.env, &s.net, &s.agent, &s.aws);
     let c = Container::start(
-        &env,
+        env,
         "index-session",
         Some(&net.name),
         &[("IAM_ROLE", "session-role")],
@@ -204,16 +186,8 @@ fn session_name_duration_and_tags_reach_sts() {
 /// fails.
 #[test]
 fn churn_of_a_hundred_containers_gets_every_container_its_own_role() {
-    let env = test_env();
-    let upstream = FakeUpstream::start();
-    let aws = AwsCounter::start(&env.moto_url);
-    let agent = Agent::start(
-        &upstream.url(),
-        &aws.url(),
-        &[("DEFAULT_ACCOUNT_ID", "123456789012")],
-    );
-    let net = Network::create("churn", 34);
-    let _dnat = Rule::dnat("br-+", &net.subnet, &net.gateway, agent.port);
+    let s = Classic::start("churn", 34, &[("DEFAULT_ACCOUNT_ID", "123456789012")]);
+    let (env, net, agent) = (&s.env, &s.net, &s.agent);
     let load = format!(
         "i=0; while [ $i -lt 10 ]; do \
          r=$(timeout 5 wget -q -O - {MD}/iam/security-credentials/ 2>/dev/null); \

@@ -277,39 +277,30 @@ trait CgroupProgram: Sized {
     ) -> Result<FdLink, String>;
 }
 
-impl CgroupProgram for CgroupSockAddr {
-    fn load_and_attach(
-        program: &mut aya::programs::Program,
-        cgroup: &std::fs::File,
-    ) -> Result<FdLink, String> {
-        let p: &mut CgroupSockAddr = program.try_into().map_err(|e| format!("{e}"))?;
-        p.load().map_err(|e| e.to_string())?;
-        let id = p
-            .attach(cgroup, CgroupAttachMode::Single)
-            .map_err(|e| e.to_string())?;
-        p.take_link(id)
-            .map_err(|e| e.to_string())?
-            .try_into()
-            .map_err(|e: aya::programs::links::LinkError| e.to_string())
-    }
+/// Both program kinds load, attach to a cgroup and hand over their link the same way.
+macro_rules! cgroup_program {
+    ($kind:ty) => {
+        impl CgroupProgram for $kind {
+            fn load_and_attach(
+                program: &mut aya::programs::Program,
+                cgroup: &std::fs::File,
+            ) -> Result<FdLink, String> {
+                let p: &mut $kind = program.try_into().map_err(|e| format!("{e}"))?;
+                p.load().map_err(|e| e.to_string())?;
+                let id = p
+                    .attach(cgroup, CgroupAttachMode::Single)
+                    .map_err(|e| e.to_string())?;
+                p.take_link(id)
+                    .map_err(|e| e.to_string())?
+                    .try_into()
+                    .map_err(|e: aya::programs::links::LinkError| e.to_string())
+            }
+        }
+    };
 }
 
-impl CgroupProgram for SockOps {
-    fn load_and_attach(
-        program: &mut aya::programs::Program,
-        cgroup: &std::fs::File,
-    ) -> Result<FdLink, String> {
-        let p: &mut SockOps = program.try_into().map_err(|e| format!("{e}"))?;
-        p.load().map_err(|e| e.to_string())?;
-        let id = p
-            .attach(cgroup, CgroupAttachMode::Single)
-            .map_err(|e| e.to_string())?;
-        p.take_link(id)
-            .map_err(|e| e.to_string())?
-            .try_into()
-            .map_err(|e: aya::programs::links::LinkError| e.to_string())
-    }
-}
+cgroup_program!(CgroupSockAddr);
+cgroup_program!(SockOps);
 
 /// Attaches `name` (a new link), pins it under the free one of its two pin names, then unpins
 /// the previous agent's link: one attachment before, one after, and no gap.
