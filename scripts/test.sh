@@ -30,7 +30,7 @@ cleanup() {
   local cg
   cg=$(awk '$3 == "cgroup2" { print $2; exit }' /proc/mounts)
   if [[ -n $cg ]]; then
-    find "$cg" -depth -type d -name 'mp-test-*' -exec rmdir {} + 2>/dev/null || true
+    find "$cg" -depth -type d -path '*/mp-test-*' -exec rmdir {} + 2>/dev/null || true
   fi
   if [[ $CATCHER_ADDED == 1 ]]; then
     ip addr del 169.254.169.254/32 dev lo 2>/dev/null || true
