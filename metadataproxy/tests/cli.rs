@@ -55,9 +55,35 @@ fn each_invalid_value_exits_64_naming_variable_and_value() {
         ("BUILTIN_LOCAL_IPV4", "10.0.0"),
         ("BUILTIN_AVAILABILITY_ZONE", "Mars"),
         ("BUILTIN_ACCOUNT_ID", "abc"),
+        ("DOCKER_RECONCILE_INTERVAL", "0"),
+        ("CREDENTIAL_PREFETCH", "sometimes"),
+        ("STS_RATE_LIMIT", "-1"),
+        ("ROLE_SESSION_TAGS", "yes please"),
+        ("ROLE_SESSION_NAME", "mp-{unknown}"),
     ];
     for (var, value) in cases {
         let out = agent(&[(var, value)]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{var}={value}: {stderr}");
+        assert!(stderr.contains(var), "{var}={value}: {stderr}");
+        assert!(stderr.contains(value), "{var}={value}: {stderr}");
+    }
+}
+
+#[test]
+fn each_invalid_ebpf_value_exits_64_naming_variable_and_value() {
+    let cases: &[(&str, &str)] = &[
+        ("EBPF_CGROUP_PATH", "relative/path"),
+        ("EBPF_PIN_PATH", "bpf"),
+        ("EBPF_REDIRECT_ADDR", "docker0"),
+        ("EBPF_CONTAINER_CGROUPS", "docker,,x"),
+        ("EBPF_CONTAINER_CGROUPS", "../escape"),
+        ("EBPF_ON_SHUTDOWN", "linger"),
+    ];
+    for (var, value) in cases {
+        let out = agent(&[("INTERCEPT", "ebpf"), (var, value)])
+            .output()
+            .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(64), "{var}={value}: {stderr}");
         assert!(stderr.contains(var), "{var}={value}: {stderr}");
