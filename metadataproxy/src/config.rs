@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::roles::{AccountId, Partition, RoleSpec};
+use crate::roles::{AccountId, RoleSpec};
 
 /// Exit code for invalid configuration (`EX_USAGE` from sysexits.h).
 pub const EXIT_CONFIG: i32 = 64;
@@ -275,13 +275,6 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     /// Grace period for in-flight requests on shutdown (`SHUTDOWN_GRACE`).
     pub shutdown_grace: Duration,
-}
-
-impl Config {
-    /// The partition of role ARNs built from bare names, from the configured region.
-    pub fn partition(&self) -> Partition {
-        Partition::for_region(self.aws_region.as_deref().unwrap_or("us-east-1"))
-    }
 }
 
 /// Where passthrough requests go.

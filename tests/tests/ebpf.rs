@@ -82,6 +82,25 @@ fn assert_no_escape() {
     );
 }
 
+/// The status of a GET from this (host) process, by curl.
+fn http_code_from_host(url: &str) -> String {
+    run(
+        "curl",
+        &[
+            "-s",
+            "--noproxy",
+            "*",
+            "-m",
+            "5",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            url,
+        ],
+    )
+}
+
 fn creds_of(c: &Container, role: &str) -> serde_json::Value {
     let r = c.wget(&format!("{MD}/iam/security-credentials/{role}"));
     assert_eq!(r.status, 200, "{}: credentials for {role}", c.name);
@@ -217,21 +236,7 @@ fn a_host_process_is_not_redirected_and_gets_no_container_credentials() {
     let s = Setup::start("hostproc", &[]);
     // This test process is a host process: its connect is not redirected, so it reaches the
     // catcher (standing in for the real service), and the agent never sees it.
-    let out = run(
-        "curl",
-        &[
-            "-s",
-            "--noproxy",
-            "*",
-            "-m",
-            "5",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            &format!("{MD}/iam/security-credentials/"),
-        ],
-    );
+    let out = http_code_from_host(&format!("{MD}/iam/security-credentials/"));
     assert_eq!(out, "404", "the catcher serves no IAM paths");
     let reached: Vec<String> = catcher()
         .emulator
@@ -246,24 +251,10 @@ fn a_host_process_is_not_redirected_and_gets_no_container_credentials() {
         s.agent.raw_logs()
     );
     // A host process that connects to the agent directly is tagged, and is not a container.
-    let direct = run(
-        "curl",
-        &[
-            "-s",
-            "--noproxy",
-            "*",
-            "-m",
-            "5",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            &format!(
-                "{}/latest/meta-data/iam/security-credentials/",
-                s.agent_url()
-            ),
-        ],
-    );
+    let direct = http_code_from_host(&format!(
+        "{}/latest/meta-data/iam/security-credentials/",
+        s.agent_url()
+    ));
     assert_eq!(direct, "404");
     assert_eq!(
         error_descriptions(&s.agent).get("could_not_find_container"),

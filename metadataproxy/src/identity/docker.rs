@@ -10,10 +10,9 @@ use bollard::query_parameters::{
     EventsOptionsBuilder, InspectContainerOptions, ListContainersOptions,
 };
 use bollard::Docker;
-use futures_util::future::BoxFuture;
 use tokio::sync::OnceCell;
 
-use super::{Container, ContainerLookup, LookupError};
+use super::{Container, LookupError};
 use crate::config::DockerUrl;
 
 /// Seconds bollard waits for one Docker API answer.
@@ -165,14 +164,4 @@ fn endpoint_ips<'a>(
 
 fn docker_error(e: bollard::errors::Error) -> LookupError {
     LookupError::Docker(e.to_string())
-}
-
-impl ContainerLookup for DockerLookup {
-    fn by_ip(&self, ip: IpAddr) -> BoxFuture<'_, Result<Option<Container>, LookupError>> {
-        Box::pin(self.find(ip))
-    }
-
-    fn by_id<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Container>, LookupError>> {
-        Box::pin(self.inspect(id))
-    }
 }
