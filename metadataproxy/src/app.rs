@@ -20,6 +20,8 @@ use crate::roles::{
     AssumeRole, CacheSettings, CredentialCache, GetRole, Partition, RoleResolver, RoleSpec, SdkIam,
     SdkSts,
 };
+use crate::telemetry::export::Exporters;
+use crate::telemetry::metrics;
 use crate::upstream::{HttpUpstream, Upstream};
 
 /// Everything a request handler needs.
@@ -49,6 +51,14 @@ pub struct State {
     pub identity_mismatches: std::sync::atomic::AtomicU64,
     /// Credentials fetched for a container before it asked.
     pub prefetches: std::sync::atomic::AtomicU64,
+    /// The container index behind `lookup` (the real agent; `None` with fakes).
+    pub index: Option<Arc<ContainerIndex>>,
+    /// The agent's own AWS credentials, for readiness (`None` with fakes).
+    pub aws_credentials: Option<aws_credential_types::provider::SharedCredentialsProvider>,
+    /// `METRICS_ON_PROXY_PORT`: the Prometheus exposition served on the proxy port too.
+    pub proxy_metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Names of the copied Docker labels, for callers whose container is not known.
+    pub copied_label_names: Vec<String>,
 }
 
 /// The external services behind the seams.
@@ -98,13 +108,21 @@ impl State {
             kernel: deps.kernel,
             identity_mismatches: Default::default(),
             prefetches: Default::default(),
+            index: None,
+            aws_credentials: None,
+            proxy_metrics: None,
+            copied_label_names: config.telemetry.copied_labels().names(),
         }
     }
 
     /// Builds the real components: the container index (following Docker's events), the AWS
     /// SDK clients, the upstream; `kernel` is the eBPF redirect's connection records in eBPF
-    /// mode. Starts the index and the credential prefetcher.
-    pub async fn build(config: &Config, kernel: Option<Arc<dyn KernelIdentity>>) -> Arc<State> {
+    /// mode; `exporters` the metrics sinks. Starts the index and the credential prefetcher.
+    pub async fn build(
+        config: &Config,
+        kernel: Option<Arc<dyn KernelIdentity>>,
+        exporters: &Exporters,
+    ) -> Arc<State> {
         let sdk = aws_sdk_config(config).await;
         let region = sdk
             .region()
@@ -119,19 +137,33 @@ impl State {
             )),
             UpstreamConfig::Builtin(values) => Arc::new(Emulator::new(values.clone())),
         };
-        let (index, started) = ContainerIndex::new(DockerLookup::new(config.docker.clone()));
+        let (index, started) = ContainerIndex::new(
+            DockerLookup::new(config.docker.clone())
+                .with_copied_labels(config.telemetry.copied_labels()),
+        );
         tokio::spawn(index.clone().run(config.docker_reconcile_interval));
         let index_handle = index.clone();
         let deps = Deps {
             lookup: index,
-            sts: Arc::new(SdkSts::new(aws_sdk_sts::Client::new(&sdk))),
+            // Retries happen in the credential cache, each attempt under STS_RATE_LIMIT.
+            sts: Arc::new(SdkSts::new(aws_sdk_sts::Client::from_conf(
+                aws_sdk_sts::config::Builder::from(&sdk)
+                    .retry_config(aws_config::retry::RetryConfig::disabled())
+                    .build(),
+            ))),
             iam: Arc::new(SdkIam::new(aws_sdk_iam::Client::new(&sdk))),
             upstream,
             clock: Arc::new(SystemClock),
             partition: Partition::for_region(&region),
             kernel,
         };
-        let state = Arc::new(State::new(config, deps));
+        let mut state = State::new(config, deps);
+        state.index = Some(index_handle.clone());
+        state.aws_credentials = sdk.credentials_provider();
+        if config.telemetry.metrics_on_proxy_port {
+            state.proxy_metrics = exporters.prometheus.clone();
+        }
+        let state = Arc::new(state);
         if config.credential_prefetch {
             tokio::spawn(prefetch(state.clone(), started));
             tokio::spawn(refresh_ahead(state.clone(), index_handle));
@@ -165,6 +197,7 @@ async fn refresh_ahead(state: Arc<State>, index: Arc<ContainerIndex>) {
                 .refresh_ahead(&req, REFRESH_AHEAD + jitter)
                 .await
             {
+                metrics::refresh_ahead();
                 tracing::info!(
                     container_name = %container.name,
                     role_name = spec.name(),
@@ -194,6 +227,7 @@ async fn prefetch(state: Arc<State>, mut started: tokio::sync::mpsc::UnboundedRe
                     state
                         .prefetches
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    metrics::prefetch(true);
                     tracing::info!(
                         container_id = %container.id,
                         container_name = %container.name,
@@ -201,14 +235,17 @@ async fn prefetch(state: Arc<State>, mut started: tokio::sync::mpsc::UnboundedRe
                         "credentials prefetched"
                     );
                 }
-                Err(e) => tracing::warn!(
-                    container_id = %container.id,
-                    container_name = %container.name,
-                    role_name = spec.name(),
-                    error_description = e.description(),
-                    error = %e,
-                    "credential prefetch failed"
-                ),
+                Err(e) => {
+                    metrics::prefetch(false);
+                    tracing::warn!(
+                        container_id = %container.id,
+                        container_name = %container.name,
+                        role_name = spec.name(),
+                        error_description = e.description(),
+                        error = %e,
+                        "credential prefetch failed"
+                    )
+                }
             }
         });
     }

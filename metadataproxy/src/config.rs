@@ -160,39 +160,77 @@ pub struct Args {
     #[arg(long, env = "AWS_REGION")]
     pub aws_region: Option<String>,
 
-    /// Comma list of container labels copied, lower-cased, into telemetry labels (metrics
-    /// arrive in a later version; validated now).
+    /// Comma list of container labels copied, lower-cased, into metric labels (statsd family,
+    /// New Relic; Prometheus with PROMETHEUS_COPY_LABELS) and request log fields, as
+    /// `container<LABEL_SEPARATOR><label>`.
     #[arg(long, env = "COPY_DOCKER_LABELS")]
     pub copy_docker_labels: Option<String>,
 
-    /// Comma list of container env keys copied, lower-cased, into telemetry labels (metrics
-    /// arrive in a later version; validated now).
+    /// Comma list of container environment keys copied like COPY_DOCKER_LABELS.
     #[arg(long, env = "COPY_DOCKER_ENV")]
     pub copy_docker_env: Option<String>,
 
-    /// statsd sink, host:port (later version; validated now).
+    /// Separator between `container` and the copied key in the label name.
+    #[arg(long, env = "LABEL_SEPARATOR", default_value = "_")]
+    pub label_separator: String,
+
+    /// statsd sink, host:port (UDP; label values folded into the metric name).
     #[arg(long, env = "STATSD_ADDR")]
     pub statsd_addr: Option<String>,
 
-    /// statsite sink, host:port (later version; validated now).
+    /// statsite sink, host:port (UDP; label values folded into the metric name).
     #[arg(long, env = "STATSITE_ADDR")]
     pub statsite_addr: Option<String>,
 
-    /// DogStatsD sink, host:port (later version; validated now).
+    /// DogStatsD sink, host:port (UDP; labels as tags).
     #[arg(long, env = "DATADOG_ADDR")]
     pub datadog_addr: Option<String>,
 
-    /// Expose Prometheus metrics (later version; validated now).
+    /// How often the statsd-family sinks are sent what was recorded (Go duration).
+    #[arg(long, env = "METRICS_FLUSH_INTERVAL", default_value = "1s")]
+    pub metrics_flush_interval: String,
+
+    /// Prometheus exposition at the admin listener's /metrics.
     #[arg(long, env = "ENABLE_PROMETHEUS")]
     pub enable_prometheus: Option<String>,
 
-    /// New Relic application name (later version; validated now, needs NEWRELIC_LICENSE).
+    /// Also put the COPY_DOCKER_* labels on Prometheus series (one series per distinct value:
+    /// only for low-cardinality labels).
+    #[arg(long, env = "PROMETHEUS_COPY_LABELS", default_value = "false")]
+    pub prometheus_copy_labels: String,
+
+    /// Add `request_path` and `remote_addr` to request metrics on the statsd family and New
+    /// Relic (never on Prometheus): one series per path and caller.
+    #[arg(long, env = "METRICS_UNBOUNDED_LABELS", default_value = "false")]
+    pub metrics_unbounded_labels: String,
+
+    /// New Relic application name (needs NEWRELIC_LICENSE).
     #[arg(long, env = "NEWRELIC_APP_NAME")]
     pub newrelic_app_name: Option<String>,
 
-    /// New Relic license key (later version; validated now, needs NEWRELIC_APP_NAME).
+    /// New Relic license (ingest) key (needs NEWRELIC_APP_NAME).
     #[arg(long, env = "NEWRELIC_LICENSE", hide_env_values = true)]
     pub newrelic_license: Option<String>,
+
+    /// New Relic Metric API endpoint (EU: https://metric-api.eu.newrelic.com/metric/v1).
+    #[arg(
+        long,
+        env = "NEWRELIC_ENDPOINT",
+        default_value = "https://metric-api.newrelic.com/metric/v1"
+    )]
+    pub newrelic_endpoint: String,
+
+    /// How often metrics are sent to New Relic (Go duration).
+    #[arg(long, env = "NEWRELIC_FLUSH_INTERVAL", default_value = "10s")]
+    pub newrelic_flush_interval: String,
+
+    /// Admin listener (/metrics, /healthz, /readyz), host:port; `off` disables it.
+    #[arg(long, env = "ADMIN_ADDR", default_value = "127.0.0.1:8001")]
+    pub admin_addr: String,
+
+    /// Also serve /metrics on the proxy port, as go-metadataproxy did (containers can read it).
+    #[arg(long, env = "METRICS_ON_PROXY_PORT", default_value = "false")]
+    pub metrics_on_proxy_port: String,
 
     /// How long in-flight requests may run after SIGTERM/SIGINT (Go duration).
     #[arg(long, env = "SHUTDOWN_GRACE", default_value = "10s")]
@@ -271,7 +309,7 @@ pub struct Config {
     pub sts_rate_limit: u32,
     /// Region of the agent's AWS clients (`AWS_REGION`).
     pub aws_region: Option<String>,
-    /// Telemetry settings parsed now and used by a later version.
+    /// Metrics sinks and the admin listener.
     pub telemetry: TelemetryConfig,
     /// Grace period for in-flight requests on shutdown (`SHUTDOWN_GRACE`).
     pub shutdown_grace: Duration,
@@ -393,45 +431,88 @@ impl fmt::Display for DockerUrl {
     }
 }
 
-/// Telemetry settings, validated now; the exporters arrive in a later version.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Metrics and admin settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TelemetryConfig {
     /// `COPY_DOCKER_LABELS`.
     pub copy_docker_labels: Vec<String>,
     /// `COPY_DOCKER_ENV`.
     pub copy_docker_env: Vec<String>,
+    /// `LABEL_SEPARATOR`.
+    pub label_separator: String,
     /// `STATSD_ADDR`.
     pub statsd_addr: Option<String>,
     /// `STATSITE_ADDR`.
     pub statsite_addr: Option<String>,
     /// `DATADOG_ADDR`.
     pub datadog_addr: Option<String>,
+    /// `METRICS_FLUSH_INTERVAL`.
+    pub flush_interval: Duration,
     /// `ENABLE_PROMETHEUS`.
     pub enable_prometheus: bool,
-    /// `NEWRELIC_APP_NAME` (the license key is not kept: nothing uses it yet).
-    pub newrelic_app_name: Option<String>,
+    /// `PROMETHEUS_COPY_LABELS`.
+    pub prometheus_copy_labels: bool,
+    /// `METRICS_UNBOUNDED_LABELS`.
+    pub unbounded_labels: bool,
+    /// `NEWRELIC_*`.
+    pub newrelic: Option<NewRelicConfig>,
+    /// `ADMIN_ADDR` (`None`: off).
+    pub admin_addr: Option<SocketAddr>,
+    /// `METRICS_ON_PROXY_PORT`.
+    pub metrics_on_proxy_port: bool,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            copy_docker_labels: Vec::new(),
+            copy_docker_env: Vec::new(),
+            label_separator: "_".into(),
+            statsd_addr: None,
+            statsite_addr: None,
+            datadog_addr: None,
+            flush_interval: Duration::from_secs(1),
+            enable_prometheus: false,
+            prometheus_copy_labels: false,
+            unbounded_labels: false,
+            newrelic: None,
+            admin_addr: None,
+            metrics_on_proxy_port: false,
+        }
+    }
 }
 
 impl TelemetryConfig {
-    /// The variables that are set but not acted on by this version, for a start-up warning.
-    pub fn unimplemented_settings(&self) -> Vec<&'static str> {
-        let mut out = Vec::new();
-        let checks: [(&'static str, bool); 7] = [
-            ("COPY_DOCKER_LABELS", !self.copy_docker_labels.is_empty()),
-            ("COPY_DOCKER_ENV", !self.copy_docker_env.is_empty()),
-            ("STATSD_ADDR", self.statsd_addr.is_some()),
-            ("STATSITE_ADDR", self.statsite_addr.is_some()),
-            ("DATADOG_ADDR", self.datadog_addr.is_some()),
-            ("ENABLE_PROMETHEUS", self.enable_prometheus),
-            ("NEWRELIC_APP_NAME", self.newrelic_app_name.is_some()),
-        ];
-        for (name, set) in checks {
-            if set {
-                out.push(name);
-            }
+    /// The copied Docker labels and env keys with their label names:
+    /// `container<LABEL_SEPARATOR><key>`, lower-cased.
+    pub fn copied_labels(&self) -> crate::identity::CopiedLabels {
+        let name = |k: &String| format!("container{}{}", self.label_separator, k.to_lowercase());
+        crate::identity::CopiedLabels {
+            labels: self
+                .copy_docker_labels
+                .iter()
+                .map(|k| (k.clone(), name(k)))
+                .collect(),
+            env: self
+                .copy_docker_env
+                .iter()
+                .map(|k| (k.clone(), name(k)))
+                .collect(),
         }
-        out
     }
+}
+
+/// The New Relic export.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRelicConfig {
+    /// `NEWRELIC_APP_NAME`.
+    pub app_name: String,
+    /// `NEWRELIC_LICENSE`, never printed.
+    pub license: crate::roles::Secret,
+    /// `NEWRELIC_ENDPOINT`.
+    pub endpoint: http::Uri,
+    /// `NEWRELIC_FLUSH_INTERVAL`.
+    pub interval: Duration,
 }
 
 /// An invalid setting: names the variable, its flag, the value and what was expected.
@@ -613,39 +694,7 @@ impl TryFrom<Args> for Config {
             )
         })?;
 
-        let telemetry = TelemetryConfig {
-            copy_docker_labels: comma_list("COPY_DOCKER_LABELS", &a.copy_docker_labels)?,
-            copy_docker_env: comma_list("COPY_DOCKER_ENV", &a.copy_docker_env)?,
-            statsd_addr: host_port("STATSD_ADDR", &a.statsd_addr)?,
-            statsite_addr: host_port("STATSITE_ADDR", &a.statsite_addr)?,
-            datadog_addr: host_port("DATADOG_ADDR", &a.datadog_addr)?,
-            enable_prometheus: match non_empty(&a.enable_prometheus) {
-                None => false,
-                Some(v) => parse_bool(v)
-                    .ok_or_else(|| invalid("ENABLE_PROMETHEUS", v, "expected true or false"))?,
-            },
-            newrelic_app_name: match (
-                non_empty(&a.newrelic_app_name),
-                non_empty(&a.newrelic_license),
-            ) {
-                (Some(app), Some(_)) => Some(app.to_string()),
-                (None, None) => None,
-                (Some(app), None) => {
-                    return Err(invalid(
-                        "NEWRELIC_LICENSE",
-                        "",
-                        format!("must be set when NEWRELIC_APP_NAME is ({app:?})"),
-                    ))
-                }
-                (None, Some(_)) => {
-                    return Err(invalid(
-                        "NEWRELIC_APP_NAME",
-                        "",
-                        "must be set when NEWRELIC_LICENSE is",
-                    ))
-                }
-            },
-        };
+        let telemetry = parse_telemetry(&a)?;
 
         let shutdown_grace = parse_go_duration(&a.shutdown_grace)
             .map_err(|e| invalid("SHUTDOWN_GRACE", &a.shutdown_grace, e))?;
@@ -673,6 +722,92 @@ impl TryFrom<Args> for Config {
             shutdown_grace,
         })
     }
+}
+
+fn parse_telemetry(a: &Args) -> Result<TelemetryConfig, ConfigError> {
+    let bool_var = |var: &'static str, v: &str| {
+        parse_bool(v.trim()).ok_or_else(|| invalid(var, v, "expected true or false"))
+    };
+    let label_separator = a.label_separator.clone();
+    if label_separator.is_empty()
+        || label_separator.len() > 3
+        || !label_separator
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.:".contains(c))
+    {
+        return Err(invalid(
+            "LABEL_SEPARATOR",
+            &a.label_separator,
+            "expected 1 to 3 characters from letters, digits and _-.:",
+        ));
+    }
+    let newrelic = match (
+        non_empty(&a.newrelic_app_name),
+        non_empty(&a.newrelic_license),
+    ) {
+        (Some(app), Some(license)) => {
+            let endpoint: http::Uri = a.newrelic_endpoint.trim().parse().map_err(|_| {
+                invalid("NEWRELIC_ENDPOINT", &a.newrelic_endpoint, "expected a URL")
+            })?;
+            if !matches!(endpoint.scheme_str(), Some("http" | "https")) || endpoint.host().is_none()
+            {
+                return Err(invalid(
+                    "NEWRELIC_ENDPOINT",
+                    &a.newrelic_endpoint,
+                    "expected an http:// or https:// URL",
+                ));
+            }
+            Some(NewRelicConfig {
+                app_name: app.to_string(),
+                license: crate::roles::Secret::new(license),
+                endpoint,
+                interval: positive_duration("NEWRELIC_FLUSH_INTERVAL", &a.newrelic_flush_interval)?,
+            })
+        }
+        (None, None) => None,
+        (Some(app), None) => {
+            return Err(invalid(
+                "NEWRELIC_LICENSE",
+                "",
+                format!("must be set when NEWRELIC_APP_NAME is ({app:?})"),
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(invalid(
+                "NEWRELIC_APP_NAME",
+                "",
+                "must be set when NEWRELIC_LICENSE is",
+            ))
+        }
+    };
+    let admin_addr = match a.admin_addr.trim() {
+        "off" | "none" | "" => None,
+        v => Some(v.parse::<SocketAddr>().map_err(|_| {
+            invalid(
+                "ADMIN_ADDR",
+                &a.admin_addr,
+                "expected ip:port (for example 127.0.0.1:8001) or off",
+            )
+        })?),
+    };
+    Ok(TelemetryConfig {
+        copy_docker_labels: comma_list("COPY_DOCKER_LABELS", &a.copy_docker_labels)?,
+        copy_docker_env: comma_list("COPY_DOCKER_ENV", &a.copy_docker_env)?,
+        label_separator,
+        statsd_addr: host_port("STATSD_ADDR", &a.statsd_addr)?,
+        statsite_addr: host_port("STATSITE_ADDR", &a.statsite_addr)?,
+        datadog_addr: host_port("DATADOG_ADDR", &a.datadog_addr)?,
+        flush_interval: positive_duration("METRICS_FLUSH_INTERVAL", &a.metrics_flush_interval)?,
+        enable_prometheus: match non_empty(&a.enable_prometheus) {
+            None => false,
+            Some(v) => bool_var("ENABLE_PROMETHEUS", v)?,
+        },
+        prometheus_copy_labels: bool_var("PROMETHEUS_COPY_LABELS", &a.prometheus_copy_labels)?,
+        unbounded_labels: bool_var("METRICS_UNBOUNDED_LABELS", &a.metrics_unbounded_labels)?,
+        newrelic,
+        admin_addr,
+        metrics_on_proxy_port: bool_var("METRICS_ON_PROXY_PORT", &a.metrics_on_proxy_port)?,
+    })
 }
 
 fn parse_ebpf(a: &Args) -> Result<EbpfConfig, ConfigError> {

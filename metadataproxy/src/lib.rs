@@ -7,6 +7,7 @@
 //! Data flows one way: connection ([`server`]) → identity ([`identity`]) → role ([`roles`]) →
 //! credentials → response ([`handlers`]).
 
+pub mod admin;
 pub mod app;
 pub mod builtin;
 pub mod clock;

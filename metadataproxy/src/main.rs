@@ -4,6 +4,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
+use metadataproxy::admin::{self, Admin};
 use metadataproxy::app::State;
 use metadataproxy::config::{Args, Config, Intercept, EXIT_CONFIG};
 use metadataproxy::ebpf::KernelRedirect;
@@ -40,12 +41,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> ExitCode {
-    for variable in config.telemetry.unimplemented_settings() {
-        tracing::warn!(
-            variable,
-            "set, but metrics export arrives in a later version: ignored for now"
-        );
-    }
+    let exporters = telemetry::export::install(&config.telemetry, telemetry::hostname());
     let listener = match tokio::net::TcpListener::bind(config.listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -80,9 +76,31 @@ async fn run(config: Config) -> ExitCode {
     let kernel = redirect
         .clone()
         .map(|k| k as Arc<dyn metadataproxy::identity::kernel::KernelIdentity>);
-    let state = State::build(&config, kernel).await;
+    let state = State::build(&config, kernel, &exporters).await;
+    telemetry::export::spawn_state_gauges(state.clone());
+    let admin = match config.telemetry.admin_addr {
+        None => None,
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => {
+                let bound = l.local_addr().unwrap_or(addr);
+                let admin = Admin::new(
+                    state.clone(),
+                    exporters.prometheus.clone(),
+                    redirect.clone(),
+                );
+                tokio::spawn(admin::serve(l, admin));
+                Some(bound)
+            }
+            Err(e) => {
+                tracing::error!(admin_addr = %addr, error = %e, "cannot listen");
+                eprintln!("metadataproxy: cannot listen on ADMIN_ADDR {addr}: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     tracing::info!(
         listen = %listen,
+        admin = admin.map(|a| a.to_string()),
         upstream = ?config.upstream,
         docker = %config.docker,
         intercept = if redirect.is_some() { "ebpf" } else { "none" },

@@ -2,15 +2,20 @@
 //! real (or a fake) service, or the built-in emulator in process.
 
 use std::fmt;
-use std::time::Duration;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::{HeaderMap, HeaderName, Request, Response};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+
+pub use crate::telemetry::metrics::UpstreamTiming;
 
 /// Largest upstream answer the agent relays (user-data is at most 16 KiB on EC2).
 pub const MAX_UPSTREAM_BODY: usize = 1024 * 1024;
@@ -42,7 +47,8 @@ impl UpstreamError {
 
 /// Somewhere to send a passthrough request.
 pub trait Upstream: Send + Sync + fmt::Debug {
-    /// Sends `req` (origin-form URI: path and query) and returns the whole answer.
+    /// Sends `req` (origin-form URI: path and query) and returns the whole answer, with an
+    /// [`UpstreamTiming`] in its extensions when the round trip went over the network.
     fn send(&self, req: Request<Bytes>) -> BoxFuture<'_, Result<Response<Bytes>, UpstreamError>>;
 }
 
@@ -76,11 +82,88 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(http::header::UPGRADE);
 }
 
+/// When and how fast a pooled upstream connection was made; hyper copies it into the
+/// extensions of every response that connection carries.
+#[derive(Debug, Clone, Copy)]
+struct ConnectInfo {
+    at: Instant,
+    took: Duration,
+}
+
+/// [`HttpConnector`] that records [`ConnectInfo`] on each connection it makes.
+#[derive(Debug, Clone)]
+struct TimedConnector(HttpConnector);
+
+/// A connection made by [`TimedConnector`].
+#[derive(Debug)]
+struct TimedIo {
+    io: TokioIo<TcpStream>,
+    info: ConnectInfo,
+}
+
+impl tower_service::Service<http::Uri> for TimedConnector {
+    type Response = TimedIo;
+    type Error = <HttpConnector as tower_service::Service<http::Uri>>::Error;
+    type Future = BoxFuture<'static, Result<TimedIo, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let started = Instant::now();
+        let connecting = self.0.call(uri);
+        Box::pin(async move {
+            let io = connecting.await?;
+            let at = Instant::now();
+            Ok(TimedIo {
+                io,
+                info: ConnectInfo {
+                    at,
+                    took: at - started,
+                },
+            })
+        })
+    }
+}
+
+impl Connection for TimedIo {
+    fn connected(&self) -> Connected {
+        self.io.connected().extra(self.info)
+    }
+}
+
+impl hyper::rt::Read for TimedIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for TimedIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
 /// A pooled HTTP/1 client to an upstream base URL.
 #[derive(Debug, Clone)]
 pub struct HttpUpstream {
     base: http::Uri,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<TimedConnector, Full<Bytes>>,
     timeout: Duration,
 }
 
@@ -93,7 +176,7 @@ impl HttpUpstream {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(64)
-            .build(connector);
+            .build(TimedConnector(connector));
         HttpUpstream {
             base,
             client,
@@ -117,6 +200,7 @@ impl HttpUpstream {
         parts.uri = http::Uri::from_parts(uri)
             .map_err(|_| UpstreamError::Unreachable("bad upstream URI".into()))?;
         let req = Request::from_parts(parts, Full::new(body));
+        let started = Instant::now();
         let resp = self
             .client
             .request(req)
@@ -135,6 +219,15 @@ impl HttpUpstream {
             })?
             .to_bytes();
         strip_hop_by_hop(&mut parts.headers);
+        let connection = match parts.extensions.remove::<ConnectInfo>() {
+            // Made for this request; a pooled connection made earlier cost nothing.
+            Some(c) if c.at >= started => c.took,
+            _ => Duration::ZERO,
+        };
+        parts.extensions.insert(UpstreamTiming {
+            response: started.elapsed(),
+            connection,
+        });
         Ok(Response::from_parts(parts, body))
     }
 }

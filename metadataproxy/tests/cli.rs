@@ -17,7 +17,8 @@ fn agent(vars: &[(&str, &str)]) -> Command {
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("AWS_CONFIG_FILE", "/dev/null")
         .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-        .env("METADATA_URL", "builtin");
+        .env("METADATA_URL", "builtin")
+        .env("ADMIN_ADDR", "127.0.0.1:0");
     for (k, v) in vars {
         cmd.env(k, v);
     }
@@ -60,6 +61,12 @@ fn each_invalid_value_exits_64_naming_variable_and_value() {
         ("STS_RATE_LIMIT", "-1"),
         ("ROLE_SESSION_TAGS", "yes please"),
         ("ROLE_SESSION_NAME", "mp-{unknown}"),
+        ("LABEL_SEPARATOR", "//"),
+        ("METRICS_FLUSH_INTERVAL", "0"),
+        ("PROMETHEUS_COPY_LABELS", "maybe"),
+        ("METRICS_UNBOUNDED_LABELS", "2"),
+        ("ADMIN_ADDR", "localhost:8001"),
+        ("METRICS_ON_PROXY_PORT", "on-ish"),
     ];
     for (var, value) in cases {
         let out = agent(&[(var, value)]).output().unwrap();
@@ -100,6 +107,45 @@ fn new_relic_needs_both_settings_and_never_echoes_the_license() {
     assert_eq!(out.status.code(), Some(64));
     assert!(stderr.contains("NEWRELIC_APP_NAME"), "{stderr}");
     assert!(!stderr.contains("license-secret-value"));
+}
+
+#[test]
+fn new_relic_endpoint_and_interval_are_checked_without_echoing_the_license() {
+    for (var, value) in [
+        ("NEWRELIC_ENDPOINT", "ftp://metric-api.example/metric/v1"),
+        ("NEWRELIC_ENDPOINT", "not a url"),
+        ("NEWRELIC_FLUSH_INTERVAL", "soon"),
+    ] {
+        let out = agent(&[
+            ("NEWRELIC_APP_NAME", "app"),
+            ("NEWRELIC_LICENSE", "license-secret-value"),
+            (var, value),
+        ])
+        .output()
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{var}={value}: {stderr}");
+        assert!(stderr.contains(var), "{stderr}");
+        assert!(!stderr.contains("license-secret-value"), "{stderr}");
+    }
+}
+
+#[test]
+fn an_admin_address_in_use_stops_start_up_naming_the_variable() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = agent(&[
+        ("ADMIN_ADDR", addr.as_str()),
+        ("HOST", "127.0.0.1"),
+        ("PORT", "0"),
+        ("DOCKER_URL", "unix:///nonexistent.sock"),
+    ])
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("ADMIN_ADDR"), "{stderr}");
+    assert!(stderr.contains(&addr), "{stderr}");
 }
 
 #[test]

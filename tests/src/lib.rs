@@ -278,6 +278,8 @@ pub struct Agent {
     child: Child,
     /// The port it listens on (all addresses).
     pub port: u16,
+    /// The admin listener's port on 127.0.0.1 (`None` with `ADMIN_ADDR=off`).
+    pub admin_port: Option<u16>,
     logs: Arc<Mutex<Vec<String>>>,
 }
 
@@ -322,6 +324,7 @@ impl Agent {
             .env("AWS_CONFIG_FILE", "/dev/null")
             .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
             .env("AWS_ENDPOINT_URL", aws_url)
+            .env("ADMIN_ADDR", "127.0.0.1:0")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         for (k, v) in vars {
@@ -336,21 +339,32 @@ impl Agent {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
                     if v["message"] == "metadataproxy ready" {
-                        let _ = ready_tx.send(v["listen"].as_str().unwrap_or_default().to_string());
+                        let _ = ready_tx.send((
+                            v["listen"].as_str().unwrap_or_default().to_string(),
+                            v["admin"].as_str().map(str::to_string),
+                        ));
                     }
                 }
                 sink.lock().expect("lock").push(line);
             }
         });
-        let listen = ready_rx
+        let (listen, admin) = ready_rx
             .recv_timeout(Duration::from_secs(30))
             .expect("agent ready within 30 s");
-        let port = listen
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .expect("port in ready line");
-        Agent { child, port, logs }
+        let port_of = |a: &str| -> u16 {
+            a.rsplit(':')
+                .next()
+                .and_then(|p| p.parse().ok())
+                .expect("port in ready line")
+        };
+        let port = port_of(&listen);
+        let admin_port = admin.as_deref().map(port_of);
+        Agent {
+            child,
+            port,
+            admin_port,
+            logs,
+        }
     }
 
     /// Every log line so far, parsed.

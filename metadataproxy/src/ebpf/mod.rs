@@ -231,6 +231,14 @@ impl KernelRedirect {
         ids.len()
     }
 
+    /// Whether each program still has a pinned link (a newer agent's takeover counts: the
+    /// redirect stays in place).
+    pub fn is_attached(&self) -> bool {
+        [programs::CONNECT4, programs::CONNECT6, programs::SOCKOPS]
+            .iter()
+            .all(|p| link_pins(&self.pin_dir, p).iter().any(|pin| pin.exists()))
+    }
+
     /// Applies the clean-shutdown policy: keep (fail closed) or detach and unpin everything.
     pub fn shutdown(&self) {
         match self.on_shutdown {

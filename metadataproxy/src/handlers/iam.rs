@@ -24,6 +24,20 @@ pub struct CallerInfo {
     pub container_name: Option<String>,
     /// The container's role name.
     pub role_name: Option<String>,
+    /// The container's copied telemetry labels (`COPY_DOCKER_*`).
+    pub labels: Vec<(String, String)>,
+}
+
+impl CallerInfo {
+    /// What a request log line and metrics say about `container`.
+    pub fn of(container: &Container) -> CallerInfo {
+        CallerInfo {
+            container_id: Some(container.id.clone()),
+            container_name: Some(container.name.clone()),
+            role_name: None,
+            labels: container.labels.clone(),
+        }
+    }
 }
 
 /// The connection a request arrived on: what identifies its caller.
@@ -45,8 +59,7 @@ async fn caller(
         None => container_by_ip(state, conn.ip).await?,
         Some(kernel) => container_verified(state, kernel.clone(), conn).await?,
     };
-    info.container_id = Some(container.id.clone());
-    info.container_name = Some(container.name.clone());
+    *info = CallerInfo::of(&container);
     let spec = role_of(state, &container)?;
     info.role_name = Some(spec.name().to_string());
     Ok((container, spec))
@@ -103,6 +116,7 @@ async fn container_verified(
             .identity_mismatches
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             + 1;
+        crate::telemetry::metrics::identity_mismatch();
         tracing::warn!(
             peer = %conn.ip,
             by_ip = %by_ip,

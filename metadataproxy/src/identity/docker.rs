@@ -12,7 +12,7 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use tokio::sync::OnceCell;
 
-use super::{Container, LookupError};
+use super::{Container, CopiedLabels, LookupError};
 use crate::config::DockerUrl;
 
 /// Seconds bollard waits for one Docker API answer.
@@ -23,6 +23,7 @@ const DOCKER_TIMEOUT_SECS: u64 = 10;
 pub struct DockerLookup {
     url: DockerUrl,
     client: OnceCell<Docker>,
+    copied: CopiedLabels,
 }
 
 impl DockerLookup {
@@ -31,7 +32,15 @@ impl DockerLookup {
         DockerLookup {
             url,
             client: OnceCell::new(),
+            copied: CopiedLabels::default(),
         }
+    }
+
+    /// Also copies these Docker labels and environment keys into each container's telemetry
+    /// labels.
+    pub fn with_copied_labels(mut self, copied: CopiedLabels) -> Self {
+        self.copied = copied;
+        self
     }
 
     async fn client(&self) -> Result<&Docker, LookupError> {
@@ -125,6 +134,10 @@ impl DockerLookup {
             env.iter().map(String::as_str),
         );
         container.ips = ips;
+        container.labels = self.copied.extract(
+            &config.labels.unwrap_or_default(),
+            env.iter().map(String::as_str),
+        );
         Ok(Some(container))
     }
 

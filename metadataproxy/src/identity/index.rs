@@ -168,6 +168,7 @@ impl ContainerIndex {
             let _ = self.started.send(c);
         }
         self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+        crate::telemetry::metrics::index_sync();
         Ok(())
     }
 
@@ -192,6 +193,7 @@ impl ContainerIndex {
         };
         let Some(id) = id else { return };
         self.stats.events.fetch_add(1, Ordering::Relaxed);
+        crate::telemetry::metrics::docker_event(&action);
         match action.as_str() {
             "die" | "destroy" => self.remove(&id),
             // Docker announces the network connect before the start; whichever event first
@@ -267,33 +269,51 @@ impl ContainerIndex {
     }
 }
 
+/// Counts a direct Docker lookup by its outcome.
+fn count_direct(found: &Result<Option<Container>, LookupError>) {
+    let result = match found {
+        Ok(Some(_)) => "found",
+        Ok(None) => "not_found",
+        Err(_) => "error",
+    };
+    crate::telemetry::metrics::docker_lookup("docker", result);
+}
+
 impl ContainerLookup for ContainerIndex {
     fn by_ip(&self, ip: IpAddr) -> BoxFuture<'_, Result<Option<Container>, LookupError>> {
         Box::pin(async move {
             if let Some(c) = self.lookup_ip(ip)? {
+                crate::telemetry::metrics::docker_lookup("index", "found");
                 return Ok(Some(c));
             }
             self.stats.direct_lookups.fetch_add(1, Ordering::Relaxed);
-            let found = self.docker.find(ip).await?;
-            if let Some(c) = &found {
+            let found = self.docker.find(ip).await;
+            count_direct(&found);
+            if let Ok(Some(c)) = &found {
                 self.upsert(c.clone(), false);
             }
-            Ok(found)
+            found
         })
     }
 
     fn by_id<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Container>, LookupError>> {
         Box::pin(async move {
             if let Some(c) = self.maps.read().expect("index lock").by_id.get(id).cloned() {
+                crate::telemetry::metrics::docker_lookup("index", "found");
                 return Ok(Some(c));
             }
             self.stats.direct_lookups.fetch_add(1, Ordering::Relaxed);
-            let found = self.docker.inspect(id).await?;
-            if let Some(c) = &found {
+            let found = self.docker.inspect(id).await;
+            count_direct(&found);
+            if let Ok(Some(c)) = &found {
                 self.upsert(c.clone(), false);
             }
-            Ok(found)
+            found
         })
+    }
+
+    fn peek(&self, ip: IpAddr) -> Option<Container> {
+        self.lookup_ip(ip).ok().flatten()
     }
 }
 

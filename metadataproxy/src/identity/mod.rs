@@ -31,6 +31,9 @@ pub struct Container {
     pub external_id: Option<String>,
     /// Its addresses on every network (empty on the host network).
     pub ips: Vec<IpAddr>,
+    /// Telemetry labels copied from its Docker labels and environment (`COPY_DOCKER_*`):
+    /// (label name, value), in the configured order, empty when it lacks one.
+    pub labels: Vec<(String, String)>,
 }
 
 impl fmt::Debug for Container {
@@ -42,6 +45,7 @@ impl fmt::Debug for Container {
             .field("role", &self.role)
             .field("external_id", &self.external_id.as_ref().map(|_| "***"))
             .field("ips", &self.ips)
+            .field("labels", &self.labels)
             .finish()
     }
 }
@@ -70,12 +74,57 @@ impl Container {
             role,
             external_id,
             ips: Vec::new(),
+            labels: Vec::new(),
         }
     }
 
     /// The first 12 characters of the id, as `docker ps` shows it.
     pub fn short_id(&self) -> &str {
         &self.id[..self.id.len().min(12)]
+    }
+}
+
+/// Which Docker labels and environment keys become telemetry labels (`COPY_DOCKER_LABELS`,
+/// `COPY_DOCKER_ENV`), and under which label names.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CopiedLabels {
+    /// (Docker label key, telemetry label name).
+    pub labels: Vec<(String, String)>,
+    /// (environment key, telemetry label name).
+    pub env: Vec<(String, String)>,
+}
+
+impl CopiedLabels {
+    /// The label names, in order.
+    pub fn names(&self) -> Vec<String> {
+        self.labels
+            .iter()
+            .chain(&self.env)
+            .map(|(_, n)| n.clone())
+            .collect()
+    }
+
+    /// The values a container with these Docker labels and `KEY=VALUE` environment gives.
+    pub fn extract<'a>(
+        &self,
+        labels: &std::collections::HashMap<String, String>,
+        env: impl IntoIterator<Item = &'a str> + Clone,
+    ) -> Vec<(String, String)> {
+        let mut out = Vec::with_capacity(self.labels.len() + self.env.len());
+        for (key, name) in &self.labels {
+            out.push((name.clone(), labels.get(key).cloned().unwrap_or_default()));
+        }
+        for (key, name) in &self.env {
+            let value = env
+                .clone()
+                .into_iter()
+                .filter_map(|kv| kv.split_once('='))
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.to_string())
+                .unwrap_or_default();
+            out.push((name.clone(), value));
+        }
+        out
     }
 }
 
@@ -102,6 +151,12 @@ pub trait ContainerLookup: Send + Sync + fmt::Debug {
 
     /// The running container with this full id.
     fn by_id<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Container>, LookupError>>;
+
+    /// The container with `ip` if it is known without asking anyone (the index's memory), for
+    /// log fields and metric labels of requests that need no identity.
+    fn peek(&self, _ip: IpAddr) -> Option<Container> {
+        None
+    }
 }
 
 /// Runs `lookup` until it finds a container, for up to `window` (a container that has just
@@ -166,6 +221,35 @@ mod tests {
         assert_eq!(c.name, "web");
         assert_eq!(c.short_id(), "abcdef012345");
         assert!(!format!("{c:?}").contains("ext=1"));
+    }
+
+    #[test]
+    fn copied_labels_keep_their_order_and_blank_what_is_missing() {
+        let copy = CopiedLabels {
+            labels: vec![(
+                "com.example.team".into(),
+                "container_com.example.team".into(),
+            )],
+            env: vec![
+                ("APP".into(), "container_app".into()),
+                ("NOPE".into(), "container_nope".into()),
+            ],
+        };
+        let mut labels = std::collections::HashMap::new();
+        labels.insert("com.example.team".to_string(), "Payments".to_string());
+        let got = copy.extract(&labels, ["APP=web=1", "PATH=/bin"]);
+        assert_eq!(
+            got,
+            [
+                (
+                    "container_com.example.team".to_string(),
+                    "Payments".to_string()
+                ),
+                ("container_app".to_string(), "web=1".to_string()),
+                ("container_nope".to_string(), String::new()),
+            ]
+        );
+        assert_eq!(copy.names().len(), 3);
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub use sts::{
 };
 
 use crate::clock::Clock;
+use crate::telemetry::metrics;
 
 /// Turns a [`RoleSpec`] into a [`RoleArn`]; bare names without a default account are looked
 /// up once with `iam:GetRole` and remembered.
@@ -77,7 +78,12 @@ pub struct CacheSettings {
     /// cache): no tight loop against a failing or throttling STS.
     pub failure_backoff: Duration,
     /// At most this many AssumeRole calls per second; further calls queue (`STS_RATE_LIMIT`).
+    /// Retries count: every HTTP attempt takes its turn.
     pub rate_limit: u32,
+    /// Attempts per AssumeRole when STS throttles or fails on its side (5xx, network).
+    pub max_attempts: u32,
+    /// Backoff before the second attempt; doubled for each further one, with full jitter.
+    pub retry_base: Duration,
 }
 
 impl Default for CacheSettings {
@@ -87,6 +93,8 @@ impl Default for CacheSettings {
             min_validity: Duration::from_secs(60),
             failure_backoff: Duration::from_secs(5),
             rate_limit: 100,
+            max_attempts: 3,
+            retry_base: Duration::from_millis(200),
         }
     }
 }
@@ -166,6 +174,7 @@ impl CredentialCache {
                 self.stats
                     .hits
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                metrics::cache("hit");
                 return Ok(c);
             }
         }
@@ -215,22 +224,36 @@ impl CredentialCache {
                     // Failed a moment ago: no new call yet.
                     return if usable {
                         self.stats.served_stale.fetch_add(1, Relaxed);
+                        metrics::cache("stale");
                         Ok(Op::Nop)
                     } else {
+                        metrics::cache("backoff");
                         Err(error)
                     };
                 }
-                self.limiter.acquire().await;
-                self.stats.sts_calls.fetch_add(1, Relaxed);
-                match self.sts.assume_role(req).await {
+                metrics::cache(if existing.is_some() {
+                    "refresh"
+                } else {
+                    "miss"
+                });
+                let outcome = self.assume_role_with_retries(req).await;
+                match outcome {
                     Ok(fresh) => Ok(Op::Put(Arc::new(fresh))),
                     Err(error) => {
                         self.stats.sts_errors.fetch_add(1, Relaxed);
+                        tracing::warn!(
+                            role_arn = %req.role_arn,
+                            role_name = req.role_arn.name(),
+                            aws_error_code = %error.code,
+                            error = %error,
+                            "AssumeRole failed"
+                        );
                         self.failures
                             .insert(req.clone(), (error.clone(), self.clock.now()))
                             .await;
                         if usable {
                             self.stats.served_stale.fetch_add(1, Relaxed);
+                            metrics::cache("stale");
                             tracing::warn!(
                                 role_arn = %req.role_arn,
                                 aws_error_code = %error.code,
@@ -253,6 +276,43 @@ impl CredentialCache {
                 code: "Internal".into(),
                 message: "credential cache entry vanished".into(),
             }),
+        }
+    }
+
+    /// AssumeRole, retried with exponential backoff and full jitter while the error is one
+    /// that may pass (throttling, 5xx, network); every attempt waits for the rate limiter.
+    async fn assume_role_with_retries(
+        &self,
+        req: &AssumeRoleRequest,
+    ) -> Result<Credentials, AwsError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut attempt = 0;
+        loop {
+            self.limiter.acquire().await;
+            self.stats.sts_calls.fetch_add(1, Relaxed);
+            let started = std::time::Instant::now();
+            let outcome = self.sts.assume_role(req).await;
+            metrics::assume_role(
+                req.role_arn.name(),
+                outcome.as_ref().err().map(|e| e.code.as_str()),
+                started.elapsed(),
+            );
+            attempt += 1;
+            match outcome {
+                Err(e) if e.is_retryable() && attempt < self.settings.max_attempts => {
+                    let cap = self.settings.retry_base * 2u32.saturating_pow(attempt - 1);
+                    let delay = cap.mul_f64(rand::random::<f64>());
+                    tracing::debug!(
+                        role_name = req.role_arn.name(),
+                        aws_error_code = %e.code,
+                        attempt,
+                        delay_ms = delay.as_millis() as u64,
+                        "AssumeRole failed; retrying"
+                    );
+                    tokio::time::sleep(delay).await;
+                }
+                other => return other,
+            }
         }
     }
 
@@ -551,6 +611,80 @@ mod tests {
         for w in finished.windows(21) {
             assert!(w[20] - w[0] >= Duration::from_millis(900), "{w:?}");
         }
+    }
+
+    /// Answers from a script: an error code, or success when the script says `None` or is
+    /// used up.
+    #[derive(Debug)]
+    struct ScriptedSts {
+        script: Mutex<std::collections::VecDeque<Option<&'static str>>>,
+        calls: AtomicUsize,
+    }
+
+    impl AssumeRole for ScriptedSts {
+        fn assume_role<'a>(
+            &'a self,
+            _req: &'a AssumeRoleRequest,
+        ) -> BoxFuture<'a, Result<Credentials, AwsError>> {
+            Box::pin(async move {
+                self.calls.fetch_add(1, Ordering::SeqCst);
+                if let Some(Some(code)) = self.script.lock().unwrap().pop_front() {
+                    return Err(AwsError {
+                        code: code.into(),
+                        message: "scripted".into(),
+                    });
+                }
+                let now = std::time::SystemTime::now();
+                Ok(Credentials {
+                    access_key_id: "ASIA".into(),
+                    secret_access_key: Secret::new("s"),
+                    session_token: Secret::new("t"),
+                    expiration: now + Duration::from_secs(3600),
+                    obtained_at: now,
+                    assumed_role_arn: "arn".into(),
+                    assumed_role_id: "id".into(),
+                })
+            })
+        }
+    }
+
+    fn scripted(script: &[Option<&'static str>]) -> (Arc<ScriptedSts>, CredentialCache) {
+        let sts = Arc::new(ScriptedSts {
+            script: Mutex::new(script.iter().copied().collect()),
+            calls: AtomicUsize::new(0),
+        });
+        let cache = CredentialCache::new(
+            sts.clone(),
+            Arc::new(crate::clock::SystemClock),
+            CacheSettings::default(),
+        );
+        (sts, cache)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn throttling_and_5xx_are_retried_with_backoff() {
+        let (sts, cache) = scripted(&[Some("Throttling"), Some("Http503")]);
+        let start = tokio::time::Instant::now();
+        cache
+            .get(&request(None))
+            .await
+            .expect("third attempt succeeds");
+        assert_eq!(sts.calls.load(Ordering::SeqCst), 3);
+        // Full jitter: somewhere between no wait and 200 ms + 400 ms.
+        assert!(start.elapsed() <= Duration::from_millis(600));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_stop_after_max_attempts_and_access_denied_is_not_retried() {
+        let (sts, cache) = scripted(&[Some("Throttling"); 5]);
+        let e = cache.get(&request(None)).await.unwrap_err();
+        assert_eq!(e.code, "Throttling");
+        assert_eq!(sts.calls.load(Ordering::SeqCst), 3);
+
+        let (sts, cache) = scripted(&[Some("AccessDenied")]);
+        let e = cache.get(&request(None)).await.unwrap_err();
+        assert_eq!(e.code, "AccessDenied");
+        assert_eq!(sts.calls.load(Ordering::SeqCst), 1);
     }
 
     #[derive(Debug, Default)]

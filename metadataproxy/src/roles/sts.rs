@@ -92,14 +92,18 @@ pub struct AwsError {
 }
 
 impl AwsError {
-    fn from_sdk<E, R>(err: aws_sdk_sts::error::SdkError<E, R>) -> AwsError
+    fn from_sdk<E>(
+        err: aws_sdk_sts::error::SdkError<E, aws_sdk_sts::config::http::HttpResponse>,
+    ) -> AwsError
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
-        R: fmt::Debug,
     {
         use aws_sdk_sts::error::SdkError;
         let code = match &err {
-            SdkError::ServiceError(_) => err.code().unwrap_or("Unknown").to_string(),
+            SdkError::ServiceError(e) => match err.code() {
+                Some(code) => code.to_string(),
+                None => format!("Http{}", e.raw().status().as_u16()),
+            },
             SdkError::TimeoutError(_) => "Timeout".into(),
             SdkError::DispatchFailure(_) => "DispatchFailure".into(),
             SdkError::ResponseError(_) => "ResponseError".into(),
@@ -111,6 +115,32 @@ impl AwsError {
             None => DisplayErrorContext(&err).to_string(),
         };
         AwsError { code, message }
+    }
+}
+
+impl AwsError {
+    /// Whether another attempt may succeed: throttling, a failure on AWS's side, the network.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self.code.as_str(),
+            "Throttling"
+                | "ThrottlingException"
+                | "ThrottledException"
+                | "RequestThrottled"
+                | "RequestThrottledException"
+                | "TooManyRequestsException"
+                | "RequestLimitExceeded"
+                | "SlowDown"
+                | "PriorRequestNotComplete"
+                | "InternalFailure"
+                | "InternalError"
+                | "InternalServerError"
+                | "ServiceUnavailable"
+                | "IDPCommunicationError"
+                | "Timeout"
+                | "DispatchFailure"
+                | "ResponseError"
+        ) || self.code.starts_with("Http5")
     }
 }
 

@@ -21,6 +21,7 @@ use crate::app::State;
 use crate::handlers::iam::{CallerInfo, Connection};
 use crate::handlers::{iam, passthrough, Failure};
 use crate::identity::canonical_ip;
+use crate::telemetry::metrics;
 use router::Route;
 
 /// `X-Powered-By` on every answer, kept for compatibility with go-metadataproxy.
@@ -103,6 +104,11 @@ pub async fn handle(
     let path = req.uri().path().to_string();
     let route = router::classify(req.uri().path(), req.uri().query());
     let mut caller = CallerInfo::default();
+    // METRICS_ON_PROXY_PORT: go-metadataproxy's /metrics, for operators who opted in.
+    let exposition = state
+        .proxy_metrics
+        .as_ref()
+        .filter(|_| path == "/metrics" && method == http::Method::GET);
 
     // eBPF mode: every caller the agent serves (a redirected container, a host process) made
     // its connect under the kernel program; a connection without a record came from elsewhere
@@ -110,6 +116,7 @@ pub async fn handle(
     let unidentified = state.kernel.is_some() && conn.kernel.is_none();
     let result: Result<Response<Bytes>, Failure> = match &route {
         _ if unidentified && !matches!(route, Route::Redirect(_)) => Err(Failure::NoKernelIdentity),
+        _ if exposition.is_some() => Ok(metrics_page(exposition.expect("checked"))),
         Route::Redirect(location) => Ok(redirect(location)),
         Route::RoleName { .. } => iam::role_name(state, conn, &mut caller).await,
         Route::Credentials { role, .. } => iam::credentials(state, conn, role, &mut caller).await,
@@ -133,9 +140,56 @@ pub async fn handle(
     let status = resp.status();
     let error_description = failure.as_ref().map(Failure::description);
     let error = failure.as_ref().map(|f| f.to_string());
-    let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let handler = route.handler_name();
+    if caller.container_id.is_none() {
+        // Requests that need no identity (passthrough) still name their caller when the
+        // index knows it, at no cost: logs and metrics only, never a decision.
+        if let Some(c) = state.lookup.peek(ip) {
+            caller = CallerInfo::of(&c);
+        }
+    }
+    if let Some(f @ (Failure::IamPathNotServed | Failure::NoKernelIdentity)) = &failure {
+        metrics::blocked(f.description());
+    }
+    let elapsed = started.elapsed();
+    let duration_ms = elapsed.as_secs_f64() * 1000.0;
+    let handler = if exposition.is_some() {
+        "metrics"
+    } else {
+        route.handler_name()
+    };
     let api_version = route.api_version();
+    let blank_labels: Vec<(String, String)>;
+    let copied: &[(String, String)] = if caller.labels.is_empty() {
+        blank_labels = state
+            .copied_label_names
+            .iter()
+            .map(|n| (n.clone(), String::new()))
+            .collect();
+        &blank_labels
+    } else {
+        &caller.labels
+    };
+    metrics::request(&metrics::RequestRecord {
+        path: &path,
+        handler_name: handler,
+        role_name: caller.role_name.as_deref().unwrap_or(""),
+        remote_addr: ip,
+        response_code: status.as_u16(),
+        error_description: error_description.unwrap_or(""),
+        copied,
+        duration: elapsed,
+    });
+    if let Some(timing) = resp.extensions().get::<metrics::UpstreamTiming>() {
+        metrics::upstream_timing(*timing, &path, copied);
+    }
+    let container_labels = (!caller.labels.is_empty()).then(|| {
+        caller
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    });
     macro_rules! request_line {
         ($level:expr) => {
             tracing::event!(
@@ -150,6 +204,7 @@ pub async fn handle(
                 container_id = caller.container_id.as_deref(),
                 container_name = caller.container_name.as_deref(),
                 role_name = caller.role_name.as_deref(),
+                container_labels = container_labels.as_deref(),
                 response_code = status.as_u16(),
                 error_description = error_description,
                 error = error.as_deref(),
@@ -164,6 +219,15 @@ pub async fn handle(
         request_line!(tracing::Level::INFO);
     }
     resp.map(Full::new)
+}
+
+fn metrics_page(handle: &metrics_exporter_prometheus::PrometheusHandle) -> Response<Bytes> {
+    let mut resp = Response::new(Bytes::from(handle.render()));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static(crate::admin::PROMETHEUS_CONTENT_TYPE),
+    );
+    resp
 }
 
 fn redirect(location: &str) -> Response<Bytes> {

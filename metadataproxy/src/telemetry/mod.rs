@@ -1,4 +1,5 @@
-//! Logs now; metrics exporters arrive with the telemetry issue.
+//! Logs ([this module](self)) and metrics ([`metrics`] names what is measured, [`export`]
+//! wires the sinks).
 //!
 //! Log lines go to stdout in one of three formats (`LOG_FORMAT`): `text`, `json`, or `gelf`
 //! (GELF 1.1, one JSON object per line, extra fields `_`-prefixed). Nothing secret is ever a
@@ -17,6 +18,12 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
+
+pub mod export;
+pub mod metrics;
+pub mod newrelic;
+pub mod push;
+pub mod statsd;
 
 /// The filter for `level`: this crate at `level`, dependencies no chattier than `warn`.
 pub fn filter(level: Level) -> EnvFilter {
@@ -53,7 +60,8 @@ pub fn init(config: LogConfig) {
     let _ = tracing::subscriber::set_global_default(subscriber(config, std::io::stdout));
 }
 
-fn hostname() -> String {
+/// This host's name, for GELF and New Relic.
+pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .ok()

@@ -1,0 +1,123 @@
+//! Wires the configured sinks under one global recorder (a fan-out, each sink behind its own
+//! label filter) and starts their flush tasks.
+//!
+//! | sink | labels it gets |
+//! |---|---|
+//! | Prometheus | bounded ones only; copied Docker labels with `PROMETHEUS_COPY_LABELS` |
+//! | statsd, statsite, DogStatsD, New Relic | all, `request_path` and `remote_addr` included when `METRICS_UNBOUNDED_LABELS` is on |
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_util::layers::FanoutBuilder;
+
+use super::metrics::{self as m, UNBOUNDED_LABELS};
+use super::push::{LabelFilter, PushRecorder};
+use super::statsd::{self, Flavor};
+use crate::config::TelemetryConfig;
+
+/// Histogram buckets (seconds) of the Prometheus exposition.
+pub const BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A push sink's series are forgotten after this long without data.
+const PUSH_IDLE: Duration = Duration::from_secs(600);
+
+/// The installed sinks.
+#[derive(Debug, Default, Clone)]
+pub struct Exporters {
+    /// The Prometheus exposition, when `ENABLE_PROMETHEUS` is on.
+    pub prometheus: Option<PrometheusHandle>,
+}
+
+/// Installs the global recorder for the sinks `cfg` names and spawns their tasks (call from
+/// inside the runtime). With no sink configured nothing is installed and recording is free.
+pub fn install(cfg: &TelemetryConfig, host: String) -> Exporters {
+    m::set_unbounded_labels(cfg.unbounded_labels);
+    let copied: HashSet<String> = cfg.copied_labels().names().into_iter().collect();
+    let mut fanout = FanoutBuilder::default();
+    let mut any = false;
+    let mut exporters = Exporters::default();
+
+    if cfg.enable_prometheus {
+        let recorder = PrometheusBuilder::new()
+            .with_recommended_naming(true)
+            .set_buckets(&BUCKETS)
+            .expect("non-empty buckets")
+            .build_recorder();
+        let handle = recorder.handle();
+        let upkeep = handle.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                upkeep.run_upkeep();
+            }
+        });
+        let keep_copied = cfg.prometheus_copy_labels;
+        let copied = copied.clone();
+        fanout = fanout.add_recorder(LabelFilter::new(recorder, move |k| {
+            UNBOUNDED_LABELS.contains(&k) || (!keep_copied && copied.contains(k))
+        }));
+        exporters.prometheus = Some(handle);
+        any = true;
+    }
+
+    let idle_flushes =
+        |interval: Duration| (PUSH_IDLE.as_secs_f64() / interval.as_secs_f64()).ceil() as u32;
+    for (flavor, addr) in [
+        (Flavor::Statsd, &cfg.statsd_addr),
+        (Flavor::Statsite, &cfg.statsite_addr),
+        (Flavor::DogStatsd, &cfg.datadog_addr),
+    ] {
+        let Some(addr) = addr else { continue };
+        let recorder = PushRecorder::new(idle_flushes(cfg.flush_interval));
+        fanout = fanout.add_recorder(recorder.clone());
+        tokio::spawn(statsd::run(
+            flavor,
+            addr.clone(),
+            recorder,
+            cfg.flush_interval,
+        ));
+        any = true;
+    }
+
+    if let Some(nr) = &cfg.newrelic {
+        let recorder = PushRecorder::new(idle_flushes(nr.interval));
+        fanout = fanout.add_recorder(recorder.clone());
+        tokio::spawn(super::newrelic::run(nr.clone(), recorder, host));
+        any = true;
+    }
+
+    if any {
+        if metrics::set_global_recorder(fanout.build()).is_err() {
+            tracing::warn!("a metrics recorder was already installed");
+        }
+        m::describe();
+        m::build_info();
+    }
+    exporters
+}
+
+/// Prometheus exposition text (for `/metrics`).
+pub fn render(handle: &PrometheusHandle) -> String {
+    handle.render()
+}
+
+/// Keeps the state gauges current for the push sinks.
+pub fn spawn_state_gauges(state: Arc<crate::app::State>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            let (containers, synced) = match &state.index {
+                Some(i) => (Some(i.len()), Some(i.is_synced())),
+                None => (None, None),
+            };
+            m::state(containers, synced, state.credentials.entry_count().await);
+        }
+    });
+}

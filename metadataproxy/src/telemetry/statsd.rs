@@ -1,0 +1,276 @@
+//! The statsd family over UDP: plain statsd, statsite and DogStatsD.
+//!
+//! - **statsd** and **statsite** have no tags: as go-metadataproxy's sinks did, the label
+//!   values are appended to the name, in the order the metric lists them, joined by `.`
+//!   (`metadataproxy.http_request.latest.iam-info-handler.my-role.200.none.go-metadataproxy`).
+//!   An empty value is `none`; characters other than letters, digits, `_` and `-` become `_`.
+//! - **DogStatsD** keeps the name and sends the labels as tags (`|#key:value,...`); empty
+//!   values are left out.
+//!
+//! Counters are `|c` (the increase since the last flush), gauges `|g`, histograms `|ms`, one
+//! line per sample (histograms named `*_seconds` are converted to milliseconds). Lines are
+//! packed into datagrams of at most [`MAX_DATAGRAM`] bytes.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use tokio::net::UdpSocket;
+
+use super::push::{PushRecorder, Sample, Value};
+
+/// Largest datagram sent: fits a 1500-byte MTU with IP and UDP headers to spare.
+pub const MAX_DATAGRAM: usize = 1432;
+
+/// Which dialect a sink speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// Plain statsd (`STATSD_ADDR`).
+    Statsd,
+    /// statsite (`STATSITE_ADDR`).
+    Statsite,
+    /// DogStatsD (`DATADOG_ADDR`).
+    DogStatsd,
+}
+
+impl Flavor {
+    /// The sink's name in logs and the export error metric.
+    pub fn name(self) -> &'static str {
+        match self {
+            Flavor::Statsd => "statsd",
+            Flavor::Statsite => "statsite",
+            Flavor::DogStatsd => "dogstatsd",
+        }
+    }
+}
+
+fn sanitize_segment(v: &str, out: &mut String) {
+    if v.is_empty() {
+        out.push_str("none");
+        return;
+    }
+    out.extend(v.chars().map(|c| {
+        if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+            c
+        } else {
+            '_'
+        }
+    }));
+}
+
+fn sanitize_tag(v: &str, out: &mut String) {
+    out.extend(v.chars().map(|c| match c {
+        ',' | '|' | '#' | '\n' | '\r' | ' ' => '_',
+        c if c.is_control() => '_',
+        c => c,
+    }));
+}
+
+fn number(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{}", v as i64)
+    } else {
+        format!("{v}")
+    }
+}
+
+/// The lines for one flush.
+pub fn lines(flavor: Flavor, samples: &[Sample]) -> Vec<String> {
+    let mut out = Vec::new();
+    for s in samples {
+        let mut name = String::new();
+        match flavor {
+            Flavor::Statsd | Flavor::Statsite => {
+                sanitize_name(s.key.name(), &mut name);
+                for l in s.key.labels() {
+                    name.push('.');
+                    sanitize_segment(l.value(), &mut name);
+                }
+            }
+            Flavor::DogStatsd => sanitize_name(s.key.name(), &mut name),
+        }
+        let mut tags = String::new();
+        if flavor == Flavor::DogStatsd {
+            for l in s.key.labels().filter(|l| !l.value().is_empty()) {
+                tags.push(if tags.is_empty() { '#' } else { ',' });
+                sanitize_tag(l.key(), &mut tags);
+                tags.push(':');
+                sanitize_tag(l.value(), &mut tags);
+            }
+        }
+        let mut push = |value: String, kind: &str| {
+            let mut line = format!("{name}:{value}|{kind}");
+            if !tags.is_empty() {
+                let _ = write!(line, "|{tags}");
+            }
+            out.push(line);
+        };
+        match &s.value {
+            Value::Counter(n) => push(n.to_string(), "c"),
+            Value::Gauge(v) => push(number(*v), "g"),
+            Value::Histogram(samples) => {
+                let scale = if s.key.name().ends_with("_seconds") {
+                    1000.0
+                } else {
+                    1.0
+                };
+                for v in samples {
+                    push(number(v * scale), "ms");
+                }
+            }
+        }
+    }
+    out
+}
+
+fn sanitize_name(name: &str, out: &mut String) {
+    out.extend(name.chars().map(|c| {
+        if c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.' {
+            c
+        } else {
+            '_'
+        }
+    }));
+}
+
+/// Packs lines into newline-separated datagrams of at most [`MAX_DATAGRAM`] bytes (a longer
+/// line goes alone).
+pub fn datagrams(lines: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for line in lines {
+        if !current.is_empty() && current.len() + 1 + line.len() > MAX_DATAGRAM {
+            out.push(std::mem::take(&mut current));
+        }
+        if !current.is_empty() {
+            current.push('\n');
+        }
+        current.push_str(line);
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out
+}
+
+/// Sends what `recorder` gathered to `addr` every `interval`, until the task is dropped.
+pub async fn run(flavor: Flavor, addr: String, recorder: PushRecorder, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut socket: Option<UdpSocket> = None;
+    loop {
+        tick.tick().await;
+        let samples = recorder.drain();
+        if samples.is_empty() {
+            continue;
+        }
+        if socket.is_none() {
+            socket = connect(&addr).await.map_err(|e| {
+                tracing::warn!(sink = flavor.name(), addr = %addr, error = %e, "metrics sink unreachable");
+            }).ok();
+        }
+        let Some(sock) = &socket else {
+            super::metrics::export_error(flavor.name());
+            continue;
+        };
+        for datagram in datagrams(&lines(flavor, &samples)) {
+            if let Err(e) = sock.send(datagram.as_bytes()).await {
+                tracing::debug!(sink = flavor.name(), error = %e, "metrics datagram not sent");
+                super::metrics::export_error(flavor.name());
+                // Re-resolve next time: the sink may have moved.
+                socket = None;
+                break;
+            }
+        }
+    }
+}
+
+async fn connect(addr: &str) -> std::io::Result<UdpSocket> {
+    let target = tokio::net::lookup_host(addr)
+        .await?
+        .next()
+        .ok_or_else(|| std::io::Error::other("no address"))?;
+    let bind: std::net::SocketAddr = if target.is_ipv4() {
+        "0.0.0.0:0".parse().expect("address")
+    } else {
+        "[::]:0".parse().expect("address")
+    };
+    let sock = UdpSocket::bind(bind).await?;
+    sock.connect(target).await?;
+    Ok(sock)
+}
+
+#[cfg(test)]
+mod tests {
+    use metrics::{Key, Label};
+
+    use super::*;
+
+    fn sample(name: &str, labels: &[(&str, &str)], value: Value) -> Sample {
+        let labels: Vec<Label> = labels
+            .iter()
+            .map(|(k, v)| Label::new(k.to_string(), v.to_string()))
+            .collect();
+        Sample {
+            key: Key::from_parts(name.to_string(), labels),
+            value,
+        }
+    }
+
+    #[test]
+    fn statsd_folds_label_values_into_the_name() {
+        let s = [sample(
+            "metadataproxy.http_request",
+            &[
+                ("api_version", "latest"),
+                ("role_name", "my role:x"),
+                ("error_description", ""),
+            ],
+            Value::Counter(3),
+        )];
+        assert_eq!(
+            lines(Flavor::Statsd, &s),
+            ["metadataproxy.http_request.latest.my_role_x.none:3|c"]
+        );
+        assert_eq!(lines(Flavor::Statsite, &s), lines(Flavor::Statsd, &s));
+    }
+
+    #[test]
+    fn dogstatsd_sends_tags() {
+        let s = [
+            sample(
+                "metadataproxy.http_request",
+                &[
+                    ("role_name", "r"),
+                    ("error_description", ""),
+                    ("x", "a,b|c"),
+                ],
+                Value::Counter(1),
+            ),
+            sample("g", &[], Value::Gauge(2.5)),
+            sample(
+                "metadataproxy.http_request_duration_seconds",
+                &[("handler_name", "passthrough")],
+                Value::Histogram(vec![0.002, 1.0]),
+            ),
+        ];
+        assert_eq!(
+            lines(Flavor::DogStatsd, &s),
+            [
+                "metadataproxy.http_request:1|c|#role_name:r,x:a_b_c",
+                "g:2.5|g",
+                "metadataproxy.http_request_duration_seconds:2|ms|#handler_name:passthrough",
+                "metadataproxy.http_request_duration_seconds:1000|ms|#handler_name:passthrough",
+            ]
+        );
+    }
+
+    #[test]
+    fn datagrams_stay_under_the_limit() {
+        let lines: Vec<String> = (0..100).map(|i| format!("metric.{i:03}:1|c")).collect();
+        let grams = datagrams(&lines);
+        assert!(grams.len() > 1);
+        assert!(grams.iter().all(|g| g.len() <= MAX_DATAGRAM));
+        let rejoined: Vec<&str> = grams.iter().flat_map(|g| g.split('\n')).collect();
+        assert_eq!(rejoined.len(), 100);
+    }
+}
