@@ -25,6 +25,8 @@ use metadataproxy::builtin::Emulator;
 use metadataproxy::config::BuiltinValues;
 use tokio::runtime::Runtime;
 
+pub mod sinks;
+
 /// One runtime for every async fixture of a test binary.
 pub fn rt() -> &'static Runtime {
     static RT: OnceLock<Runtime> = OnceLock::new();
@@ -384,6 +386,14 @@ impl Agent {
 }
 
 impl Agent {
+    /// `127.0.0.1:port` of the admin listener.
+    pub fn admin_addr(&self) -> String {
+        format!(
+            "127.0.0.1:{}",
+            self.admin_port.expect("the admin listener is on")
+        )
+    }
+
     /// The agent's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -804,10 +814,21 @@ pub struct Classic {
 impl Classic {
     /// Starts everything for a test called `name`, on `172.30.{octet}.0/24`, with agent `vars`.
     pub fn start(name: &str, octet: u8, vars: &[(&str, &str)]) -> Classic {
+        Self::start_with_aws(name, octet, None, vars)
+    }
+
+    /// Like [`Classic::start`], with the agent's STS and IAM calls going to `aws_url` (a stub)
+    /// instead of the counter in front of moto.
+    pub fn start_with_aws(
+        name: &str,
+        octet: u8,
+        aws_url: Option<&str>,
+        vars: &[(&str, &str)],
+    ) -> Classic {
         let env = test_env();
         let upstream = FakeUpstream::start();
         let aws = AwsCounter::start(&env.moto_url);
-        let agent = Agent::start(&upstream.url(), &aws.url(), vars);
+        let agent = Agent::start(&upstream.url(), aws_url.unwrap_or(&aws.url()), vars);
         let net = Network::create(name, octet);
         let dnat = Rule::dnat("br-+", &net.subnet, &net.gateway, agent.port);
         Classic {

@@ -7,6 +7,7 @@
 use std::process::Command;
 use std::time::Duration;
 
+use metadataproxy_tests::sinks::http_get;
 use metadataproxy_tests::{eventually, run, Classic, Container};
 
 const MD: &str = "http://169.254.169.254/latest/meta-data";
@@ -82,6 +83,15 @@ fn requests_are_answered_while_dockerd_is_down_and_the_index_resyncs_after() {
             .status,
         200
     );
+    let readyz = || {
+        let (status, body) = http_get(&agent.admin_addr(), "/readyz");
+        let v: serde_json::Value =
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("readyz JSON ({e}): {body}"));
+        (status, v)
+    };
+    let (status, ready) = readyz();
+    assert_eq!(status, 200, "{ready}");
+    assert_eq!(ready["checks"]["docker"]["ok"], true);
 
     // A workload that keeps asking, started while dockerd is up (`docker exec` needs it).
     let url = format!("{MD}/iam/security-credentials/kept-role");
@@ -129,6 +139,14 @@ fn requests_are_answered_while_dockerd_is_down_and_the_index_resyncs_after() {
         (answered_while_down() >= 5).then_some(())
     })
     .unwrap_or_else(|| panic!("answered while dockerd is down: {}", agent.raw_logs()));
+    let (status, ready) = readyz();
+    assert_eq!(status, 503, "unready while dockerd is down: {ready}");
+    assert_eq!(ready["ready"], false);
+    assert_eq!(ready["checks"]["docker"]["ok"], false);
+    assert_eq!(
+        ready["checks"]["aws_credentials"]["ok"], true,
+        "only Docker is at fault"
+    );
     assert!(!ping(), "dockerd stayed down meanwhile");
 
     start_dockerd(&args);
@@ -142,6 +160,8 @@ fn requests_are_answered_while_dockerd_is_down_and_the_index_resyncs_after() {
     };
     eventually(Duration::from_secs(30), || (synced() >= 2).then_some(()))
         .unwrap_or_else(|| panic!("the index resynced: {}", agent.raw_logs()));
+    let (status, ready) = readyz();
+    assert_eq!(status, 200, "ready again once dockerd is back: {ready}");
 
     // Containers started after the restart are found through the new event stream.
     let fresh = Container::start(
