@@ -90,7 +90,7 @@ fn prometheus_scrapes_the_admin_listener_with_bounded_labels() {
         assert!(!exposition.contains(absent), "{absent} in {exposition}");
     }
 
-    let prom = Prometheus::start("tm-prom", &[admin.clone()]);
+    let prom = Prometheus::start("tm-prom", std::slice::from_ref(&admin));
     let series = eventually(Duration::from_secs(30), || {
         let r = prom.query(&format!(
             "metadataproxy_http_request_total{{role_name=\"prom-role\",handler_name=\"{CREDS}\",response_code=\"200\"}}"
