@@ -181,6 +181,14 @@ fn help_lists_every_variable_with_its_default() {
         "ENABLE_PROMETHEUS",
         "NEWRELIC_APP_NAME",
         "NEWRELIC_LICENSE",
+        "NEWRELIC_ENDPOINT",
+        "NEWRELIC_FLUSH_INTERVAL",
+        "ADMIN_ADDR",
+        "METRICS_ON_PROXY_PORT",
+        "METRICS_FLUSH_INTERVAL",
+        "LABEL_SEPARATOR",
+        "PROMETHEUS_COPY_LABELS",
+        "METRICS_UNBOUNDED_LABELS",
     ] {
         assert!(
             help.contains(&format!("[env: {var}")),
@@ -188,6 +196,7 @@ fn help_lists_every_variable_with_its_default() {
         );
     }
     assert!(help.contains("[default: 15m]"));
+    assert!(help.contains("[default: 127.0.0.1:8001]"));
     assert!(help.contains("[default: http://169.254.169.254]"));
 }
 

@@ -159,7 +159,9 @@ pub async fn handle(
     };
     let api_version = route.api_version();
     let blank_labels: Vec<(String, String)>;
-    let copied: &[(String, String)] = if caller.labels.is_empty() {
+    let copied: &[(String, String)] = if !metrics::enabled() {
+        &[]
+    } else if caller.labels.is_empty() {
         blank_labels = state
             .copied_label_names
             .iter()
@@ -169,18 +171,20 @@ pub async fn handle(
     } else {
         &caller.labels
     };
-    metrics::request(&metrics::RequestRecord {
-        path: &path,
-        handler_name: handler,
-        role_name: caller.role_name.as_deref().unwrap_or(""),
-        remote_addr: ip,
-        response_code: status.as_u16(),
-        error_description: error_description.unwrap_or(""),
-        copied,
-        duration: elapsed,
-    });
-    if let Some(timing) = resp.extensions().get::<metrics::UpstreamTiming>() {
-        metrics::upstream_timing(*timing, &path, copied);
+    if metrics::enabled() {
+        metrics::request(&metrics::RequestRecord {
+            path: &path,
+            handler_name: handler,
+            role_name: caller.role_name.as_deref().unwrap_or(""),
+            remote_addr: ip,
+            response_code: status.as_u16(),
+            error_description: error_description.unwrap_or(""),
+            copied,
+            duration: elapsed,
+        });
+        if let Some(timing) = resp.extensions().get::<metrics::UpstreamTiming>() {
+            metrics::upstream_timing(*timing, &path, copied);
+        }
     }
     let container_labels = (!caller.labels.is_empty()).then(|| {
         caller

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use metrics_util::layers::FanoutBuilder;
+use metrics_util::layers::{Fanout, FanoutBuilder};
 
 use super::metrics::{self as m, UNBOUNDED_LABELS};
 use super::push::{LabelFilter, PushRecorder};
@@ -36,6 +36,21 @@ pub struct Exporters {
 /// Installs the global recorder for the sinks `cfg` names and spawns their tasks (call from
 /// inside the runtime). With no sink configured nothing is installed and recording is free.
 pub fn install(cfg: &TelemetryConfig, host: String) -> Exporters {
+    let (recorder, exporters) = build(cfg, host);
+    if let Some(recorder) = recorder {
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was already installed");
+        }
+        m::set_enabled(true);
+        m::describe();
+        m::build_info();
+    }
+    exporters
+}
+
+/// The fan-out over the sinks `cfg` names (`None` when there is none), with their flush tasks
+/// spawned.
+pub fn build(cfg: &TelemetryConfig, host: String) -> (Option<Fanout>, Exporters) {
     m::set_unbounded_labels(cfg.unbounded_labels);
     let copied: HashSet<String> = cfg.copied_labels().names().into_iter().collect();
     let mut fanout = FanoutBuilder::default();
@@ -92,14 +107,7 @@ pub fn install(cfg: &TelemetryConfig, host: String) -> Exporters {
         any = true;
     }
 
-    if any {
-        if metrics::set_global_recorder(fanout.build()).is_err() {
-            tracing::warn!("a metrics recorder was already installed");
-        }
-        m::describe();
-        m::build_info();
-    }
-    exporters
+    (any.then(|| fanout.build()), exporters)
 }
 
 /// Prometheus exposition text (for `/metrics`).
@@ -120,4 +128,50 @@ pub fn spawn_state_gauges(state: Arc<crate::app::State>) {
             m::state(containers, synced, state.credentials.entry_count().await);
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::metrics::RequestRecord;
+
+    fn one_request(recorder: &Fanout) {
+        let copied = vec![("container_team".to_string(), "payments".to_string())];
+        metrics::with_local_recorder(recorder, || {
+            m::request(&RequestRecord {
+                path: "/latest/meta-data/iam/security-credentials/r",
+                handler_name: "iam-security-crentials-for-role",
+                role_name: "r",
+                remote_addr: "172.17.0.2".parse().unwrap(),
+                response_code: 200,
+                error_description: "",
+                copied: &copied,
+                duration: Duration::from_millis(2),
+            })
+        });
+    }
+
+    #[tokio::test]
+    async fn prometheus_gets_copied_labels_only_when_asked_and_never_unbounded_ones() {
+        for copy in [false, true] {
+            let cfg = TelemetryConfig {
+                enable_prometheus: true,
+                prometheus_copy_labels: copy,
+                unbounded_labels: true,
+                copy_docker_labels: vec!["team".into()],
+                ..TelemetryConfig::default()
+            };
+            let (recorder, exporters) = build(&cfg, "h".into());
+            one_request(&recorder.expect("a sink"));
+            let text = render(&exporters.prometheus.expect("prometheus"));
+            let line = text
+                .lines()
+                .find(|l| l.starts_with("metadataproxy_http_request_total{"))
+                .expect("request counter");
+            assert_eq!(line.contains("container_team=\"payments\""), copy, "{line}");
+            assert!(!line.contains("request_path"), "{line}");
+            assert!(!line.contains("remote_addr"), "{line}");
+        }
+        m::set_unbounded_labels(false);
+    }
 }

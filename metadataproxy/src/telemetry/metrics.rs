@@ -63,6 +63,18 @@ pub const SERVICE: &str = "go-metadataproxy";
 pub const UNBOUNDED_LABELS: [&str; 2] = ["request_path", "remote_addr"];
 
 static UNBOUNDED: AtomicBool = AtomicBool::new(false);
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// Marks a recorder as installed: request metrics are built only then (their labels cost a
+/// few allocations per request).
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
+
+/// Whether request metrics are recorded (a global recorder is installed).
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
 
 /// Records `request_path` and `remote_addr` on request metrics (`METRICS_UNBOUNDED_LABELS`).
 pub fn set_unbounded_labels(on: bool) {
