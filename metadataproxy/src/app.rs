@@ -59,6 +59,10 @@ pub struct State {
     pub proxy_metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// Names of the copied Docker labels, for callers whose container is not known.
     pub copied_label_names: Vec<String>,
+    /// Seals and opens IMDSv2 tokens.
+    pub tokens: crate::imdsv2::TokenKey,
+    /// `IMDSV2=required`.
+    pub imdsv2_required: bool,
 }
 
 /// The external services behind the seams.
@@ -112,6 +116,8 @@ impl State {
             aws_credentials: None,
             proxy_metrics: None,
             copied_label_names: config.telemetry.copied_labels().names(),
+            tokens: crate::imdsv2::TokenKey::generate(),
+            imdsv2_required: config.imdsv2_required,
         }
     }
 

@@ -78,6 +78,11 @@ impl Emulator {
             .store(required, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// Forgets every token it handed out (as a restarted metadata service would).
+    pub fn clear_tokens(&self) {
+        self.inner.tokens.lock().expect("token lock").clear();
+    }
+
     /// Everything received so far.
     pub fn recorded(&self) -> Vec<Recorded> {
         self.inner.record.lock().expect("record lock").clone()

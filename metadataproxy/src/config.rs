@@ -232,6 +232,11 @@ pub struct Args {
     #[arg(long, env = "METRICS_ON_PROXY_PORT", default_value = "false")]
     pub metrics_on_proxy_port: String,
 
+    /// IMDSv2 tokens: `optional` (requests without a token are served, as IMDSv1) or
+    /// `required` (every request but the token PUT needs a valid token, else 401).
+    #[arg(long, env = "IMDSV2", default_value = "optional")]
+    pub imdsv2: String,
+
     /// How long in-flight requests may run after SIGTERM/SIGINT (Go duration).
     #[arg(long, env = "SHUTDOWN_GRACE", default_value = "10s")]
     pub shutdown_grace: String,
@@ -313,6 +318,8 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     /// Grace period for in-flight requests on shutdown (`SHUTDOWN_GRACE`).
     pub shutdown_grace: Duration,
+    /// `IMDSV2=required`.
+    pub imdsv2_required: bool,
 }
 
 /// Where passthrough requests go.
@@ -698,6 +705,17 @@ impl TryFrom<Args> for Config {
 
         let shutdown_grace = parse_go_duration(&a.shutdown_grace)
             .map_err(|e| invalid("SHUTDOWN_GRACE", &a.shutdown_grace, e))?;
+        let imdsv2_required = match a.imdsv2.trim() {
+            "optional" => false,
+            "required" => true,
+            _ => {
+                return Err(invalid(
+                    "IMDSV2",
+                    &a.imdsv2,
+                    "expected optional or required",
+                ))
+            }
+        };
 
         Ok(Config {
             listen: SocketAddr::new(host, port),
@@ -720,6 +738,7 @@ impl TryFrom<Args> for Config {
             aws_region,
             telemetry,
             shutdown_grace,
+            imdsv2_required,
         })
     }
 }

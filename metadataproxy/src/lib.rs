@@ -15,6 +15,7 @@ pub mod config;
 pub mod ebpf;
 pub mod handlers;
 pub mod identity;
+pub mod imdsv2;
 pub mod roles;
 pub mod server;
 pub mod telemetry;

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -159,12 +160,38 @@ impl hyper::rt::Write for TimedIo {
     }
 }
 
-/// A pooled HTTP/1 client to an upstream base URL.
-#[derive(Debug, Clone)]
+/// Lifetime of the agent's own upstream token.
+const UPSTREAM_TOKEN_TTL: u64 = 21_600;
+/// A token is renewed when it has less than this left.
+const UPSTREAM_TOKEN_MARGIN: Duration = Duration::from_secs(300);
+/// After a failed token PUT (an IMDSv1-only upstream), the next try waits this long.
+const UPSTREAM_TOKEN_RETRY: Duration = Duration::from_secs(60);
+
+#[derive(Default)]
+struct UpstreamToken {
+    current: Option<(String, Instant)>,
+    retry_after: Option<Instant>,
+}
+
+/// A pooled HTTP/1 client to an upstream base URL. It speaks IMDSv2 on its own: it fetches a
+/// token, sends it with every request and renews it before it expires or when the upstream
+/// answers 401, so passthrough works on hosts with `HttpTokens=required`. Against an upstream
+/// without tokens it falls back to plain requests.
+#[derive(Clone)]
 pub struct HttpUpstream {
     base: http::Uri,
     client: Client<TimedConnector, Full<Bytes>>,
     timeout: Duration,
+    token: Arc<tokio::sync::Mutex<UpstreamToken>>,
+}
+
+impl fmt::Debug for HttpUpstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpUpstream")
+            .field("base", &self.base)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl HttpUpstream {
@@ -181,7 +208,78 @@ impl HttpUpstream {
             base,
             client,
             timeout,
+            token: Arc::default(),
         }
+    }
+
+    /// The agent's upstream token: cached, renewed before it expires; `renew` forces a new
+    /// one. `None` when the upstream hands out none (IMDSv1 only, or failing).
+    async fn upstream_token(&self, renew: bool) -> Option<String> {
+        let mut state = self.token.lock().await;
+        let now = Instant::now();
+        if !renew {
+            if let Some((token, expiry)) = &state.current {
+                if *expiry > now + UPSTREAM_TOKEN_MARGIN {
+                    return Some(token.clone());
+                }
+            }
+            if state.retry_after.is_some_and(|t| t > now) {
+                return None;
+            }
+        }
+        let mut uri = http::uri::Parts::from(self.base.clone());
+        uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/latest/api/token"));
+        let req = http::Uri::from_parts(uri).ok().and_then(|uri| {
+            Request::put(uri)
+                .header(crate::imdsv2::TTL_HEADER, UPSTREAM_TOKEN_TTL)
+                .body(Full::new(Bytes::new()))
+                .ok()
+        })?;
+        let fetched = tokio::time::timeout(self.timeout, async {
+            let resp = self.client.request(req).await.ok()?;
+            if !resp.status().is_success() {
+                return None;
+            }
+            let body = Limited::new(resp.into_body(), 4096).collect().await.ok()?;
+            String::from_utf8(body.to_bytes().to_vec())
+                .ok()
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty() && http::HeaderValue::from_str(t).is_ok())
+        })
+        .await
+        .ok()
+        .flatten();
+        match fetched {
+            Some(token) => {
+                tracing::debug!("upstream IMDSv2 token renewed");
+                state.current =
+                    Some((token.clone(), now + Duration::from_secs(UPSTREAM_TOKEN_TTL)));
+                state.retry_after = None;
+                Some(token)
+            }
+            None => {
+                state.current = None;
+                state.retry_after = Some(now + UPSTREAM_TOKEN_RETRY);
+                None
+            }
+        }
+    }
+
+    async fn with_token(
+        &self,
+        req: &Request<Bytes>,
+        renew: bool,
+    ) -> Result<Response<Bytes>, UpstreamError> {
+        let mut copy = Request::new(req.body().clone());
+        *copy.method_mut() = req.method().clone();
+        *copy.uri_mut() = req.uri().clone();
+        *copy.headers_mut() = req.headers().clone();
+        if let Some(token) = self.upstream_token(renew).await {
+            if let Ok(v) = http::HeaderValue::from_str(&token) {
+                copy.headers_mut().insert(crate::imdsv2::TOKEN_HEADER, v);
+            }
+        }
+        self.round_trip(copy).await
     }
 
     async fn round_trip(&self, req: Request<Bytes>) -> Result<Response<Bytes>, UpstreamError> {
@@ -246,9 +344,17 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 impl Upstream for HttpUpstream {
     fn send(&self, req: Request<Bytes>) -> BoxFuture<'_, Result<Response<Bytes>, UpstreamError>> {
         Box::pin(async move {
-            tokio::time::timeout(self.timeout, self.round_trip(req))
-                .await
-                .map_err(|_| UpstreamError::Timeout(self.timeout))?
+            tokio::time::timeout(self.timeout, async {
+                let resp = self.with_token(&req, false).await?;
+                if resp.status() != http::StatusCode::UNAUTHORIZED {
+                    return Ok(resp);
+                }
+                // The token was revoked, or the upstream started to require one: once more
+                // with a fresh token.
+                self.with_token(&req, true).await
+            })
+            .await
+            .map_err(|_| UpstreamError::Timeout(self.timeout))?
         })
     }
 }

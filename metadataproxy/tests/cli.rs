@@ -67,6 +67,7 @@ fn each_invalid_value_exits_64_naming_variable_and_value() {
         ("METRICS_UNBOUNDED_LABELS", "2"),
         ("ADMIN_ADDR", "localhost:8001"),
         ("METRICS_ON_PROXY_PORT", "on-ish"),
+        ("IMDSV2", "sometimes"),
     ];
     for (var, value) in cases {
         let out = agent(&[(var, value)]).output().unwrap();
@@ -189,6 +190,7 @@ fn help_lists_every_variable_with_its_default() {
         "LABEL_SEPARATOR",
         "PROMETHEUS_COPY_LABELS",
         "METRICS_UNBOUNDED_LABELS",
+        "IMDSV2",
     ] {
         assert!(
             help.contains(&format!("[env: {var}")),

@@ -205,7 +205,19 @@ async fn no_iam_path_ever_reaches_the_upstream() {
     );
     // The test itself would catch a forward: a passthrough path does arrive.
     h.get("/latest/meta-data/ami-id").await;
-    assert_eq!(h.upstream.recorded().len(), 1);
+    let arrived = h.upstream.recorded();
+    assert_eq!(
+        arrived
+            .iter()
+            .filter(|r| r.path_and_query == "/latest/meta-data/ami-id")
+            .count(),
+        1
+    );
+    // Besides it, only the agent's own token request.
+    assert!(arrived
+        .iter()
+        .all(|r| r.path_and_query == "/latest/meta-data/ami-id"
+            || (r.method == "PUT" && r.path_and_query == "/latest/api/token")));
 }
 
 #[tokio::test]
@@ -230,10 +242,11 @@ async fn favicon_is_404() {
 #[tokio::test]
 async fn passthrough_carries_method_query_body_and_headers_both_ways() {
     let h = Harness::start(&[], None).await;
+    // The token PUT is answered by the agent, never forwarded.
     let r = raw_request(
         h.addr,
         "PUT /latest/api/token HTTP/1.1\r\nHost: 169.254.169.254\r\n\
-         X-aws-ec2-metadata-token-ttl-seconds: 21600\r\nX-Custom: kept\r\n\
+         X-aws-ec2-metadata-token-ttl-seconds: 21600\r\n\
          Connection: close\r\nContent-Length: 0\r\n\r\n",
     )
     .await;
@@ -243,13 +256,18 @@ async fn passthrough_carries_method_query_body_and_headers_both_ways() {
         Some("21600")
     );
     let token = r.text();
-    assert_eq!(token.len(), 64);
+    assert!(!token.is_empty());
+    assert!(
+        h.upstream.recorded().is_empty(),
+        "the token PUT stayed local"
+    );
 
     let r = raw_request(
         h.addr,
         &format!(
             "POST /latest/meta-data/instance-id?a=1&b=two HTTP/1.1\r\nHost: 169.254.169.254\r\n\
-             X-aws-ec2-metadata-token: {token}\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"
+             X-aws-ec2-metadata-token: {token}\r\nX-Custom: kept\r\n\
+             Content-Length: 5\r\nConnection: close\r\n\r\nhello"
         ),
     )
     .await;
@@ -257,28 +275,35 @@ async fn passthrough_carries_method_query_body_and_headers_both_ways() {
     assert_eq!(r.status, 405);
 
     let rec = h.upstream.recorded();
-    assert_eq!(rec.len(), 2);
+    assert_eq!(rec.len(), 2, "the agent's own token PUT, then the request");
     assert_eq!(rec[0].method, "PUT");
+    assert_eq!(rec[0].path_and_query, "/latest/api/token");
     assert_eq!(
         rec[0].headers["x-aws-ec2-metadata-token-ttl-seconds"],
         "21600"
     );
-    assert_eq!(rec[0].headers["x-custom"], "kept");
     assert_eq!(rec[1].method, "POST");
     assert_eq!(
         rec[1].path_and_query,
         "/latest/meta-data/instance-id?a=1&b=two"
     );
     assert_eq!(rec[1].body.as_ref(), b"hello");
-    assert_eq!(rec[1].headers["x-aws-ec2-metadata-token"], token.as_str());
+    assert_eq!(rec[1].headers["x-custom"], "kept");
+    let upstream_token = &rec[1].headers["x-aws-ec2-metadata-token"];
+    assert_ne!(
+        upstream_token,
+        token.as_str(),
+        "the caller's token stays here"
+    );
     for r in &rec {
         assert!(!r.headers.contains_key("x-forwarded-for"));
         assert!(!r.headers.contains_key("connection"));
     }
 
-    // IMDSv2 with tokens required upstream works through the agent with a token.
+    // With tokens required upstream, passthrough works with or without the caller's token:
+    // the agent presents its own.
     h.upstream.require_tokens(true);
-    assert_eq!(h.get("/latest/meta-data/instance-id").await.status, 401);
+    assert_eq!(h.get("/latest/meta-data/instance-id").await.status, 200);
     let r = raw_request(
         h.addr,
         &format!(
@@ -288,6 +313,17 @@ async fn passthrough_carries_method_query_body_and_headers_both_ways() {
     )
     .await;
     assert_eq!(r.status, 200);
+    // A token the agent did not mint is refused, as the real service would.
+    let r = raw_request(
+        h.addr,
+        "GET /latest/meta-data/instance-id HTTP/1.1\r\nHost: a\r\n\
+         X-aws-ec2-metadata-token: forged\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    // The upstream revoking the agent's token (restart) costs one retry, not an error.
+    h.upstream.clear_tokens();
+    assert_eq!(h.get("/latest/meta-data/instance-id").await.status, 200);
 }
 
 #[tokio::test]
@@ -334,4 +370,125 @@ async fn builtin_upstream_serves_the_emulated_tree() {
     assert_eq!(r.status, 200);
     assert!(r.text().ends_with('a'));
     assert!(!r.text().contains(SECRET_MARK));
+}
+
+async fn put_token(h: &Harness, extra: &str) -> common::RawResponse {
+    raw_request(
+        h.addr,
+        &format!(
+            "PUT /latest/api/token HTTP/1.1\r\nHost: 169.254.169.254\r\n{extra}\
+             Content-Length: 0\r\nConnection: close\r\n\r\n"
+        ),
+    )
+    .await
+}
+
+async fn get_with_token(h: &Harness, path: &str, token: &str) -> common::RawResponse {
+    raw_request(
+        h.addr,
+        &format!(
+            "GET {path} HTTP/1.1\r\nHost: 169.254.169.254\r\n\
+             X-aws-ec2-metadata-token: {token}\r\nConnection: close\r\n\r\n"
+        ),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn token_requests_are_checked_like_the_real_service() {
+    let h = Harness::start(&[], None).await;
+    for (extra, status) in [
+        ("", 400),
+        ("X-aws-ec2-metadata-token-ttl-seconds: 0\r\n", 400),
+        ("X-aws-ec2-metadata-token-ttl-seconds: 21601\r\n", 400),
+        ("X-aws-ec2-metadata-token-ttl-seconds: 1.5\r\n", 400),
+        (
+            "X-aws-ec2-metadata-token-ttl-seconds: 60\r\nX-Forwarded-For: 10.0.0.1\r\n",
+            400,
+        ),
+        ("X-aws-ec2-metadata-token-ttl-seconds: 1\r\n", 200),
+        ("X-aws-ec2-metadata-token-ttl-seconds: 21600\r\n", 200),
+    ] {
+        assert_eq!(put_token(&h, extra).await.status, status, "{extra:?}");
+    }
+    let r = h.get("/latest/api/token").await;
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("PUT"));
+    assert!(
+        h.upstream.recorded().is_empty(),
+        "no token request is forwarded"
+    );
+}
+
+#[tokio::test]
+async fn imdsv2_required_refuses_requests_without_a_valid_token() {
+    let h = Harness::start(
+        &[
+            "--imdsv2",
+            "required",
+            "--default-account-id",
+            "123456789012",
+        ],
+        Some(container(Some("app"), None)),
+    )
+    .await;
+    let creds = "/latest/meta-data/iam/security-credentials/app";
+    for path in [
+        creds,
+        "/latest/meta-data/iam/security-credentials/",
+        "/latest/meta-data/iam/info",
+        "/latest/meta-data/instance-id",
+    ] {
+        assert_eq!(h.get(path).await.status, 401, "{path}");
+    }
+    let token = put_token(&h, "X-aws-ec2-metadata-token-ttl-seconds: 60\r\n")
+        .await
+        .text();
+    let r = get_with_token(&h, creds, &token).await;
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("\"AccessKeyId\""));
+    assert_eq!(
+        get_with_token(&h, "/latest/meta-data/instance-id", &token)
+            .await
+            .status,
+        200
+    );
+    // A token from another agent (another key), a tampered one, garbage: 401.
+    let other = Harness::start(&[], None).await;
+    let foreign = put_token(&other, "X-aws-ec2-metadata-token-ttl-seconds: 60\r\n")
+        .await
+        .text();
+    let mut tampered = token.clone().into_bytes();
+    tampered[10] = if tampered[10] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    for bad in [foreign.as_str(), tampered.as_str(), "x"] {
+        assert_eq!(get_with_token(&h, creds, bad).await.status, 401, "{bad}");
+    }
+    // Tokens never reach the logs or the upstream.
+    assert!(h.upstream.recorded().iter().all(|r| r
+        .headers
+        .get("x-aws-ec2-metadata-token")
+        .map(|v| v.as_bytes())
+        != Some(token.as_bytes())));
+}
+
+#[tokio::test]
+async fn an_expired_token_is_refused() {
+    let h = Harness::start(&[], None).await;
+    let token = put_token(&h, "X-aws-ec2-metadata-token-ttl-seconds: 1\r\n")
+        .await
+        .text();
+    assert_eq!(
+        get_with_token(&h, "/latest/meta-data/instance-id", &token)
+            .await
+            .status,
+        200
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(
+        get_with_token(&h, "/latest/meta-data/instance-id", &token)
+            .await
+            .status,
+        401
+    );
 }

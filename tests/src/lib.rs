@@ -607,6 +607,63 @@ impl Container {
         );
     }
 
+    /// Runs a host program inside this container's network namespace and cgroup (so that
+    /// both interception modes see it as the container), e.g. `curl` or the SDK client.
+    pub fn run_inside(&self, program: &str, args: &[&str]) -> std::process::Output {
+        let pid = run(
+            "docker",
+            &["inspect", "--format", "{{.State.Pid}}", &self.name],
+        )
+        .trim()
+        .to_string();
+        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .expect("container cgroup")
+            .lines()
+            .find_map(|l| l.strip_prefix("0::").map(str::to_string))
+            .expect("a cgroup2 line");
+        let procs = cgroup2_root()
+            .join(cgroup.trim_start_matches('/'))
+            .join("cgroup.procs")
+            .to_string_lossy()
+            .into_owned();
+        let mut cmd = Command::new("sh");
+        cmd.args([
+            "-c",
+            "procs=\"$1\"; pid=\"$2\"; shift 2; echo $$ > \"$procs\" && exec nsenter -t \"$pid\" -n -- \"$@\"",
+            "sh",
+            &procs,
+            &pid,
+            program,
+        ]);
+        cmd.args(args);
+        // Inside the container's namespaces the metadata address is intercepted (and the
+        // guard stands behind it): the SDK may use it there, as a container's SDK would.
+        cmd.env_remove("AWS_EC2_METADATA_DISABLED");
+        cmd.output().expect("run inside the container's namespaces")
+    }
+
+    /// `curl -s -i` from inside the container's namespaces (host curl, 5 s limit): status,
+    /// lower-cased headers, body.
+    pub fn curl(&self, args: &[&str]) -> (u16, HashMap<String, String>, String) {
+        let mut all = vec!["-s", "-i", "--max-time", "5"];
+        all.extend_from_slice(args);
+        let out = self.run_inside("curl", &all);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let headers = head
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        (status, headers, body.to_string())
+    }
+
     /// `wget` from inside the container (5 s limit).
     pub fn wget(&self, url: &str) -> Fetched {
         let out = self.exec(&["timeout", "5", "wget", "-S", "-q", "-O", "-", url]);

@@ -68,6 +68,14 @@ impl Setup {
     }
 }
 
+/// What an upstream received besides the agent's own IMDSv2 token requests.
+fn forwarded(rec: &[metadataproxy::builtin::Recorded]) -> Vec<metadataproxy::builtin::Recorded> {
+    rec.iter()
+        .filter(|r| !(r.method == "PUT" && r.path_and_query == "/latest/api/token"))
+        .cloned()
+        .collect()
+}
+
 /// Nothing a container sent reached the catcher (the real metadata service's stand-in).
 fn assert_no_escape() {
     let escaped: Vec<String> = catcher()
@@ -137,7 +145,7 @@ fn containers_on_default_bridge_and_user_network_get_credentials_through_the_ker
             c.name
         );
     }
-    assert_eq!(s.upstream.emulator.recorded().len(), 2);
+    assert_eq!(forwarded(&s.upstream.emulator.recorded()).len(), 2);
     for role in ["bridge-role", "user-role"] {
         assert_eq!(
             s.aws.count_matching("AssumeRole", &format!("%2F{role}&")),
@@ -283,7 +291,13 @@ fn the_agents_own_upstream_calls_are_not_redirected_back_to_it() {
     let c = Container::start(&env, "ebpf-owncalls", None, &[]);
     let r = c.wget(&format!("{MD}/instance-id"));
     assert_eq!((r.status, r.body.as_str()), (200, "i-0123456789abcdef0"));
-    let rec = catcher().emulator.recorded();
+    let all = catcher().emulator.recorded();
+    assert!(
+        all.iter()
+            .any(|r| r.method == "PUT" && r.path_and_query == "/latest/api/token"),
+        "the agent's own IMDSv2 token request reached the real address too: {all:?}"
+    );
+    let rec = forwarded(&all);
     assert_eq!(rec.len(), 1, "{rec:?}");
     assert_eq!(rec[0].path_and_query, "/latest/meta-data/instance-id");
     // From the agent (a host address), not from the container.
@@ -437,4 +451,44 @@ fn a_container_parent_that_appears_after_start_up_is_redirected() {
     assert_no_escape();
     let _ = std::fs::remove_dir(&child);
     let _ = std::fs::remove_dir(&parent);
+}
+
+#[test]
+fn the_sdk_in_a_containers_namespaces_gets_its_credentials_with_tokens_required() {
+    let s = Setup::start("imdsv2", &[("IMDSV2", "required")]);
+    let a = s.container("ebpf-imdsv2-a", None, &[("IAM_ROLE", "sdk-role-a")]);
+    let b = s.container("ebpf-imdsv2-b", None, &[("IAM_ROLE", "sdk-role-b")]);
+    // The SDK's provider, in A's network namespace and cgroup: redirected by the kernel.
+    let out = a.run_inside(env!("CARGO_BIN_EXE_imds-client"), &[]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        s.agent.raw_logs()
+    );
+    let creds: serde_json::Value = serde_json::from_slice(&out.stdout).expect("credentials");
+    assert!(
+        metadataproxy_tests::caller_identity(&s.env.moto_url, &creds)
+            .contains(":assumed-role/sdk-role-a/")
+    );
+    // Without a token: 401. A's token (bound to A's cgroup's container) from B: 401.
+    assert_eq!(
+        a.wget(&format!("{MD}/iam/security-credentials/")).status,
+        401
+    );
+    let (status, _, token) = a.curl(&[
+        "-X",
+        "PUT",
+        "-H",
+        "X-aws-ec2-metadata-token-ttl-seconds: 60",
+        "http://169.254.169.254/latest/api/token",
+    ]);
+    assert_eq!(status, 200);
+    let header = format!("X-aws-ec2-metadata-token: {token}");
+    let url = format!("{MD}/iam/security-credentials/");
+    let (status, _, body) = a.curl(&["-H", &header, &url]);
+    assert_eq!((status, body.as_str()), (200, "sdk-role-a"));
+    let (status, _, _) = b.curl(&["-H", &header, &url]);
+    assert_eq!(status, 401);
+    assert_no_escape();
 }

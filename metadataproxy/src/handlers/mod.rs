@@ -2,6 +2,7 @@
 
 pub mod iam;
 pub mod passthrough;
+pub mod token;
 
 use bytes::Bytes;
 use http::{Response, StatusCode};
@@ -70,6 +71,21 @@ pub enum Failure {
     /// The upstream metadata service failed.
     #[error("{0}")]
     Upstream(UpstreamError),
+    /// `IMDSV2=required` and the request carries no token.
+    #[error("no IMDSv2 token (IMDSV2=required)")]
+    TokenMissing,
+    /// The request's token is not valid for this caller now.
+    #[error("IMDSv2 token refused: {0}")]
+    Token(crate::imdsv2::TokenError),
+    /// A token PUT without a TTL in 1..=21600.
+    #[error("token TTL missing or outside 1..=21600 seconds")]
+    TokenTtl,
+    /// A token PUT that carries `X-Forwarded-For`.
+    #[error("token request carries X-Forwarded-For")]
+    TokenForwarded,
+    /// The token path with another method than PUT.
+    #[error("tokens are PUT")]
+    TokenMethod,
 }
 
 impl Failure {
@@ -91,11 +107,21 @@ impl Failure {
             Failure::BadPath => "bad_path",
             Failure::BadRequestBody(_) => "bad_request_body",
             Failure::Upstream(e) => e.description(),
+            Failure::TokenMissing => "token_required",
+            Failure::Token(crate::imdsv2::TokenError::Invalid) => "token_invalid",
+            Failure::Token(crate::imdsv2::TokenError::Expired) => "token_expired",
+            Failure::Token(crate::imdsv2::TokenError::WrongCaller) => "token_wrong_caller",
+            Failure::TokenTtl => "token_ttl_invalid",
+            Failure::TokenForwarded => "token_request_forwarded",
+            Failure::TokenMethod => "token_method_not_allowed",
         }
     }
 
     /// The status the caller gets.
     pub fn status(&self) -> StatusCode {
+        if let Some(status) = token::status(self) {
+            return status;
+        }
         match self {
             Failure::Upstream(_) => StatusCode::BAD_GATEWAY,
             Failure::BadPath | Failure::BadRequestBody(_) => StatusCode::BAD_REQUEST,
@@ -109,6 +135,8 @@ impl Failure {
         let body: &'static str = match status {
             StatusCode::NOT_FOUND => "404 page not found\n",
             StatusCode::BAD_GATEWAY => "502 bad gateway\n",
+            StatusCode::UNAUTHORIZED => "401 unauthorized\n",
+            StatusCode::METHOD_NOT_ALLOWED => "405 method not allowed\n",
             _ => "400 bad request\n",
         };
         let mut resp = Response::new(Bytes::from_static(body.as_bytes()));
@@ -121,6 +149,10 @@ impl Failure {
             "x-content-type-options",
             http::HeaderValue::from_static("nosniff"),
         );
+        if status == StatusCode::METHOD_NOT_ALLOWED {
+            resp.headers_mut()
+                .insert(http::header::ALLOW, http::HeaderValue::from_static("PUT"));
+        }
         resp
     }
 }

@@ -31,6 +31,10 @@ pub async fn forward(state: &State, req: Request<Incoming>) -> Result<Response<B
     .map_err(|e| Failure::BadRequestBody(e.to_string()))?
     .to_bytes();
     strip_hop_by_hop(&mut parts.headers);
+    // The caller's token is the agent's, meaningless upstream; the upstream client adds its
+    // own when the upstream wants one.
+    parts.headers.remove(crate::imdsv2::TOKEN_HEADER);
+    parts.headers.remove(crate::imdsv2::TTL_HEADER);
     parts.headers.remove(http::header::CONTENT_LENGTH);
     if !body.is_empty() || parts.method == http::Method::PUT || parts.method == http::Method::POST {
         parts.headers.insert(

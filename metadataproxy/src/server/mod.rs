@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 
 use crate::app::State;
 use crate::handlers::iam::{CallerInfo, Connection};
-use crate::handlers::{iam, passthrough, Failure};
+use crate::handlers::{iam, passthrough, token, Failure};
 use crate::identity::canonical_ip;
 use crate::telemetry::metrics;
 use router::Route;
@@ -116,15 +116,23 @@ pub async fn handle(
     let unidentified = state.kernel.is_some() && conn.kernel.is_none();
     let result: Result<Response<Bytes>, Failure> = match &route {
         _ if unidentified && !matches!(route, Route::Redirect(_)) => Err(Failure::NoKernelIdentity),
-        _ if exposition.is_some() => Ok(metrics_page(exposition.expect("checked"))),
         Route::Redirect(location) => Ok(redirect(location)),
-        Route::RoleName { .. } => iam::role_name(state, conn, &mut caller).await,
-        Route::Credentials { role, .. } => iam::credentials(state, conn, role, &mut caller).await,
-        Route::Info { .. } => iam::info(state, conn, &mut caller).await,
-        Route::IamDenied { .. } => Err(Failure::IamPathNotServed),
+        Route::Token => token::mint(state, conn, &method, req.headers()).await,
         Route::Favicon => Err(Failure::Favicon),
         Route::BadPath => Err(Failure::BadPath),
-        Route::Passthrough => passthrough::forward(state, req).await,
+        _ => match token::check(state, conn, req.headers()).await {
+            Err(f) => Err(f),
+            Ok(()) => match &route {
+                _ if exposition.is_some() => Ok(metrics_page(exposition.expect("checked"))),
+                Route::RoleName { .. } => iam::role_name(state, conn, &mut caller).await,
+                Route::Credentials { role, .. } => {
+                    iam::credentials(state, conn, role, &mut caller).await
+                }
+                Route::Info { .. } => iam::info(state, conn, &mut caller).await,
+                Route::IamDenied { .. } => Err(Failure::IamPathNotServed),
+                _ => passthrough::forward(state, req).await,
+            },
+        },
     };
 
     let (mut resp, failure) = match result {

@@ -35,6 +35,8 @@ pub enum Route {
         /// API version segment, when there is one.
         version: Option<String>,
     },
+    /// `/{v}/api/token` (any case): IMDSv2 tokens, minted by the agent, never forwarded.
+    Token,
     /// `/favicon.ico`: 404.
     Favicon,
     /// A path that does not start with `/` (e.g. `*`): 400.
@@ -52,6 +54,7 @@ impl Route {
             Route::Info { .. } => "iam-info-handler",
             Route::IamDenied { .. } => "iam-denied",
             Route::Redirect(_) => "redirect",
+            Route::Token => "api-token",
             Route::Favicon => "favicon",
             Route::BadPath => "bad-path",
             Route::Passthrough => "passthrough",
@@ -115,6 +118,11 @@ pub fn classify(path: &str, query: Option<&str>) -> Route {
         .any(|w| w[0] == "meta-data" && w[1] == "identity-credentials")
     {
         return Route::IamDenied { version: None };
+    }
+    if let [_, api, token] = folded.as_slice() {
+        if api == "api" && token == "token" {
+            return Route::Token;
+        }
     }
     let iam_at = folded
         .windows(2)
@@ -256,7 +264,10 @@ mod tests {
             ("/latest/meta-data/iam/info/extra", info),
             ("/favicon.ico", Route::Favicon),
             ("/latest/meta-data/instance-id", Route::Passthrough),
-            ("/latest/api/token", Route::Passthrough),
+            ("/latest/api/token", Route::Token),
+            ("/2021-01-03/API/Token", Route::Token),
+            ("/latest/api/token%2F", Route::Token),
+            ("/latest/api/tokens", Route::Passthrough),
             ("/", Route::Passthrough),
             ("/latest/meta-data/iamx", Route::Passthrough),
             ("/latest/meta-data/identity/iam", Route::Passthrough),
