@@ -63,6 +63,12 @@ pub struct State {
     pub tokens: crate::imdsv2::TokenKey,
     /// `IMDSV2=required`.
     pub imdsv2_required: bool,
+    /// Which passthrough paths are forwarded.
+    pub passthrough_policy: crate::policy::PathPolicy,
+    /// Which roles containers may assume.
+    pub role_policy: crate::policy::RolePolicy,
+    /// Where credential issuances are recorded.
+    pub audit: crate::audit::Audit,
 }
 
 /// The external services behind the seams.
@@ -118,17 +124,32 @@ impl State {
             copied_label_names: config.telemetry.copied_labels().names(),
             tokens: crate::imdsv2::TokenKey::generate(),
             imdsv2_required: config.imdsv2_required,
+            passthrough_policy: config.passthrough.clone(),
+            role_policy: config.roles.clone(),
+            audit: crate::audit::Audit::default(),
         }
     }
 
     /// Builds the real components: the container index (following Docker's events), the AWS
     /// SDK clients, the upstream; `kernel` is the eBPF redirect's connection records in eBPF
     /// mode; `exporters` the metrics sinks. Starts the index and the credential prefetcher.
+    ///
+    /// Fails (naming the variable) when `AUDIT_LOG_FILE` cannot be opened.
     pub async fn build(
         config: &Config,
         kernel: Option<Arc<dyn KernelIdentity>>,
         exporters: &Exporters,
-    ) -> Arc<State> {
+    ) -> Result<Arc<State>, String> {
+        let audit = crate::audit::Audit::open(config.audit_log_file.as_deref()).map_err(|e| {
+            format!(
+                "AUDIT_LOG_FILE={}: cannot open it for appending: {e}",
+                config
+                    .audit_log_file
+                    .as_deref()
+                    .unwrap_or(std::path::Path::new(""))
+                    .display()
+            )
+        })?;
         let sdk = aws_sdk_config(config).await;
         let region = sdk
             .region()
@@ -164,6 +185,7 @@ impl State {
             kernel,
         };
         let mut state = State::new(config, deps);
+        state.audit = audit;
         state.index = Some(index_handle.clone());
         state.aws_credentials = sdk.credentials_provider();
         if config.telemetry.metrics_on_proxy_port {
@@ -174,7 +196,7 @@ impl State {
             tokio::spawn(prefetch(state.clone(), started));
             tokio::spawn(refresh_ahead(state.clone(), index_handle));
         }
-        state
+        Ok(state)
     }
 }
 

@@ -237,6 +237,29 @@ pub struct Args {
     #[arg(long, env = "IMDSV2", default_value = "optional")]
     pub imdsv2: String,
 
+    /// Passthrough paths forwarded: comma list of patterns after the API version (`*`, `?`
+    /// within a segment, `**` any segments; a pattern covers its subtree).
+    #[arg(long, env = "PASSTHROUGH_ALLOW", default_value = crate::policy::DEFAULT_ALLOW)]
+    pub passthrough_allow: String,
+
+    /// Passthrough paths refused (404), same patterns; deny wins over allow. Empty: none.
+    #[arg(long, env = "PASSTHROUGH_DENY", default_value = crate::policy::DEFAULT_DENY)]
+    pub passthrough_deny: String,
+
+    /// Roles every container may assume: comma list of role ARN patterns (`*`, `?`). Unset,
+    /// with no ROLE_POLICY_FILE: any role.
+    #[arg(long, env = "ALLOWED_ROLES")]
+    pub allowed_roles: Option<String>,
+
+    /// JSON role policy: {"rules": [{"roles": [ARN patterns], "images": [patterns],
+    /// "labels": {"key": "value"}}]}; a role is allowed when a rule (or ALLOWED_ROLES) allows it.
+    #[arg(long, env = "ROLE_POLICY_FILE")]
+    pub role_policy_file: Option<String>,
+
+    /// Append audit lines (one per credential issuance) to this file instead of stdout.
+    #[arg(long, env = "AUDIT_LOG_FILE")]
+    pub audit_log_file: Option<String>,
+
     /// How long in-flight requests may run after SIGTERM/SIGINT (Go duration).
     #[arg(long, env = "SHUTDOWN_GRACE", default_value = "10s")]
     pub shutdown_grace: String,
@@ -320,6 +343,12 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// `IMDSV2=required`.
     pub imdsv2_required: bool,
+    /// `PASSTHROUGH_ALLOW`, `PASSTHROUGH_DENY`.
+    pub passthrough: crate::policy::PathPolicy,
+    /// `ALLOWED_ROLES`, `ROLE_POLICY_FILE`.
+    pub roles: crate::policy::RolePolicy,
+    /// `AUDIT_LOG_FILE`.
+    pub audit_log_file: Option<std::path::PathBuf>,
 }
 
 /// Where passthrough requests go.
@@ -717,6 +746,43 @@ impl TryFrom<Args> for Config {
             }
         };
 
+        let passthrough = crate::policy::PathPolicy::parse(&a.passthrough_allow, "")
+            .map_err(|e| invalid("PASSTHROUGH_ALLOW", &a.passthrough_allow, e))
+            .and_then(|_| {
+                crate::policy::PathPolicy::parse("", &a.passthrough_deny)
+                    .map_err(|e| invalid("PASSTHROUGH_DENY", &a.passthrough_deny, e))
+            })
+            .and_then(|_| {
+                crate::policy::PathPolicy::parse(&a.passthrough_allow, &a.passthrough_deny)
+                    .map_err(|e| invalid("PASSTHROUGH_DENY", &a.passthrough_deny, e))
+            })?;
+        let allowed_roles = a.allowed_roles.clone().unwrap_or_default();
+        let policy_json =
+            match non_empty(&a.role_policy_file) {
+                None => None,
+                Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+                    invalid("ROLE_POLICY_FILE", path, format!("cannot read it: {e}"))
+                })?),
+            };
+        let roles = crate::policy::RolePolicy::parse(&allowed_roles, None)
+            .map_err(|e| invalid("ALLOWED_ROLES", &allowed_roles, e))
+            .and_then(|_| {
+                crate::policy::RolePolicy::parse(&allowed_roles, policy_json.as_deref()).map_err(
+                    |e| {
+                        invalid(
+                            "ROLE_POLICY_FILE",
+                            a.role_policy_file.as_deref().unwrap_or_default(),
+                            e,
+                        )
+                    },
+                )
+            })?;
+        let audit_log_file = match non_empty(&a.audit_log_file) {
+            None => None,
+            Some(p) if std::path::Path::new(p).is_absolute() => Some(std::path::PathBuf::from(p)),
+            Some(p) => return Err(invalid("AUDIT_LOG_FILE", p, "expected an absolute path")),
+        };
+
         Ok(Config {
             listen: SocketAddr::new(host, port),
             upstream,
@@ -739,6 +805,9 @@ impl TryFrom<Args> for Config {
             telemetry,
             shutdown_grace,
             imdsv2_required,
+            passthrough,
+            roles,
+            audit_log_file,
         })
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod audit;
 pub mod builtin;
 pub mod clock;
 pub mod config;
@@ -16,6 +17,7 @@ pub mod ebpf;
 pub mod handlers;
 pub mod identity;
 pub mod imdsv2;
+pub mod policy;
 pub mod roles;
 pub mod server;
 pub mod telemetry;

@@ -76,7 +76,17 @@ async fn run(config: Config) -> ExitCode {
     let kernel = redirect
         .clone()
         .map(|k| k as Arc<dyn metadataproxy::identity::kernel::KernelIdentity>);
-    let state = State::build(&config, kernel, &exporters).await;
+    let state = match State::build(&config, kernel, &exporters).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            eprintln!("metadataproxy: {e}");
+            if let Some(redirect) = &redirect {
+                redirect.shutdown();
+            }
+            return ExitCode::FAILURE;
+        }
+    };
     telemetry::export::spawn_state_gauges(state.clone());
     let admin = match config.telemetry.admin_addr {
         None => None,

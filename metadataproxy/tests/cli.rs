@@ -68,6 +68,11 @@ fn each_invalid_value_exits_64_naming_variable_and_value() {
         ("ADMIN_ADDR", "localhost:8001"),
         ("METRICS_ON_PROXY_PORT", "on-ish"),
         ("IMDSV2", "sometimes"),
+        ("PASSTHROUGH_ALLOW", "meta-data//x"),
+        ("PASSTHROUGH_DENY", "a/**b"),
+        ("ALLOWED_ROLES", "my-role"),
+        ("ROLE_POLICY_FILE", "/nonexistent/roles.json"),
+        ("AUDIT_LOG_FILE", "relative/audit.log"),
     ];
     for (var, value) in cases {
         let out = agent(&[(var, value)]).output().unwrap();
@@ -191,6 +196,11 @@ fn help_lists_every_variable_with_its_default() {
         "PROMETHEUS_COPY_LABELS",
         "METRICS_UNBOUNDED_LABELS",
         "IMDSV2",
+        "PASSTHROUGH_ALLOW",
+        "PASSTHROUGH_DENY",
+        "ALLOWED_ROLES",
+        "ROLE_POLICY_FILE",
+        "AUDIT_LOG_FILE",
     ] {
         assert!(
             help.contains(&format!("[env: {var}")),

@@ -492,3 +492,111 @@ async fn an_expired_token_is_refused() {
         401
     );
 }
+
+#[tokio::test]
+async fn user_data_is_refused_by_default_in_every_spelling_and_others_still_pass() {
+    let h = Harness::start(&[], None).await;
+    for path in [
+        "/latest/user-data",
+        "/latest/user-data/",
+        "/latest/User-Data",
+        "/latest/user%2Ddata",
+        "/2009-04-04/user-data",
+    ] {
+        let r = h.get(path).await;
+        assert_eq!(r.status, 404, "{path}");
+        assert_eq!(r.text(), "404 page not found\n");
+    }
+    assert!(
+        h.upstream.recorded().is_empty(),
+        "nothing forwarded: {:?}",
+        h.upstream.recorded()
+    );
+    assert_eq!(h.get("/latest/meta-data/instance-id").await.status, 200);
+
+    // Opted back in, user-data passes.
+    let open = Harness::start(&["--passthrough-deny", ""], None).await;
+    open.get("/latest/user-data").await;
+    assert!(open
+        .upstream
+        .recorded()
+        .iter()
+        .any(|r| r.path_and_query == "/latest/user-data"));
+}
+
+#[tokio::test]
+async fn an_allow_list_forwards_only_what_it_names() {
+    let h = Harness::start(
+        &[
+            "--passthrough-allow",
+            "meta-data/instance-id,meta-data/placement/**",
+            "--passthrough-deny",
+            "meta-data/placement/region",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(h.get("/latest/meta-data/instance-id").await.status, 200);
+    assert_eq!(
+        h.get("/latest/meta-data/placement/availability-zone")
+            .await
+            .status,
+        200
+    );
+    for refused in [
+        "/latest/meta-data/placement/region",
+        "/latest/meta-data/ami-id",
+        "/latest/dynamic/instance-identity/document",
+    ] {
+        assert_eq!(h.get(refused).await.status, 404, "{refused}");
+    }
+    let forwarded: Vec<String> = h
+        .upstream
+        .recorded()
+        .into_iter()
+        .map(|r| r.path_and_query)
+        .filter(|p| p != "/latest/api/token")
+        .collect();
+    assert_eq!(
+        forwarded,
+        [
+            "/latest/meta-data/instance-id",
+            "/latest/meta-data/placement/availability-zone"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_role_outside_the_policy_is_404_without_an_sts_call() {
+    let refused = Harness::start(
+        &[
+            "--default-account-id",
+            "123456789012",
+            "--allowed-roles",
+            "arn:aws:iam::123456789012:role/apps/*",
+        ],
+        Some(container(Some("app"), None)),
+    )
+    .await;
+    let r = refused
+        .get("/latest/meta-data/iam/security-credentials/app")
+        .await;
+    assert_eq!(r.status, 404);
+    assert_eq!(refused.get("/latest/meta-data/iam/info").await.status, 404);
+    assert_eq!(refused.sts.calls.load(Ordering::SeqCst), 0);
+
+    let allowed = Harness::start(
+        &[
+            "--default-account-id",
+            "123456789012",
+            "--allowed-roles",
+            "arn:aws:iam::123456789012:role/apps/*",
+        ],
+        Some(container(Some("apps/web@123456789012"), None)),
+    )
+    .await;
+    let r = allowed
+        .get("/latest/meta-data/iam/security-credentials/web")
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}

@@ -149,6 +149,17 @@ pub(crate) async fn assume_role_request(
         .resolve(spec)
         .await
         .map_err(|e| Failure::CouldNotResolveRole((*e).clone()))?;
+    if !state.role_policy.allows(role_arn.as_str(), container) {
+        crate::telemetry::metrics::role_not_allowed(spec.name());
+        tracing::warn!(
+            container_id = %container.id,
+            container_name = %container.name,
+            image = %container.image,
+            role_arn = %role_arn,
+            "role not allowed by the role policy"
+        );
+        return Err(Failure::RoleNotAllowed(role_arn.to_string()));
+    }
     Ok(AssumeRoleRequest {
         role_arn,
         external_id: container.external_id.clone(),
@@ -203,7 +214,23 @@ pub async fn credentials(
             actual: spec.name().to_string(),
         });
     }
-    let creds = credentials_for(state, &container, &spec).await?;
+    let req = assume_role_request(state, &container, &spec).await?;
+    let creds = state
+        .credentials
+        .get(&req)
+        .await
+        .map_err(Failure::CouldNotAssumeRole)?;
+    state.audit.issued(&crate::audit::Issued {
+        container: &container,
+        role_arn: req.role_arn.as_str(),
+        credentials: &creds,
+        identity_source: if state.kernel.is_some() {
+            "cgroup"
+        } else {
+            "ip"
+        },
+        remote_addr: conn.ip,
+    });
     Ok(ok("application/json", credentials_body(&creds)))
 }
 

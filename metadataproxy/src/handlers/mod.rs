@@ -71,6 +71,12 @@ pub enum Failure {
     /// The upstream metadata service failed.
     #[error("{0}")]
     Upstream(UpstreamError),
+    /// The role policy does not let this container assume its role.
+    #[error("role {0} is not allowed for this container by the role policy")]
+    RoleNotAllowed(String),
+    /// A passthrough path the passthrough policy refuses.
+    #[error("path refused by the passthrough policy")]
+    PassthroughDenied,
     /// `IMDSV2=required` and the request carries no token.
     #[error("no IMDSv2 token (IMDSV2=required)")]
     TokenMissing,
@@ -107,6 +113,8 @@ impl Failure {
             Failure::BadPath => "bad_path",
             Failure::BadRequestBody(_) => "bad_request_body",
             Failure::Upstream(e) => e.description(),
+            Failure::RoleNotAllowed(_) => "role_not_allowed",
+            Failure::PassthroughDenied => "passthrough_denied",
             Failure::TokenMissing => "token_required",
             Failure::Token(crate::imdsv2::TokenError::Invalid) => "token_invalid",
             Failure::Token(crate::imdsv2::TokenError::Expired) => "token_expired",

@@ -21,6 +21,9 @@ pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Forwards `req` upstream.
 pub async fn forward(state: &State, req: Request<Incoming>) -> Result<Response<Bytes>, Failure> {
+    if !state.passthrough_policy.allows(req.uri().path()) {
+        return Err(Failure::PassthroughDenied);
+    }
     let (mut parts, body) = req.into_parts();
     let body = tokio::time::timeout(
         BODY_READ_TIMEOUT,

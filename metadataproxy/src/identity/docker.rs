@@ -134,10 +134,9 @@ impl DockerLookup {
             env.iter().map(String::as_str),
         );
         container.ips = ips;
-        container.labels = self.copied.extract(
-            &config.labels.unwrap_or_default(),
-            env.iter().map(String::as_str),
-        );
+        let labels = config.labels.unwrap_or_default();
+        container.labels = self.copied.extract(&labels, env.iter().map(String::as_str));
+        container.docker_labels = std::sync::Arc::new(labels.into_iter().collect());
         Ok(Some(container))
     }
 

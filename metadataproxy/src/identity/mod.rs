@@ -34,6 +34,8 @@ pub struct Container {
     /// Telemetry labels copied from its Docker labels and environment (`COPY_DOCKER_*`):
     /// (label name, value), in the configured order, empty when it lacks one.
     pub labels: Vec<(String, String)>,
+    /// Its Docker labels, for the role policy.
+    pub docker_labels: std::sync::Arc<std::collections::BTreeMap<String, String>>,
 }
 
 impl fmt::Debug for Container {
@@ -46,6 +48,7 @@ impl fmt::Debug for Container {
             .field("external_id", &self.external_id.as_ref().map(|_| "***"))
             .field("ips", &self.ips)
             .field("labels", &self.labels)
+            .field("docker_labels", &self.docker_labels.len())
             .finish()
     }
 }
@@ -75,6 +78,7 @@ impl Container {
             external_id,
             ips: Vec::new(),
             labels: Vec::new(),
+            docker_labels: Default::default(),
         }
     }
 

@@ -155,7 +155,10 @@ pub async fn handle(
             caller = CallerInfo::of(&c);
         }
     }
-    if let Some(f @ (Failure::IamPathNotServed | Failure::NoKernelIdentity)) = &failure {
+    if let Some(
+        f @ (Failure::IamPathNotServed | Failure::NoKernelIdentity | Failure::PassthroughDenied),
+    ) = &failure
+    {
         metrics::blocked(f.description());
     }
     let elapsed = started.elapsed();

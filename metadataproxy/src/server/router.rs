@@ -103,15 +103,7 @@ pub fn classify(path: &str, query: Option<&str>) -> Route {
         return Route::IamDenied { version: None };
     }
     let segments = resolve_segments(&decoded);
-    let folded: Vec<String> = segments
-        .iter()
-        .map(|s| {
-            // `;params` and surrounding white space are dropped for classification only, so
-            // `iam;x` or `iam%20` still count as `iam` here.
-            let s = s.split(';').next().unwrap_or_default();
-            s.trim().to_lowercase()
-        })
-        .collect();
+    let folded = fold(&segments);
     // The instance's identity-role credentials are the host's too: never forwarded.
     if folded
         .windows(2)
@@ -154,6 +146,26 @@ pub fn classify(path: &str, query: Option<&str>) -> Route {
         [_, "meta-data", "iam", "info", one] if is_plain_segment(one) => Route::Info { version },
         _ => denied,
     }
+}
+
+/// `;params` and surrounding white space are dropped for classification only, so `iam;x` or
+/// `iam%20` still count as `iam` here; case is folded.
+fn fold(segments: &[Cow<'_, str>]) -> Vec<String> {
+    segments
+        .iter()
+        .map(|s| {
+            let s = s.split(';').next().unwrap_or_default();
+            s.trim().to_lowercase()
+        })
+        .collect()
+}
+
+/// The path's segments as the router sees them: fully percent-decoded, dot segments resolved,
+/// `;params` and white space dropped, lower-cased. Policies match on these, so that no
+/// spelling of a path escapes them.
+pub fn canonical_segments(path: &str) -> Vec<String> {
+    let decoded = decode_fully(path);
+    fold(&resolve_segments(&decoded))
 }
 
 /// `{v}` is compatible when it compares `>= "2012-01-12"` as a plain string, as the old

@@ -51,6 +51,8 @@ pub const DOCKER_EVENTS: &str = "metadataproxy.docker_events";
 pub const IDENTITY_MISMATCH: &str = "metadataproxy.identity_mismatch";
 /// Requests refused before any lookup, by reason (`counter`).
 pub const BLOCKED_REQUEST: &str = "metadataproxy.blocked_request";
+/// Credential requests refused by the role policy, by role (`counter`).
+pub const ROLE_NOT_ALLOWED: &str = "metadataproxy.role_not_allowed";
 /// Always 1, with the version (`gauge`).
 pub const BUILD_INFO: &str = "metadataproxy.build_info";
 /// Batches a sink could not send, by sink (`counter`).
@@ -140,6 +142,10 @@ pub fn describe() {
     describe_counter!(
         BLOCKED_REQUEST,
         "Requests refused before any lookup, by reason."
+    );
+    describe_counter!(
+        ROLE_NOT_ALLOWED,
+        "Credential requests refused by the role policy."
     );
     describe_gauge!(BUILD_INFO, "Always 1; the version is a label.");
     describe_counter!(
@@ -357,6 +363,11 @@ pub fn identity_mismatch() {
 /// Records a request refused before any lookup.
 pub fn blocked(reason: &'static str) {
     counter!(BLOCKED_REQUEST, "reason" => reason).increment(1);
+}
+
+/// Records a role refused by the role policy.
+pub fn role_not_allowed(role_name: &str) {
+    counter!(ROLE_NOT_ALLOWED, "role_name" => role_name.to_string()).increment(1);
 }
 
 /// Records a batch a sink could not send.
