@@ -69,6 +69,10 @@ pub struct State {
     pub role_policy: crate::policy::RolePolicy,
     /// Where credential issuances are recorded.
     pub audit: crate::audit::Audit,
+    /// Connection, rate and request-size limits.
+    pub limits: crate::limits::Limits,
+    /// Per-caller request rate (`None`: off).
+    pub request_rate: Option<crate::limits::RequestRate>,
 }
 
 /// The external services behind the seams.
@@ -127,6 +131,9 @@ impl State {
             passthrough_policy: config.passthrough.clone(),
             role_policy: config.roles.clone(),
             audit: crate::audit::Audit::default(),
+            limits: config.limits.clone(),
+            request_rate: (config.limits.rate > 0)
+                .then(|| crate::limits::RequestRate::new(config.limits.rate, config.limits.burst)),
         }
     }
 

@@ -260,6 +260,39 @@ pub struct Args {
     #[arg(long, env = "AUDIT_LOG_FILE")]
     pub audit_log_file: Option<String>,
 
+    /// Requests per second per caller (container) before 429; 0: no limit.
+    #[arg(long, env = "REQUEST_RATE_LIMIT", default_value = "0")]
+    pub request_rate_limit: String,
+
+    /// Requests a caller may make at once above REQUEST_RATE_LIMIT; 0: as many as the rate.
+    #[arg(long, env = "REQUEST_RATE_BURST", default_value = "0")]
+    pub request_rate_burst: String,
+
+    /// Largest request head (request line and headers) in bytes, 8192 to 1048576; past it, 431.
+    #[arg(long, env = "MAX_HEADER_BYTES", default_value = "16384")]
+    pub max_header_bytes: String,
+
+    /// Time a client has to send the request head (Go duration); past it, the connection closes.
+    #[arg(long, env = "HEADER_READ_TIMEOUT", default_value = "10s")]
+    pub header_read_timeout: String,
+
+    /// Time a client has to send the request body (Go duration); past it, 400.
+    #[arg(long, env = "BODY_READ_TIMEOUT", default_value = "10s")]
+    pub body_read_timeout: String,
+
+    /// Open connections to the proxy port at most; more are closed at once.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value = "4096")]
+    pub max_connections: String,
+
+    /// Open connections from one peer address at most; 0: no per-address cap.
+    #[arg(long, env = "MAX_CONNECTIONS_PER_IP", default_value = "256")]
+    pub max_connections_per_ip: String,
+
+    /// Refuse (400) requests whose Host is not the metadata service's (169.254.169.254,
+    /// [fd00:ec2::254], instance-data): a defence against DNS rebinding.
+    #[arg(long, env = "CHECK_HOST_HEADER", default_value = "false")]
+    pub check_host_header: String,
+
     /// How long in-flight requests may run after SIGTERM/SIGINT (Go duration).
     #[arg(long, env = "SHUTDOWN_GRACE", default_value = "10s")]
     pub shutdown_grace: String,
@@ -349,6 +382,8 @@ pub struct Config {
     pub roles: crate::policy::RolePolicy,
     /// `AUDIT_LOG_FILE`.
     pub audit_log_file: Option<std::path::PathBuf>,
+    /// Connection, rate and request-size limits.
+    pub limits: crate::limits::Limits,
 }
 
 /// Where passthrough requests go.
@@ -783,6 +818,8 @@ impl TryFrom<Args> for Config {
             Some(p) => return Err(invalid("AUDIT_LOG_FILE", p, "expected an absolute path")),
         };
 
+        let limits = parse_limits(&a)?;
+
         Ok(Config {
             listen: SocketAddr::new(host, port),
             upstream,
@@ -808,8 +845,48 @@ impl TryFrom<Args> for Config {
             passthrough,
             roles,
             audit_log_file,
+            limits,
         })
     }
+}
+
+fn parse_limits(a: &Args) -> Result<crate::limits::Limits, ConfigError> {
+    let number = |var: &'static str, v: &str, min: u64, max: u64| -> Result<u64, ConfigError> {
+        v.trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (min..=max).contains(n))
+            .ok_or_else(|| {
+                invalid(
+                    var,
+                    v,
+                    format!("expected a whole number from {min} to {max}"),
+                )
+            })
+    };
+    let rate = number("REQUEST_RATE_LIMIT", &a.request_rate_limit, 0, 1_000_000)? as u32;
+    let burst = number("REQUEST_RATE_BURST", &a.request_rate_burst, 0, 1_000_000)? as u32;
+    Ok(crate::limits::Limits {
+        rate,
+        burst: if burst == 0 { rate } else { burst },
+        max_header_bytes: number("MAX_HEADER_BYTES", &a.max_header_bytes, 8192, 1 << 20)? as usize,
+        header_timeout: positive_duration("HEADER_READ_TIMEOUT", &a.header_read_timeout)?,
+        body_timeout: positive_duration("BODY_READ_TIMEOUT", &a.body_read_timeout)?,
+        max_connections: number("MAX_CONNECTIONS", &a.max_connections, 1, 1_000_000)? as usize,
+        max_connections_per_ip: number(
+            "MAX_CONNECTIONS_PER_IP",
+            &a.max_connections_per_ip,
+            0,
+            1_000_000,
+        )? as usize,
+        check_host: parse_bool(a.check_host_header.trim()).ok_or_else(|| {
+            invalid(
+                "CHECK_HOST_HEADER",
+                &a.check_host_header,
+                "expected true or false",
+            )
+        })?,
+    })
 }
 
 fn parse_telemetry(a: &Args) -> Result<TelemetryConfig, ConfigError> {

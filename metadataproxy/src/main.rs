@@ -27,6 +27,7 @@ fn main() -> ExitCode {
         }
     };
     telemetry::init(config.log);
+    raise_open_files_limit(config.limits.max_connections);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -122,6 +123,28 @@ async fn run(config: Config) -> ExitCode {
         redirect.shutdown();
     }
     ExitCode::SUCCESS
+}
+
+/// MAX_CONNECTIONS needs as many file descriptors, plus some: the soft limit is raised to the
+/// hard one (often 1024 soft by default), with a warning when even that is too low.
+fn raise_open_files_limit(max_connections: usize) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_err() {
+        tracing::warn!(soft, hard, "could not raise the open files limit");
+    }
+    let limit = getrlimit(Resource::RLIMIT_NOFILE)
+        .map(|(s, _)| s)
+        .unwrap_or(soft);
+    if limit < max_connections as u64 + 256 {
+        tracing::warn!(
+            open_files_limit = limit,
+            max_connections,
+            "the open files limit is below MAX_CONNECTIONS + 256: connections past it are refused by the kernel"
+        );
+    }
 }
 
 async fn shutdown_signal() {

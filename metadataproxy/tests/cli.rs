@@ -73,6 +73,14 @@ fn each_invalid_value_exits_64_naming_variable_and_value() {
         ("ALLOWED_ROLES", "my-role"),
         ("ROLE_POLICY_FILE", "/nonexistent/roles.json"),
         ("AUDIT_LOG_FILE", "relative/audit.log"),
+        ("REQUEST_RATE_LIMIT", "-3"),
+        ("REQUEST_RATE_BURST", "lots"),
+        ("MAX_HEADER_BYTES", "100"),
+        ("HEADER_READ_TIMEOUT", "0"),
+        ("BODY_READ_TIMEOUT", "forever"),
+        ("MAX_CONNECTIONS", "0"),
+        ("MAX_CONNECTIONS_PER_IP", "many"),
+        ("CHECK_HOST_HEADER", "strict"),
     ];
     for (var, value) in cases {
         let out = agent(&[(var, value)]).output().unwrap();
@@ -201,6 +209,14 @@ fn help_lists_every_variable_with_its_default() {
         "ALLOWED_ROLES",
         "ROLE_POLICY_FILE",
         "AUDIT_LOG_FILE",
+        "REQUEST_RATE_LIMIT",
+        "REQUEST_RATE_BURST",
+        "MAX_HEADER_BYTES",
+        "HEADER_READ_TIMEOUT",
+        "BODY_READ_TIMEOUT",
+        "MAX_CONNECTIONS",
+        "MAX_CONNECTIONS_PER_IP",
+        "CHECK_HOST_HEADER",
     ] {
         assert!(
             help.contains(&format!("[env: {var}")),

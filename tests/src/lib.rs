@@ -394,6 +394,11 @@ impl Agent {
         )
     }
 
+    /// Whether the agent process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// The agent's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()

@@ -47,6 +47,18 @@ pub struct Connection {
     pub ip: IpAddr,
     /// eBPF mode: the kernel's record of who connected, taken at accept.
     pub kernel: Option<ConnRecord>,
+    /// The port the connection arrived on (for the `Host` check).
+    pub local_port: u16,
+}
+
+impl Connection {
+    /// The key of the caller's request rate: its cgroup in eBPF mode, else its address.
+    pub fn rate_key(&self) -> String {
+        match &self.kernel {
+            Some(r) => format!("cg:{}", r.cgroup_id),
+            None => format!("ip:{}", self.ip),
+        }
+    }
 }
 
 /// The caller's container and role.

@@ -77,6 +77,12 @@ pub enum Failure {
     /// A passthrough path the passthrough policy refuses.
     #[error("path refused by the passthrough policy")]
     PassthroughDenied,
+    /// The caller is over `REQUEST_RATE_LIMIT`.
+    #[error("request rate limit reached")]
+    RateLimited,
+    /// `CHECK_HOST_HEADER` and the `Host` is not the metadata service's.
+    #[error("Host header is not the metadata service's")]
+    HostNotAllowed,
     /// `IMDSV2=required` and the request carries no token.
     #[error("no IMDSv2 token (IMDSV2=required)")]
     TokenMissing,
@@ -114,6 +120,8 @@ impl Failure {
             Failure::BadRequestBody(_) => "bad_request_body",
             Failure::Upstream(e) => e.description(),
             Failure::RoleNotAllowed(_) => "role_not_allowed",
+            Failure::RateLimited => "rate_limited",
+            Failure::HostNotAllowed => "host_not_allowed",
             Failure::PassthroughDenied => "passthrough_denied",
             Failure::TokenMissing => "token_required",
             Failure::Token(crate::imdsv2::TokenError::Invalid) => "token_invalid",
@@ -132,7 +140,10 @@ impl Failure {
         }
         match self {
             Failure::Upstream(_) => StatusCode::BAD_GATEWAY,
-            Failure::BadPath | Failure::BadRequestBody(_) => StatusCode::BAD_REQUEST,
+            Failure::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Failure::BadPath | Failure::BadRequestBody(_) | Failure::HostNotAllowed => {
+                StatusCode::BAD_REQUEST
+            }
             _ => StatusCode::NOT_FOUND,
         }
     }
@@ -145,6 +156,7 @@ impl Failure {
             StatusCode::BAD_GATEWAY => "502 bad gateway\n",
             StatusCode::UNAUTHORIZED => "401 unauthorized\n",
             StatusCode::METHOD_NOT_ALLOWED => "405 method not allowed\n",
+            StatusCode::TOO_MANY_REQUESTS => "429 too many requests\n",
             _ => "400 bad request\n",
         };
         let mut resp = Response::new(Bytes::from_static(body.as_bytes()));
@@ -157,6 +169,12 @@ impl Failure {
             "x-content-type-options",
             http::HeaderValue::from_static("nosniff"),
         );
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            resp.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from_static("1"),
+            );
+        }
         if status == StatusCode::METHOD_NOT_ALLOWED {
             resp.headers_mut()
                 .insert(http::header::ALLOW, http::HeaderValue::from_static("PUT"));

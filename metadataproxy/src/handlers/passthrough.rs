@@ -3,8 +3,6 @@
 //! answer comes back with its status, headers and body. No `X-Forwarded-For` is added: the
 //! real service refuses IMDSv2 token requests that carry one.
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Limited};
@@ -16,8 +14,6 @@ use crate::upstream::strip_hop_by_hop;
 
 /// Largest request body forwarded.
 pub const MAX_REQUEST_BODY: usize = 64 * 1024;
-/// How long a client may take to send its request body.
-pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Forwards `req` upstream.
 pub async fn forward(state: &State, req: Request<Incoming>) -> Result<Response<Bytes>, Failure> {
@@ -26,7 +22,7 @@ pub async fn forward(state: &State, req: Request<Incoming>) -> Result<Response<B
     }
     let (mut parts, body) = req.into_parts();
     let body = tokio::time::timeout(
-        BODY_READ_TIMEOUT,
+        state.limits.body_timeout,
         Limited::new(body, MAX_REQUEST_BODY).collect(),
     )
     .await

@@ -21,13 +21,12 @@ use crate::app::State;
 use crate::handlers::iam::{CallerInfo, Connection};
 use crate::handlers::{iam, passthrough, token, Failure};
 use crate::identity::canonical_ip;
+use crate::limits::ConnectionGate;
 use crate::telemetry::metrics;
 use router::Route;
 
 /// `X-Powered-By` on every answer, kept for compatibility with go-metadataproxy.
 pub const POWERED_BY: &str = "go-metadataproxy metadataproxy";
-/// How long a client may take to send its request headers.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves `listener` until `shutdown` resolves, then stops accepting and gives in-flight
 /// requests up to `grace` to finish.
@@ -41,8 +40,13 @@ pub async fn serve(
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(state.limits.header_timeout)
+        .max_buf_size(state.limits.max_header_bytes)
         .keep_alive(true);
+    let gate = ConnectionGate::new(
+        state.limits.max_connections,
+        state.limits.max_connections_per_ip,
+    );
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -56,8 +60,17 @@ pub async fn serve(
                         continue;
                     }
                 };
+                let Some(permit) = gate.admit(canonical_ip(peer.ip())) else {
+                    // Over MAX_CONNECTIONS or MAX_CONNECTIONS_PER_IP: closed at once.
+                    metrics::blocked("connection_limit");
+                    tracing::debug!(%peer, open = gate.open(), "connection refused: limit reached");
+                    drop(stream);
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
+                let local_port = stream.local_addr().map(|a| a.port()).unwrap_or(0);
                 let conn = Connection {
+                    local_port,
                     ip: canonical_ip(peer.ip()),
                     kernel: match (&state.kernel, stream.local_addr()) {
                         (Some(kernel), Ok(local)) => kernel.take(peer, local),
@@ -72,6 +85,7 @@ pub async fn serve(
                 let conn = builder.serve_connection(TokioIo::new(stream), svc);
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
+                    let _permit = permit;
                     if let Err(e) = conn.await {
                         tracing::debug!(error = %e, %peer, "connection ended with an error");
                     }
@@ -114,8 +128,21 @@ pub async fn handle(
     // its connect under the kernel program; a connection without a record came from elsewhere
     // (another host, a raw socket) and gets nothing, passthrough included.
     let unidentified = state.kernel.is_some() && conn.kernel.is_none();
+    let rate_limited = state
+        .request_rate
+        .as_ref()
+        .is_some_and(|r| !r.allow(&conn.rate_key(), Instant::now()));
+    let host_refused = state.limits.check_host
+        && !crate::limits::host_allowed(
+            req.headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok()),
+            conn.local_port,
+        );
     let result: Result<Response<Bytes>, Failure> = match &route {
         _ if unidentified && !matches!(route, Route::Redirect(_)) => Err(Failure::NoKernelIdentity),
+        _ if rate_limited => Err(Failure::RateLimited),
+        _ if host_refused => Err(Failure::HostNotAllowed),
         Route::Redirect(location) => Ok(redirect(location)),
         Route::Token => token::mint(state, conn, &method, req.headers()).await,
         Route::Favicon => Err(Failure::Favicon),
@@ -156,7 +183,11 @@ pub async fn handle(
         }
     }
     if let Some(
-        f @ (Failure::IamPathNotServed | Failure::NoKernelIdentity | Failure::PassthroughDenied),
+        f @ (Failure::IamPathNotServed
+        | Failure::NoKernelIdentity
+        | Failure::PassthroughDenied
+        | Failure::RateLimited
+        | Failure::HostNotAllowed),
     ) = &failure
     {
         metrics::blocked(f.description());

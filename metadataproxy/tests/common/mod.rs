@@ -242,6 +242,27 @@ pub async fn raw_request(addr: SocketAddr, raw: &str) -> RawResponse {
     parse_response(&buf)
 }
 
+/// Like [`raw_request`], from the loopback address `src` (127.0.0.0/8: every one is local).
+pub async fn raw_request_from(src: &str, addr: SocketAddr, raw: &str) -> RawResponse {
+    let mut s = connect_from(src, addr).await;
+    s.write_all(raw.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut buf))
+        .await
+        .expect("answer within 20 s")
+        .unwrap();
+    parse_response(&buf)
+}
+
+/// A connection to `addr` from the loopback address `src`.
+pub async fn connect_from(src: &str, addr: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(SocketAddr::new(src.parse().unwrap(), 0))
+        .unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
 pub fn parse_response(buf: &[u8]) -> RawResponse {
     let split = buf
         .windows(4)
