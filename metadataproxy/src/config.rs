@@ -30,6 +30,11 @@ to the real service.\n\nEvery option is also read from the environment variable 
 a flag wins over the variable."
 )]
 pub struct Args {
+    /// Ask the running agent's admin listener (ADMIN_ADDR) whether it is ready, exit 0 if so,
+    /// 1 if not: for container health checks in images without a shell or curl.
+    #[arg(long)]
+    pub healthcheck: bool,
+
     /// Address to listen on.
     #[arg(long, env = "HOST", default_value = "0.0.0.0")]
     pub host: String,
@@ -866,6 +871,13 @@ fn parse_limits(a: &Args) -> Result<crate::limits::Limits, ConfigError> {
     };
     let rate = number("REQUEST_RATE_LIMIT", &a.request_rate_limit, 0, 1_000_000)? as u32;
     let burst = number("REQUEST_RATE_BURST", &a.request_rate_burst, 0, 1_000_000)? as u32;
+    if burst > 0 && rate == 0 {
+        return Err(invalid(
+            "REQUEST_RATE_BURST",
+            &a.request_rate_burst,
+            "needs REQUEST_RATE_LIMIT (0 is no limit)",
+        ));
+    }
     Ok(crate::limits::Limits {
         rate,
         burst: if burst == 0 { rate } else { burst },
@@ -898,14 +910,21 @@ fn parse_telemetry(a: &Args) -> Result<TelemetryConfig, ConfigError> {
         || label_separator.len() > 3
         || !label_separator
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_-.:".contains(c))
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
     {
         return Err(invalid(
             "LABEL_SEPARATOR",
             &a.label_separator,
-            "expected 1 to 3 characters from letters, digits and _-.:",
+            "expected 1 to 3 letters, digits or _ (what every sink keeps in a label name)",
         ));
     }
+    let interval = |var: &'static str, v: &str| -> Result<Duration, ConfigError> {
+        let d = positive_duration(var, v)?;
+        if d < Duration::from_millis(100) {
+            return Err(invalid(var, v, "must be at least 100ms"));
+        }
+        Ok(d)
+    };
     let newrelic = match (
         non_empty(&a.newrelic_app_name),
         non_empty(&a.newrelic_license),
@@ -926,7 +945,7 @@ fn parse_telemetry(a: &Args) -> Result<TelemetryConfig, ConfigError> {
                 app_name: app.to_string(),
                 license: crate::roles::Secret::new(license),
                 endpoint,
-                interval: positive_duration("NEWRELIC_FLUSH_INTERVAL", &a.newrelic_flush_interval)?,
+                interval: interval("NEWRELIC_FLUSH_INTERVAL", &a.newrelic_flush_interval)?,
             })
         }
         (None, None) => None,
@@ -955,14 +974,14 @@ fn parse_telemetry(a: &Args) -> Result<TelemetryConfig, ConfigError> {
             )
         })?),
     };
-    Ok(TelemetryConfig {
+    let t = TelemetryConfig {
         copy_docker_labels: comma_list("COPY_DOCKER_LABELS", &a.copy_docker_labels)?,
         copy_docker_env: comma_list("COPY_DOCKER_ENV", &a.copy_docker_env)?,
         label_separator,
         statsd_addr: host_port("STATSD_ADDR", &a.statsd_addr)?,
         statsite_addr: host_port("STATSITE_ADDR", &a.statsite_addr)?,
         datadog_addr: host_port("DATADOG_ADDR", &a.datadog_addr)?,
-        flush_interval: positive_duration("METRICS_FLUSH_INTERVAL", &a.metrics_flush_interval)?,
+        flush_interval: interval("METRICS_FLUSH_INTERVAL", &a.metrics_flush_interval)?,
         enable_prometheus: match non_empty(&a.enable_prometheus) {
             None => false,
             Some(v) => bool_var("ENABLE_PROMETHEUS", v)?,
@@ -972,7 +991,54 @@ fn parse_telemetry(a: &Args) -> Result<TelemetryConfig, ConfigError> {
         newrelic,
         admin_addr,
         metrics_on_proxy_port: bool_var("METRICS_ON_PROXY_PORT", &a.metrics_on_proxy_port)?,
-    })
+    };
+    // Settings that would do nothing are refused rather than ignored.
+    let needs_prometheus = [
+        ("METRICS_ON_PROXY_PORT", t.metrics_on_proxy_port),
+        ("PROMETHEUS_COPY_LABELS", t.prometheus_copy_labels),
+    ];
+    for (var, set) in needs_prometheus {
+        if set && !t.enable_prometheus {
+            return Err(invalid(var, "true", "needs ENABLE_PROMETHEUS=true"));
+        }
+    }
+    let push_sink = t.statsd_addr.is_some()
+        || t.statsite_addr.is_some()
+        || t.datadog_addr.is_some()
+        || t.newrelic.is_some();
+    if t.unbounded_labels && !push_sink {
+        return Err(invalid(
+            "METRICS_UNBOUNDED_LABELS",
+            "true",
+            "only the statsd family and New Relic carry these labels: set one of them",
+        ));
+    }
+    // Two copied keys must not end up as one label name in any sink.
+    let mut seen: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    for (key, name) in t
+        .copied_labels()
+        .labels
+        .iter()
+        .chain(&t.copied_labels().env)
+    {
+        let folded: String = name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        if let Some(other) = seen.insert(folded.clone(), key.clone()) {
+            let var = if t.copy_docker_env.contains(key) {
+                "COPY_DOCKER_ENV"
+            } else {
+                "COPY_DOCKER_LABELS"
+            };
+            return Err(invalid(
+                var,
+                key,
+                format!("gives the same label name ({folded}) as {other:?}"),
+            ));
+        }
+    }
+    Ok(t)
 }
 
 fn parse_ebpf(a: &Args) -> Result<EbpfConfig, ConfigError> {

@@ -43,19 +43,29 @@ impl Default for Limits {
     }
 }
 
-/// Counts open connections, in all and per peer address.
+/// Whose connections count together: a peer address, or in eBPF mode the connecting cgroup
+/// (host-network containers and host processes share the host's addresses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Peer {
+    /// By address.
+    Ip(IpAddr),
+    /// By cgroup id.
+    Cgroup(u64),
+}
+
+/// Counts open connections, in all and per peer.
 #[derive(Debug)]
 pub struct ConnectionGate {
     max: usize,
     per_ip: usize,
-    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+    open: Mutex<(usize, HashMap<Peer, usize>)>,
 }
 
 /// Held while a connection is open.
 #[derive(Debug)]
 pub struct ConnectionPermit {
     gate: Arc<ConnectionGate>,
-    ip: IpAddr,
+    ip: Peer,
 }
 
 impl ConnectionGate {
@@ -69,7 +79,7 @@ impl ConnectionGate {
     }
 
     /// A permit for a connection from `ip`, or `None` when a cap is reached.
-    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<ConnectionPermit> {
+    pub fn admit(self: &Arc<Self>, ip: Peer) -> Option<ConnectionPermit> {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let (total, per_ip) = &mut *open;
         if *total >= self.max {
@@ -132,10 +142,15 @@ impl RequestRate {
     pub fn allow(&self, caller: &str, now: Instant) -> bool {
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         if buckets.len() >= MAX_CALLERS && !buckets.contains_key(caller) {
+            // Forget callers whose bucket has refilled (they lose nothing); if every caller
+            // is active, forget them all rather than grow without bound.
             let (rate, burst) = (self.rate, self.burst);
             buckets.retain(|_, (tokens, at)| {
                 *tokens + now.saturating_duration_since(*at).as_secs_f64() * rate < burst
             });
+            if buckets.len() >= MAX_CALLERS / 2 {
+                buckets.clear();
+            }
         }
         let (tokens, at) = buckets
             .entry(caller.to_string())
@@ -181,8 +196,8 @@ mod tests {
     #[test]
     fn connection_caps_hold_and_free_on_drop() {
         let gate = ConnectionGate::new(3, 2);
-        let a: IpAddr = "10.0.0.1".parse().unwrap();
-        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let a = Peer::Ip("10.0.0.1".parse().unwrap());
+        let b = Peer::Cgroup(7);
         let p1 = gate.admit(a).unwrap();
         let _p2 = gate.admit(a).unwrap();
         assert!(gate.admit(a).is_none(), "per-address cap");

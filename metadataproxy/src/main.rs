@@ -19,6 +19,9 @@ fn main() -> ExitCode {
             return ExitCode::from(code as u8);
         }
     };
+    if args.healthcheck {
+        return healthcheck(&args.admin_addr);
+    }
     let config = match Config::try_from(args) {
         Ok(c) => c,
         Err(e) => {
@@ -52,6 +55,19 @@ async fn run(config: Config) -> ExitCode {
         }
     };
     let listen = listener.local_addr().unwrap_or(config.listen);
+    // Both listeners before interception: a start-up that fails must not leave the kernel
+    // redirect pointing at an agent that is not there.
+    let admin_listener = match config.telemetry.admin_addr {
+        None => None,
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::error!(admin_addr = %addr, error = %e, "cannot listen");
+                eprintln!("metadataproxy: cannot listen on ADMIN_ADDR {addr}: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     let redirect = match &config.intercept {
         Intercept::None => None,
         Intercept::Ebpf(ebpf) => match KernelRedirect::install(ebpf, listen) {
@@ -89,29 +105,22 @@ async fn run(config: Config) -> ExitCode {
         }
     };
     telemetry::export::spawn_state_gauges(state.clone());
-    let admin = match config.telemetry.admin_addr {
+    let admin_addr = match admin_listener {
+        Some(l) => {
+            let bound = l.local_addr().ok();
+            let admin = Admin::new(
+                state.clone(),
+                exporters.prometheus.clone(),
+                redirect.clone(),
+            );
+            tokio::spawn(admin::serve(l, admin));
+            bound
+        }
         None => None,
-        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
-            Ok(l) => {
-                let bound = l.local_addr().unwrap_or(addr);
-                let admin = Admin::new(
-                    state.clone(),
-                    exporters.prometheus.clone(),
-                    redirect.clone(),
-                );
-                tokio::spawn(admin::serve(l, admin));
-                Some(bound)
-            }
-            Err(e) => {
-                tracing::error!(admin_addr = %addr, error = %e, "cannot listen");
-                eprintln!("metadataproxy: cannot listen on ADMIN_ADDR {addr}: {e}");
-                return ExitCode::FAILURE;
-            }
-        },
     };
     tracing::info!(
         listen = %listen,
-        admin = admin.map(|a| a.to_string()),
+        admin = admin_addr.map(|a| a.to_string()),
         upstream = ?config.upstream,
         docker = %config.docker,
         intercept = if redirect.is_some() { "ebpf" } else { "none" },
@@ -123,6 +132,39 @@ async fn run(config: Config) -> ExitCode {
         redirect.shutdown();
     }
     ExitCode::SUCCESS
+}
+
+/// `--healthcheck`: `GET /readyz` on the admin listener, 0 when it answers 200.
+fn healthcheck(admin_addr: &str) -> ExitCode {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+    let Ok(addr) = admin_addr.trim().parse::<std::net::SocketAddr>() else {
+        eprintln!("metadataproxy: --healthcheck needs ADMIN_ADDR as ip:port, got {admin_addr:?}");
+        return ExitCode::FAILURE;
+    };
+    let result = (|| -> std::io::Result<String> {
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(
+            s,
+            "GET /readyz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut answer = String::new();
+        s.read_to_string(&mut answer)?;
+        Ok(answer)
+    })();
+    match result {
+        Ok(answer) if answer.starts_with("HTTP/1.1 200") => ExitCode::SUCCESS,
+        Ok(answer) => {
+            let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+            eprintln!("metadataproxy: not ready: {}", body.trim());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("metadataproxy: admin listener {addr} unreachable: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// MAX_CONNECTIONS needs as many file descriptors, plus some: the soft limit is raised to the

@@ -62,25 +62,46 @@ impl PathPattern {
         if segments.iter().any(|s| s.contains("**") && s != "**") {
             return Err(format!("{raw:?}: `**` must be a whole segment"));
         }
+        if segments
+            .first()
+            .is_some_and(|f| f == "latest" || f.starts_with(|c: char| c.is_ascii_digit()))
+        {
+            return Err(format!(
+                "{raw:?}: patterns start after the API version (write `user-data`, not `latest/user-data`)"
+            ));
+        }
+        if segments.len() > MAX_SEGMENTS {
+            return Err(format!("{raw:?}: more than {MAX_SEGMENTS} segments"));
+        }
         Ok(PathPattern(segments))
     }
 
-    /// Whether the pattern matches `path` or one of its ancestors.
+    /// Whether the pattern matches `path` or one of its ancestors: the pattern with an
+    /// implicit trailing `**`, matched in O(pattern × path) (no backtracking blow-up).
     fn covers(&self, path: &[String]) -> bool {
-        (0..=path.len()).any(|k| segments_match(&self.0, &path[..k]))
-    }
-}
-
-fn segments_match(pattern: &[String], path: &[String]) -> bool {
-    match pattern.split_first() {
-        None => path.is_empty(),
-        Some((first, rest)) if first == "**" => {
-            (0..=path.len()).any(|k| segments_match(rest, &path[k..]))
+        let n = path.len();
+        // reach[j]: the pattern's segments so far can match path[..j].
+        let mut reach = vec![false; n + 1];
+        reach[0] = true;
+        for seg in &self.0 {
+            let mut next = vec![false; n + 1];
+            if seg == "**" {
+                let mut any = false;
+                for j in 0..=n {
+                    any |= reach[j];
+                    next[j] = any;
+                }
+            } else {
+                for j in 0..n {
+                    if reach[j] && glob_match(seg, &path[j]) {
+                        next[j + 1] = true;
+                    }
+                }
+            }
+            reach = next;
         }
-        Some((first, rest)) => match path.split_first() {
-            Some((seg, path_rest)) => glob_match(first, seg) && segments_match(rest, path_rest),
-            None => false,
-        },
+        // The implicit trailing `**`: a matched prefix covers the rest.
+        reach.iter().any(|r| *r)
     }
 }
 
@@ -89,6 +110,17 @@ fn segments_match(pattern: &[String], path: &[String]) -> bool {
 pub struct PathPolicy {
     allow: Vec<PathPattern>,
     deny: Vec<PathPattern>,
+}
+
+/// Paths deeper than this are refused (real metadata paths have fewer than 10 segments).
+const MAX_SEGMENTS: usize = 32;
+
+/// Zero-width and other format characters that render as nothing.
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{FEFF}'
+    )
 }
 
 /// `PASSTHROUGH_ALLOW`'s default: everything.
@@ -114,9 +146,24 @@ impl PathPolicy {
     /// Whether a request for `path` may be forwarded.
     pub fn allows(&self, path: &str) -> bool {
         let segments = crate::server::router::canonical_segments(path);
+        // Fail closed on what no metadata path has: very deep paths (they would only cost
+        // matching time), control and invisible characters (an upstream may drop them).
+        if segments.len() > MAX_SEGMENTS
+            || segments
+                .iter()
+                .any(|s| s.chars().any(|c| c.is_control() || is_invisible(c)))
+        {
+            return false;
+        }
         // The first segment is the API version (`latest`, a date): patterns start after it.
+        // Deny patterns are also tried on the whole path, so that a path without a version
+        // (`/user-data`) cannot slip by.
         let rest = segments.get(1..).unwrap_or(&[]);
-        self.allow.iter().any(|p| p.covers(rest)) && !self.deny.iter().any(|p| p.covers(rest))
+        self.allow.iter().any(|p| p.covers(rest))
+            && !self
+                .deny
+                .iter()
+                .any(|p| p.covers(rest) || p.covers(&segments))
     }
 }
 
@@ -268,9 +315,23 @@ mod tests {
             "/latest/user-data;x",
             "/latest/user-data%20",
             "/latest/user-data/part/1",
+            "/user-data",
+            "/latest/user-data%00",
+            "/latest/user-data%E2%80%8B",
         ] {
             assert!(!p.allows(denied), "{denied}");
         }
+    }
+
+    #[test]
+    fn deep_paths_are_refused_and_matching_stays_linear() {
+        // With backtracking, `**/user-data` against 8,000 segments took seconds per request.
+        let p = PathPolicy::parse("**", "**/user-data,meta-data/**/mac").unwrap();
+        assert!(!p.allows(&format!("/latest/{}", "a/".repeat(8000))));
+        assert!(p.allows(&format!("/latest/{}x", "a/".repeat(29))));
+        assert!(!p.allows("/latest/a/b/c/user-data"));
+        let many: Vec<String> = (0..10_000).map(|_| "a".to_string()).collect();
+        assert!(!PathPattern::parse("**/a/**/a/**/b").unwrap().covers(&many));
     }
 
     #[test]
@@ -289,6 +350,8 @@ mod tests {
         assert!(!any.allows("/latest/meta-data/network/interfaces/macs/x/mac"));
         assert!(any.allows("/latest/meta-data/network/interfaces/macs/"));
         assert!(PathPolicy::parse("a/**b", "").is_err());
+        assert!(PathPolicy::parse("", "latest/user-data").is_err());
+        assert!(PathPolicy::parse("", "2009-04-04/user-data").is_err());
         assert!(PathPolicy::parse("a//b", "").is_err());
     }
 

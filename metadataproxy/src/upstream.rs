@@ -164,6 +164,8 @@ impl hyper::rt::Write for TimedIo {
 const UPSTREAM_TOKEN_TTL: u64 = 21_600;
 /// A token is renewed when it has less than this left.
 const UPSTREAM_TOKEN_MARGIN: Duration = Duration::from_secs(300);
+/// Longest wait for the upstream's token answer (within the request's own timeout).
+const UPSTREAM_TOKEN_TIMEOUT: Duration = Duration::from_secs(2);
 /// After a failed token PUT (an IMDSv1-only upstream), the next try waits this long.
 const UPSTREAM_TOKEN_RETRY: Duration = Duration::from_secs(60);
 
@@ -212,21 +214,39 @@ impl HttpUpstream {
         }
     }
 
-    /// The agent's upstream token: cached, renewed before it expires; `renew` forces a new
-    /// one. `None` when the upstream hands out none (IMDSv1 only, or failing).
-    async fn upstream_token(&self, renew: bool) -> Option<String> {
+    /// The agent's upstream token: cached, renewed before it expires. `rejected` is a token
+    /// the upstream just refused (401): it is replaced unless another request already did.
+    /// `None` when the upstream hands out none (IMDSv1 only, failing, or slow).
+    ///
+    /// One fetch at a time, under its own short timeout; a failure (or a fetch abandoned by
+    /// its request's timeout) is not retried for a minute, and a still-valid token is kept
+    /// meanwhile.
+    async fn upstream_token(&self, rejected: Option<&str>) -> Option<String> {
         let mut state = self.token.lock().await;
         let now = Instant::now();
-        if !renew {
-            if let Some((token, expiry)) = &state.current {
-                if *expiry > now + UPSTREAM_TOKEN_MARGIN {
-                    return Some(token.clone());
-                }
+        let current = state
+            .current
+            .as_ref()
+            .filter(|(_, expiry)| *expiry > now)
+            .map(|(t, e)| (t.clone(), *e));
+        if let Some((token, expiry)) = &current {
+            let refused = rejected == Some(token.as_str());
+            if !refused && *expiry > now + UPSTREAM_TOKEN_MARGIN {
+                return Some(token.clone());
             }
-            if state.retry_after.is_some_and(|t| t > now) {
-                return None;
+            if !refused && rejected.is_some() {
+                // Someone renewed it since this request sent the refused one.
+                return Some(token.clone());
             }
         }
+        if state.retry_after.is_some_and(|t| t > now) {
+            return current
+                .filter(|(t, _)| rejected != Some(t.as_str()))
+                .map(|(t, _)| t);
+        }
+        // Pessimistic: if this fetch is abandoned (its request timed out), the next requests
+        // do not wait on another one for a minute.
+        state.retry_after = Some(now + UPSTREAM_TOKEN_RETRY);
         let mut uri = http::uri::Parts::from(self.base.clone());
         uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/latest/api/token"));
         let req = http::Uri::from_parts(uri).ok().and_then(|uri| {
@@ -235,7 +255,8 @@ impl HttpUpstream {
                 .body(Full::new(Bytes::new()))
                 .ok()
         })?;
-        let fetched = tokio::time::timeout(self.timeout, async {
+        let fetch_timeout = (self.timeout / 2).min(UPSTREAM_TOKEN_TIMEOUT);
+        let fetched = tokio::time::timeout(fetch_timeout, async {
             let resp = self.client.request(req).await.ok()?;
             if !resp.status().is_success() {
                 return None;
@@ -257,29 +278,31 @@ impl HttpUpstream {
                 state.retry_after = None;
                 Some(token)
             }
-            None => {
-                state.current = None;
-                state.retry_after = Some(now + UPSTREAM_TOKEN_RETRY);
-                None
-            }
+            // Keep a token that is still valid (unless the upstream just refused it).
+            None => current
+                .filter(|(t, _)| rejected != Some(t.as_str()))
+                .map(|(t, _)| t),
         }
     }
 
+    /// Sends `req` with the agent's token; returns the answer and the token it carried.
     async fn with_token(
         &self,
         req: &Request<Bytes>,
-        renew: bool,
-    ) -> Result<Response<Bytes>, UpstreamError> {
+        rejected: Option<&str>,
+    ) -> Result<(Response<Bytes>, Option<String>), UpstreamError> {
         let mut copy = Request::new(req.body().clone());
         *copy.method_mut() = req.method().clone();
         *copy.uri_mut() = req.uri().clone();
         *copy.headers_mut() = req.headers().clone();
-        if let Some(token) = self.upstream_token(renew).await {
-            if let Ok(v) = http::HeaderValue::from_str(&token) {
-                copy.headers_mut().insert(crate::imdsv2::TOKEN_HEADER, v);
-            }
+        let token = self.upstream_token(rejected).await;
+        if let Some(v) = token
+            .as_deref()
+            .and_then(|t| http::HeaderValue::from_str(t).ok())
+        {
+            copy.headers_mut().insert(crate::imdsv2::TOKEN_HEADER, v);
         }
-        self.round_trip(copy).await
+        Ok((self.round_trip(copy).await?, token))
     }
 
     async fn round_trip(&self, req: Request<Bytes>) -> Result<Response<Bytes>, UpstreamError> {
@@ -345,13 +368,14 @@ impl Upstream for HttpUpstream {
     fn send(&self, req: Request<Bytes>) -> BoxFuture<'_, Result<Response<Bytes>, UpstreamError>> {
         Box::pin(async move {
             tokio::time::timeout(self.timeout, async {
-                let resp = self.with_token(&req, false).await?;
+                let (resp, sent) = self.with_token(&req, None).await?;
                 if resp.status() != http::StatusCode::UNAUTHORIZED {
                     return Ok(resp);
                 }
                 // The token was revoked, or the upstream started to require one: once more
                 // with a fresh token.
-                self.with_token(&req, true).await
+                let rejected = sent.unwrap_or_default();
+                Ok(self.with_token(&req, Some(&rejected)).await?.0)
             })
             .await
             .map_err(|_| UpstreamError::Timeout(self.timeout))?

@@ -81,6 +81,8 @@ fn each_invalid_value_exits_64_naming_variable_and_value() {
         ("MAX_CONNECTIONS", "0"),
         ("MAX_CONNECTIONS_PER_IP", "many"),
         ("CHECK_HOST_HEADER", "strict"),
+        ("METRICS_FLUSH_INTERVAL", "1ns"),
+        ("LABEL_SEPARATOR", "."),
     ];
     for (var, value) in cases {
         let out = agent(&[(var, value)]).output().unwrap();
@@ -160,6 +162,38 @@ fn an_admin_address_in_use_stops_start_up_naming_the_variable() {
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("ADMIN_ADDR"), "{stderr}");
     assert!(stderr.contains(&addr), "{stderr}");
+}
+
+#[test]
+fn settings_that_would_do_nothing_are_refused() {
+    for (vars, named) in [
+        (
+            vec![("METRICS_ON_PROXY_PORT", "true")],
+            "METRICS_ON_PROXY_PORT",
+        ),
+        (
+            vec![("PROMETHEUS_COPY_LABELS", "true")],
+            "PROMETHEUS_COPY_LABELS",
+        ),
+        (
+            vec![("METRICS_UNBOUNDED_LABELS", "true")],
+            "METRICS_UNBOUNDED_LABELS",
+        ),
+        (vec![("REQUEST_RATE_BURST", "5")], "REQUEST_RATE_BURST"),
+        (
+            vec![("COPY_DOCKER_LABELS", "team"), ("COPY_DOCKER_ENV", "TEAM")],
+            "COPY_DOCKER_ENV",
+        ),
+        (
+            vec![("COPY_DOCKER_LABELS", "a.b,a_b")],
+            "COPY_DOCKER_LABELS",
+        ),
+    ] {
+        let out = agent(&vars).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{vars:?}: {stderr}");
+        assert!(stderr.contains(named), "{vars:?}: {stderr}");
+    }
 }
 
 #[test]

@@ -42,6 +42,8 @@ fn promtool_check(exposition: &str) -> (bool, String) {
 
 #[test]
 fn prometheus_scrapes_the_admin_listener_with_bounded_labels() {
+    let statsd = UdpSink::start();
+    let statsd_addr = statsd.addr.to_string();
     let s = Classic::start(
         "tm-prom",
         51,
@@ -49,7 +51,9 @@ fn prometheus_scrapes_the_admin_listener_with_bounded_labels() {
             ("DEFAULT_ACCOUNT_ID", "123456789012"),
             ("ENABLE_PROMETHEUS", "true"),
             ("COPY_DOCKER_LABELS", "com.example.team"),
+            // Unbounded labels need a push sink; they must still stay off Prometheus.
             ("METRICS_UNBOUNDED_LABELS", "true"),
+            ("STATSD_ADDR", &statsd_addr),
         ],
     );
     let c = metadataproxy_tests::Container::start_privileged(

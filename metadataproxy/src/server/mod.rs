@@ -21,7 +21,7 @@ use crate::app::State;
 use crate::handlers::iam::{CallerInfo, Connection};
 use crate::handlers::{iam, passthrough, token, Failure};
 use crate::identity::canonical_ip;
-use crate::limits::ConnectionGate;
+use crate::limits::{ConnectionGate, Peer};
 use crate::telemetry::metrics;
 use router::Route;
 
@@ -60,7 +60,16 @@ pub async fn serve(
                         continue;
                     }
                 };
-                let Some(permit) = gate.admit(canonical_ip(peer.ip())) else {
+                let local = stream.local_addr().ok();
+                let kernel = match (&state.kernel, local) {
+                    (Some(kernel), Some(local)) => kernel.take(peer, local),
+                    _ => None,
+                };
+                let gate_key = match &kernel {
+                    Some(record) => Peer::Cgroup(record.cgroup_id),
+                    None => Peer::Ip(canonical_ip(peer.ip())),
+                };
+                let Some(permit) = gate.admit(gate_key) else {
                     // Over MAX_CONNECTIONS or MAX_CONNECTIONS_PER_IP: closed at once.
                     metrics::blocked("connection_limit");
                     tracing::debug!(%peer, open = gate.open(), "connection refused: limit reached");
@@ -68,14 +77,10 @@ pub async fn serve(
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                let local_port = stream.local_addr().map(|a| a.port()).unwrap_or(0);
                 let conn = Connection {
-                    local_port,
+                    local_port: local.map(|a| a.port()).unwrap_or(0),
                     ip: canonical_ip(peer.ip()),
-                    kernel: match (&state.kernel, stream.local_addr()) {
-                        (Some(kernel), Ok(local)) => kernel.take(peer, local),
-                        _ => None,
-                    },
+                    kernel,
                 };
                 let state = state.clone();
                 let svc = service_fn(move |req| {

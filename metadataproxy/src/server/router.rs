@@ -35,7 +35,8 @@ pub enum Route {
         /// API version segment, when there is one.
         version: Option<String>,
     },
-    /// `/{v}/api/token` (any case): IMDSv2 tokens, minted by the agent, never forwarded.
+    /// `.../api/token` (any case, any prefix): IMDSv2 tokens, minted by the agent, never
+    /// forwarded.
     Token,
     /// `/favicon.ico`: 404.
     Favicon,
@@ -111,7 +112,8 @@ pub fn classify(path: &str, query: Option<&str>) -> Route {
     {
         return Route::IamDenied { version: None };
     }
-    if let [_, api, token] = folded.as_slice() {
+    // Any path ending in `api/token`: a token request is never forwarded, whatever its prefix.
+    if let [.., api, token] = folded.as_slice() {
         if api == "api" && token == "token" {
             return Route::Token;
         }
@@ -280,6 +282,8 @@ mod tests {
             ("/2021-01-03/API/Token", Route::Token),
             ("/latest/api/token%2F", Route::Token),
             ("/latest/api/tokens", Route::Passthrough),
+            ("/api/token", Route::Token),
+            ("/x/latest/api/token", Route::Token),
             ("/", Route::Passthrough),
             ("/latest/meta-data/iamx", Route::Passthrough),
             ("/latest/meta-data/identity/iam", Route::Passthrough),

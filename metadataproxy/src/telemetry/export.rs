@@ -58,8 +58,14 @@ pub fn build(cfg: &TelemetryConfig, host: String) -> (Option<Fanout>, Exporters)
     let mut exporters = Exporters::default();
 
     if cfg.enable_prometheus {
+        // Series of containers' roles and copied labels come and go with the containers:
+        // those idle for an hour leave the exposition.
         let recorder = PrometheusBuilder::new()
             .with_recommended_naming(true)
+            .idle_timeout(
+                metrics_util::MetricKindMask::ALL,
+                Some(Duration::from_secs(3600)),
+            )
             .set_buckets(&BUCKETS)
             .expect("non-empty buckets")
             .build_recorder();

@@ -5,9 +5,10 @@
 //! the Prometheus sink turns them into `metadataproxy_http_request_total` and the like.
 //!
 //! Label values are bounded by construction (a handler name, a status code, an error
-//! description from a fixed set, a role name that an operator configured), except
+//! description from a fixed set) or by what runs on the host (the containers' own role names,
+//! whoever starts the containers sets them; never a role a request names), except
 //! `request_path` and `remote_addr`, which are only recorded with `METRICS_UNBOUNDED_LABELS`
-//! and never reach Prometheus, and the copied Docker labels.
+//! and never reach Prometheus, and the copied Docker labels. Idle series leave every sink.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -235,7 +236,7 @@ pub fn request(r: &RequestRecord<'_>) {
     labels.push(Label::new("handler_name", r.handler_name));
     labels.push(Label::new("role_name", r.role_name.to_string()));
     if UNBOUNDED.load(Ordering::Relaxed) {
-        labels.push(Label::new("request_path", r.path.to_string()));
+        labels.push(Label::new("request_path", truncated(r.path)));
         labels.push(Label::new("remote_addr", r.remote_addr.to_string()));
     }
     labels.push(Label::new("response_code", r.response_code.to_string()));
@@ -247,6 +248,16 @@ pub fn request(r: &RequestRecord<'_>) {
     counter!(HTTP_REQUEST, labels).increment(1);
     histogram!(HTTP_REQUEST_DURATION, "handler_name" => r.handler_name)
         .record(r.duration.as_secs_f64());
+}
+
+/// A path cut to 256 bytes (at a character boundary), so that one long path cannot make a
+/// metric line larger than a datagram.
+fn truncated(path: &str) -> String {
+    let mut end = path.len().min(256);
+    while !path.is_char_boundary(end) {
+        end -= 1;
+    }
+    path[..end].to_string()
 }
 
 /// Upstream timings of one passthrough request.
@@ -264,7 +275,7 @@ pub fn upstream_timing(t: UpstreamTiming, path: &str, copied: &[(String, String)
     labels.push(Label::new("api_version", api_version_label(path)));
     labels.push(Label::new("handler_name", "passthrough"));
     if UNBOUNDED.load(Ordering::Relaxed) {
-        labels.push(Label::new("request_path", path.to_string()));
+        labels.push(Label::new("request_path", truncated(path)));
     }
     labels.push(Label::new("service", SERVICE));
     for (k, v) in copied {

@@ -25,11 +25,15 @@ pub mod newrelic;
 pub mod push;
 pub mod statsd;
 
-/// The filter for `level`: this crate at `level`, dependencies no chattier than `warn`.
+/// The filter for `level`: this crate at `level`, dependencies no chattier than `warn`, the
+/// audit lines always.
 pub fn filter(level: Level) -> EnvFilter {
     let ours = level.as_str().to_ascii_lowercase();
     let others = if level < Level::WARN { "error" } else { "warn" };
-    EnvFilter::new(format!("{others},metadataproxy={ours}"))
+    // Audit lines are written whatever the level (they are not diagnostics).
+    EnvFilter::new(format!(
+        "{others},metadataproxy={ours},metadataproxy::audit=info"
+    ))
 }
 
 /// A subscriber writing `config`'s format to `writer`.

@@ -120,13 +120,17 @@ pub async fn run(config: NewRelicConfig, recorder: PushRecorder, host: String) {
                     return;
                 }
             };
-            match tokio::time::timeout(POST_TIMEOUT, client.request(req)).await {
-                Ok(Ok(resp)) if resp.status().is_success() => {
-                    let _ = resp.into_body().collect().await;
-                }
-                Ok(Ok(resp)) => {
-                    let status = resp.status();
-                    let _ = resp.into_body().collect().await;
+            // The whole exchange, body included, under the timeout: a stalled endpoint must
+            // not stop the flushes.
+            let exchange = async {
+                let resp = client.request(req).await.map_err(|e| e.to_string())?;
+                let status = resp.status();
+                let _ = resp.into_body().collect().await;
+                Ok::<_, String>(status)
+            };
+            match tokio::time::timeout(POST_TIMEOUT, exchange).await {
+                Ok(Ok(status)) if status.is_success() => {}
+                Ok(Ok(status)) => {
                     super::metrics::export_error("newrelic");
                     tracing::warn!(status = status.as_u16(), "New Relic refused the metrics");
                 }

@@ -21,6 +21,9 @@ use super::push::{PushRecorder, Sample, Value};
 /// Largest datagram sent: fits a 1500-byte MTU with IP and UDP headers to spare.
 pub const MAX_DATAGRAM: usize = 1432;
 
+/// Lines longer than this are dropped.
+pub const MAX_LINE: usize = 8192;
+
 /// Which dialect a sink speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flavor {
@@ -133,11 +136,15 @@ fn sanitize_name(name: &str, out: &mut String) {
 }
 
 /// Packs lines into newline-separated datagrams of at most [`MAX_DATAGRAM`] bytes (a longer
-/// line goes alone).
+/// line goes alone; one over [`MAX_LINE`] is dropped).
 pub fn datagrams(lines: &[String]) -> Vec<String> {
     let mut out = Vec::new();
     let mut current = String::new();
     for line in lines {
+        if line.len() > MAX_LINE {
+            // No sink takes it (copied label values can be long): dropped, not the flush.
+            continue;
+        }
         if !current.is_empty() && current.len() + 1 + line.len() > MAX_DATAGRAM {
             out.push(std::mem::take(&mut current));
         }
@@ -172,14 +179,17 @@ pub async fn run(flavor: Flavor, addr: String, recorder: PushRecorder, interval:
             super::metrics::export_error(flavor.name());
             continue;
         };
+        let mut failed = false;
         for datagram in datagrams(&lines(flavor, &samples)) {
             if let Err(e) = sock.send(datagram.as_bytes()).await {
                 tracing::debug!(sink = flavor.name(), error = %e, "metrics datagram not sent");
                 super::metrics::export_error(flavor.name());
-                // Re-resolve next time: the sink may have moved.
-                socket = None;
-                break;
+                failed = true;
             }
+        }
+        if failed {
+            // Re-resolve next time: the sink may have moved.
+            socket = None;
         }
     }
 }
