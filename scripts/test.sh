@@ -54,6 +54,9 @@ cargo clippy --all-targets -- -D warnings
 cargo xtask build-ebpf --check
 # The end-to-end tests run the agent binary; build it before they start.
 cargo build -p metadataproxy
+# And the agent image (static binary, FROM scratch), for tests/tests/image.rs.
+bash scripts/build-image.sh metadataproxy:test
+export MP_TEST_AGENT_IMAGE=metadataproxy:test
 cargo test
 # Stops and restarts dockerd: on its own, after everything else.
 cargo test -p metadataproxy-tests --test dockerd_restart

@@ -1,0 +1,216 @@
+//! The agent image (Dockerfile, `FROM scratch`, built by the test command with
+//! `scripts/build-image.sh`) run as a host agent container with the README's `docker run`
+//! lines, in classic mode (the operator's DNAT rule) and in eBPF mode; a workload container
+//! gets its role's credentials in both.
+
+use std::process::Command;
+use std::time::Duration;
+
+use metadataproxy_tests::{
+    catcher, eventually, run, serial, test_env, AwsCounter, Container, FakeUpstream, Network,
+    PinDir, Rule,
+};
+
+const MD: &str = "http://169.254.169.254/latest/meta-data";
+
+fn image() -> String {
+    std::env::var("MP_TEST_AGENT_IMAGE").expect(
+        "MP_TEST_AGENT_IMAGE is not set: the test command builds the image \
+         (scripts/build-image.sh) and exports it",
+    )
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// The agent running as a container; removed when dropped.
+struct AgentContainer {
+    name: String,
+}
+
+impl AgentContainer {
+    /// `docker run -d --name mp-test-agent-{name} {flags} IMAGE` with `env`.
+    fn run(name: &str, flags: &[&str], env: &[(&str, String)]) -> AgentContainer {
+        let name = format!("mp-test-agent-{name}");
+        let _ = Command::new("docker").args(["rm", "-f", &name]).output();
+        let mut args: Vec<String> = vec!["run".into(), "-d".into(), "--name".into(), name.clone()];
+        args.extend(flags.iter().map(|f| f.to_string()));
+        for (k, v) in env {
+            args.push("-e".into());
+            args.push(format!("{k}={v}"));
+        }
+        args.push(image());
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        run("docker", &refs);
+        AgentContainer { name }
+    }
+
+    fn logs(&self) -> String {
+        let out = Command::new("docker")
+            .args(["logs", &self.name])
+            .output()
+            .expect("docker logs");
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+
+    fn wait_ready(&self) {
+        eventually(Duration::from_secs(30), || {
+            self.logs().contains("metadataproxy ready").then_some(())
+        })
+        .unwrap_or_else(|| panic!("agent container ready: {}", self.logs()));
+    }
+
+    fn health(&self) -> String {
+        run(
+            "docker",
+            &[
+                "inspect",
+                "--format",
+                "{{.State.Health.Status}}",
+                &self.name,
+            ],
+        )
+        .trim()
+        .to_string()
+    }
+}
+
+impl Drop for AgentContainer {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["rm", "-f", &self.name])
+            .output();
+    }
+}
+
+/// What the test adds to the README's lines: its own ports, the fake upstream, moto (by
+/// host name, so that name resolution in the static binary is exercised), test credentials.
+fn test_env_vars(
+    upstream: &FakeUpstream,
+    aws: &AwsCounter,
+    port: u16,
+    admin: u16,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("PORT", port.to_string()),
+        ("ADMIN_ADDR", format!("127.0.0.1:{admin}")),
+        ("METADATA_URL", upstream.url()),
+        (
+            "AWS_ENDPOINT_URL",
+            format!("http://localhost:{}", aws.addr.port()),
+        ),
+        ("AWS_ACCESS_KEY_ID", "testing".into()),
+        ("AWS_SECRET_ACCESS_KEY", "testing".into()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("DEFAULT_ACCOUNT_ID", "123456789012".into()),
+    ]
+}
+
+#[test]
+fn the_image_serves_a_workload_in_classic_mode() {
+    let _serial = serial();
+    let env = test_env();
+    let upstream = FakeUpstream::start();
+    let aws = AwsCounter::start(&env.moto_url);
+    let (port, admin) = (free_port(), free_port());
+    // README: "Classic mode (your DNAT rule)".
+    let agent = AgentContainer::run(
+        "classic",
+        &[
+            "--net=host",
+            "-v",
+            "/var/run/docker.sock:/var/run/docker.sock",
+        ],
+        &test_env_vars(&upstream, &aws, port, admin),
+    );
+    agent.wait_ready();
+    let net = Network::create("image-classic", 74);
+    let _dnat = Rule::dnat("br-+", &net.subnet, &net.gateway, port);
+    let c = Container::start(
+        &env,
+        "image-classic",
+        Some(&net.name),
+        &[("IAM_ROLE", "image-role")],
+    );
+    let r = c.wget(&format!("{MD}/iam/security-credentials/image-role"));
+    assert_eq!(r.status, 200, "{}", agent.logs());
+    let creds: serde_json::Value = serde_json::from_str(&r.body).expect("credentials JSON");
+    assert!(metadataproxy_tests::caller_identity(&env.moto_url, &creds)
+        .contains(":assumed-role/image-role/"));
+    assert_eq!(aws.count_matching("AssumeRole", "%2Fimage-role&"), 1);
+
+    // `docker logs` shows the structured logs.
+    let logs = agent.logs();
+    let request = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["message"] == "request" && l["container_name"] == "mp-test-image-classic")
+        .unwrap_or_else(|| panic!("a JSON request line in docker logs: {logs}"));
+    assert_eq!(request["response_code"], 200);
+    assert!(!logs.contains(creds["SecretAccessKey"].as_str().unwrap()));
+
+    // The HEALTHCHECK (`metadataproxy --healthcheck`, /readyz) turns healthy.
+    eventually(Duration::from_secs(45), || {
+        (agent.health() == "healthy").then_some(())
+    })
+    .unwrap_or_else(|| panic!("healthy: {} {}", agent.health(), agent.logs()));
+}
+
+#[test]
+fn the_image_serves_a_workload_in_ebpf_mode() {
+    let _serial = serial();
+    let env = test_env();
+    catcher().emulator.clear();
+    let upstream = FakeUpstream::start();
+    let aws = AwsCounter::start(&env.moto_url);
+    let pins = PinDir::new("image");
+    let (port, admin) = (free_port(), free_port());
+    let mut vars = test_env_vars(&upstream, &aws, port, admin);
+    vars.push(("INTERCEPT", "ebpf".into()));
+    vars.push(("EBPF_PIN_PATH", pins.as_str().to_string()));
+    vars.push(("EBPF_ON_SHUTDOWN", "detach".into()));
+    // README: "eBPF mode".
+    let agent = AgentContainer::run(
+        "ebpf",
+        &[
+            "--net=host",
+            "--cgroupns=host",
+            "--cap-add=SYS_ADMIN",
+            "--cap-add=NET_ADMIN",
+            "-v",
+            "/var/run/docker.sock:/var/run/docker.sock",
+            "-v",
+            "/sys/fs/bpf:/sys/fs/bpf",
+            "-v",
+            "/sys/fs/cgroup:/sys/fs/cgroup:ro",
+        ],
+        &vars,
+    );
+    agent.wait_ready();
+    let c = Container::start(&env, "image-ebpf", None, &[("IAM_ROLE", "image-ebpf-role")]);
+    let r = c.wget(&format!("{MD}/iam/security-credentials/image-ebpf-role"));
+    assert_eq!(r.status, 200, "{}", agent.logs());
+    let id = c.wget(&format!("{MD}/instance-id"));
+    assert_eq!((id.status, id.body.as_str()), (200, "i-0123456789abcdef0"));
+    let escaped = catcher().emulator.recorded();
+    assert!(escaped.is_empty(), "reached the real address: {escaped:?}");
+    eventually(Duration::from_secs(45), || {
+        (agent.health() == "healthy").then_some(())
+    })
+    .unwrap_or_else(|| panic!("healthy: {} {}", agent.health(), agent.logs()));
+    // SIGTERM with EBPF_ON_SHUTDOWN=detach: the container stops and the programs go.
+    run("docker", &["stop", "-t", "20", &agent.name]);
+    assert!(
+        agent.logs().contains("eBPF redirect detached"),
+        "{}",
+        agent.logs()
+    );
+}
