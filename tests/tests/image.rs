@@ -214,3 +214,73 @@ fn the_image_serves_a_workload_in_ebpf_mode() {
         agent.logs()
     );
 }
+
+#[test]
+fn restarting_the_agent_container_never_lets_a_workload_reach_the_real_service() {
+    let _serial = serial();
+    let env = test_env();
+    catcher().emulator.clear();
+    let upstream = FakeUpstream::start();
+    let aws = AwsCounter::start(&env.moto_url);
+    let pins = PinDir::new("image-restart");
+    let (port, admin) = (free_port(), free_port());
+    let mut vars = test_env_vars(&upstream, &aws, port, admin);
+    vars.push(("INTERCEPT", "ebpf".into()));
+    vars.push(("EBPF_PIN_PATH", pins.as_str().to_string()));
+    // The default: the redirect stays while the agent is away (fail closed).
+    vars.push(("EBPF_ON_SHUTDOWN", "keep".into()));
+    let flags = [
+        "--net=host",
+        "--cgroupns=host",
+        "--cap-add=SYS_ADMIN",
+        "--cap-add=NET_ADMIN",
+        "-v",
+        "/var/run/docker.sock:/var/run/docker.sock",
+        "-v",
+        "/sys/fs/bpf:/sys/fs/bpf",
+        "-v",
+        "/sys/fs/cgroup:/sys/fs/cgroup:ro",
+    ];
+    let agent = AgentContainer::run("restart", &flags, &vars);
+    agent.wait_ready();
+    let c = Container::start(&env, "image-restart", None, &[("IAM_ROLE", "restart-role")]);
+    assert_eq!(
+        c.wget(&format!("{MD}/iam/security-credentials/restart-role"))
+            .status,
+        200
+    );
+    // The workload polls five times a second, recording what each poll got.
+    let url = format!("{MD}/iam/security-credentials/restart-role");
+    let out = c.exec(&[
+        "sh",
+        "-c",
+        &format!(
+            "(while :; do timeout 3 wget -S -q -O /dev/null {url} 2>&1 | head -n 1; sleep 0.2; done) \
+             > /tmp/polls 2>&1 &"
+        ),
+    ]);
+    assert!(out.status.success());
+    std::thread::sleep(Duration::from_secs(1));
+    run("docker", &["stop", "-t", "10", &agent.name]);
+    std::thread::sleep(Duration::from_secs(2));
+    run("docker", &["start", &agent.name]);
+    eventually(Duration::from_secs(30), || {
+        (agent.logs().matches("metadataproxy ready").count() >= 2).then_some(())
+    })
+    .unwrap_or_else(|| panic!("agent back: {}", agent.logs()));
+    std::thread::sleep(Duration::from_secs(2));
+    let _ = c.exec(&["sh", "-c", "kill $(pgrep -f 'while :') 2>/dev/null; true"]);
+    let polls = String::from_utf8_lossy(&c.exec(&["cat", "/tmp/polls"]).stdout).into_owned();
+    let lines: Vec<&str> = polls.lines().filter(|l| !l.trim().is_empty()).collect();
+    let ok = lines.iter().filter(|l| l.contains("200 OK")).count();
+    let refused = lines
+        .iter()
+        .filter(|l| l.contains("refused") || l.contains("can't connect"))
+        .count();
+    assert!(ok > 0 && refused > 0, "both answers and refusals: {polls}");
+    assert_eq!(ok + refused, lines.len(), "only answers and refusals: {polls}");
+    let escaped = catcher().emulator.recorded();
+    assert!(escaped.is_empty(), "reached the real address: {escaped:?}");
+    // Leave nothing attached: the agent is gone, the pins go with PinDir.
+    drop(agent);
+}
