@@ -1335,7 +1335,9 @@ pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
         let mut frac_scale = scale;
         for d in frac_part.bytes() {
             frac_scale /= 10;
-            nanos += u128::from(d - b'0') * frac_scale;
+            nanos = nanos
+                .checked_add(u128::from(d - b'0') * frac_scale)
+                .ok_or_else(|| "duration too large".to_string())?;
         }
         total_nanos = total_nanos
             .checked_add(nanos)
@@ -1381,6 +1383,8 @@ mod tests {
             "1..5s",
             "1h 30m",
             "9999999999999h",
+            // Found by the config fuzz target: the fraction overflowed.
+            "340282366920938463463374607431768211.9us",
         ] {
             assert!(parse_go_duration(bad).is_err(), "{bad:?} should be refused");
         }

@@ -278,7 +278,11 @@ fn restarting_the_agent_container_never_lets_a_workload_reach_the_real_service()
         .filter(|l| l.contains("refused") || l.contains("can't connect"))
         .count();
     assert!(ok > 0 && refused > 0, "both answers and refusals: {polls}");
-    assert_eq!(ok + refused, lines.len(), "only answers and refusals: {polls}");
+    assert_eq!(
+        ok + refused,
+        lines.len(),
+        "only answers and refusals: {polls}"
+    );
     let escaped = catcher().emulator.recorded();
     assert!(escaped.is_empty(), "reached the real address: {escaped:?}");
     // Leave nothing attached: the agent is gone, the pins go with PinDir.

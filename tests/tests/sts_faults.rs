@@ -218,3 +218,33 @@ fn cached_credentials_outlive_a_failing_sts_until_expiry_minus_margin() {
         .get("could_not_assume_role")
         .is_some_and(|n| *n >= 1));
 }
+
+#[test]
+fn assume_role_is_signed_for_the_agents_region() {
+    // The endpoint override (the stub) hides the regional host name; the signature's scope
+    // still names the region the call was made for (the resolved URL: a unit test).
+    let stub = HttpStub::start(|r| sts_success(&role_of(r), Duration::from_secs(3600)));
+    let s = Classic::start_with_aws(
+        "sts-region",
+        64,
+        Some(&stub.url()),
+        &[
+            ("DEFAULT_ACCOUNT_ID", "123456789012"),
+            ("CREDENTIAL_PREFETCH", "false"),
+            ("AWS_REGION", "eu-west-2"),
+        ],
+    );
+    let c = s.container("sts-region", &[("IAM_ROLE", "region-role")]);
+    let r = c.wget(&format!("{MD}/iam/security-credentials/region-role"));
+    assert_eq!(r.status, 200, "{}", s.agent.raw_logs());
+    let calls = calls_for(&stub, "region-role");
+    assert_eq!(calls.len(), 1);
+    let auth = calls[0]
+        .headers
+        .get("authorization")
+        .expect("a signed request");
+    assert!(
+        auth.contains("/eu-west-2/sts/aws4_request"),
+        "signature scope: {auth}"
+    );
+}

@@ -97,9 +97,11 @@ pub fn classify(path: &str, query: Option<&str>) -> Route {
     // Real `.` and `..` segments were redirected above; what is left is disguised (encoded,
     // padded with white space, backslashed). A server upstream may read those as ordinary
     // names, or resolve them differently than this router would: refuse to guess.
+    // Folded as segment names are below (`;params` dropped): `..;` is `..` to a server that
+    // drops parameters before resolving dot segments.
     if decoded
         .split('/')
-        .any(|seg| matches!(seg.trim(), "." | ".."))
+        .any(|seg| matches!(seg.split(';').next().unwrap_or_default().trim(), "." | ".."))
     {
         return Route::IamDenied { version: None };
     }
@@ -325,6 +327,11 @@ mod tests {
         "/latest/meta-data/iam/security-credentials/r/\\..",
         "/latest/meta-data/iam/security-credentials/r/%09..",
         "/latest/meta-data/identity-credentials/ec2/security-credentials/ec2-instance",
+        // Found by the router fuzz target: `..;` resolves as `..` where `;params` are dropped.
+        "/latest/meta-data/x/..;/iam/security-credentials/",
+        "/latest/meta-data/x/%2e%2e;/iam/info",
+        "/latest/meta-data/x/..;/identity-credentials/ec2/security-credentials/ec2-instance",
+        "/latest/meta-data/x/.;/../iam/info",
         "/latest/meta-data/Identity-Credentials/ec2/info",
         "/latest/meta-data/iam",
         "/latest/meta-data/iam/",
