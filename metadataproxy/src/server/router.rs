@@ -230,7 +230,9 @@ fn decode_fully(p: &str) -> String {
 fn resolve_segments(p: &str) -> Vec<Cow<'_, str>> {
     let mut out: Vec<Cow<'_, str>> = Vec::new();
     for seg in p.split('/') {
-        match seg.trim() {
+        // A segment that is only `;params` or white space is empty to a server that drops
+        // those: skipped like `//`, so that `meta-data/;/iam` is `meta-data/iam` here too.
+        match seg.split(';').next().unwrap_or_default().trim() {
             "" | "." => {}
             ".." => {
                 out.pop();
@@ -332,6 +334,8 @@ mod tests {
         "/latest/meta-data/x/%2e%2e;/iam/info",
         "/latest/meta-data/x/..;/identity-credentials/ec2/security-credentials/ec2-instance",
         "/latest/meta-data/x/.;/../iam/info",
+        "/latest/meta-data/;/iam/security-credentials/r/x",
+        "/latest/meta-data/%20;x/identity-credentials/ec2/info",
         "/latest/meta-data/Identity-Credentials/ec2/info",
         "/latest/meta-data/iam",
         "/latest/meta-data/iam/",
