@@ -106,7 +106,12 @@ pub fn classify(path: &str, query: Option<&str>) -> Route {
         return Route::IamDenied { version: None };
     }
     let segments = resolve_segments(&decoded);
-    let folded = fold(&segments);
+    // A segment that is only `;params` or white space is empty to a server that drops those
+    // (`meta-data/;/iam` is `meta-data/iam` there): classification skips it, and such a path
+    // is never served as a credential route either.
+    let folded_all = fold(&segments);
+    let has_blank = folded_all.iter().any(|s| s.is_empty());
+    let folded: Vec<String> = folded_all.into_iter().filter(|s| !s.is_empty()).collect();
     // The instance's identity-role credentials are the host's too: never forwarded.
     if folded
         .windows(2)
@@ -127,7 +132,7 @@ pub fn classify(path: &str, query: Option<&str>) -> Route {
         return Route::Passthrough;
     };
 
-    if iam_at != 1 {
+    if iam_at != 1 || has_blank {
         return Route::IamDenied { version: None };
     }
     let version = segments[0].to_string();
@@ -170,6 +175,9 @@ fn fold(segments: &[Cow<'_, str>]) -> Vec<String> {
 pub fn canonical_segments(path: &str) -> Vec<String> {
     let decoded = decode_fully(path);
     fold(&resolve_segments(&decoded))
+        .into_iter()
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 /// `{v}` is compatible when it compares `>= "2012-01-12"` as a plain string, as the old
@@ -230,9 +238,7 @@ fn decode_fully(p: &str) -> String {
 fn resolve_segments(p: &str) -> Vec<Cow<'_, str>> {
     let mut out: Vec<Cow<'_, str>> = Vec::new();
     for seg in p.split('/') {
-        // A segment that is only `;params` or white space is empty to a server that drops
-        // those: skipped like `//`, so that `meta-data/;/iam` is `meta-data/iam` here too.
-        match seg.split(';').next().unwrap_or_default().trim() {
+        match seg.trim() {
             "" | "." => {}
             ".." => {
                 out.pop();
@@ -294,6 +300,22 @@ mod tests {
         ];
         for (path, want) in cases {
             assert_eq!(classify(path, None), want, "{path}");
+        }
+    }
+
+    #[test]
+    fn params_only_segments_neither_hide_nor_serve_iam_paths() {
+        // Found by the router fuzz target.
+        for path in [
+            "/;t/latest/meta-data/iam/security-credentials",
+            "/latest/;x/meta-data/iam/info",
+            "/latest/meta-data/;/iam/security-credentials/r",
+        ] {
+            assert_eq!(
+                classify(path, None),
+                Route::IamDenied { version: None },
+                "{path}"
+            );
         }
     }
 
