@@ -61,11 +61,34 @@ impl AgentContainer {
         )
     }
 
-    fn wait_ready(&self) {
-        eventually(Duration::from_secs(30), || {
-            self.logs().contains("metadataproxy ready").then_some(())
-        })
-        .unwrap_or_else(|| panic!("agent container ready: {}", self.logs()));
+    /// Runs the agent with two free ports (`PORT`, `ADMIN_ADDR`) from `vars(port, admin)` and
+    /// waits until it is ready. A port picked free can be taken (by any outgoing connection)
+    /// before the agent binds it: then it starts again with other ports.
+    fn run_ready(
+        name: &str,
+        flags: &[&str],
+        vars: impl Fn(u16, u16) -> Vec<(&'static str, String)>,
+    ) -> (AgentContainer, u16) {
+        for _ in 0..5 {
+            let (port, admin) = (free_port(), free_port());
+            let agent = AgentContainer::run(name, flags, &vars(port, admin));
+            let ready = eventually(Duration::from_secs(30), || {
+                let logs = agent.logs();
+                if logs.contains("metadataproxy ready") {
+                    Some(true)
+                } else if logs.contains("Address already in use") {
+                    Some(false)
+                } else {
+                    None
+                }
+            });
+            match ready {
+                Some(true) => return (agent, port),
+                Some(false) => continue,
+                None => panic!("agent container ready: {}", agent.logs()),
+            }
+        }
+        panic!("no free port pair in 5 tries");
     }
 
     fn health(&self) -> String {
@@ -120,18 +143,16 @@ fn the_image_serves_a_workload_in_classic_mode() {
     let env = test_env();
     let upstream = FakeUpstream::start();
     let aws = AwsCounter::start(&env.moto_url);
-    let (port, admin) = (free_port(), free_port());
     // README: "Classic mode (your DNAT rule)".
-    let agent = AgentContainer::run(
+    let (agent, port) = AgentContainer::run_ready(
         "classic",
         &[
             "--net=host",
             "-v",
             "/var/run/docker.sock:/var/run/docker.sock",
         ],
-        &test_env_vars(&upstream, &aws, port, admin),
+        |port, admin| test_env_vars(&upstream, &aws, port, admin),
     );
-    agent.wait_ready();
     let net = Network::create("image-classic", 74);
     let _dnat = Rule::dnat("br-+", &net.subnet, &net.gateway, port);
     let c = Container::start(
@@ -172,13 +193,15 @@ fn the_image_serves_a_workload_in_ebpf_mode() {
     let upstream = FakeUpstream::start();
     let aws = AwsCounter::start(&env.moto_url);
     let pins = PinDir::new("image");
-    let (port, admin) = (free_port(), free_port());
-    let mut vars = test_env_vars(&upstream, &aws, port, admin);
-    vars.push(("INTERCEPT", "ebpf".into()));
-    vars.push(("EBPF_PIN_PATH", pins.as_str().to_string()));
-    vars.push(("EBPF_ON_SHUTDOWN", "detach".into()));
+    let vars = |port, admin| {
+        let mut vars = test_env_vars(&upstream, &aws, port, admin);
+        vars.push(("INTERCEPT", "ebpf".into()));
+        vars.push(("EBPF_PIN_PATH", pins.as_str().to_string()));
+        vars.push(("EBPF_ON_SHUTDOWN", "detach".into()));
+        vars
+    };
     // README: "eBPF mode".
-    let agent = AgentContainer::run(
+    let (agent, _) = AgentContainer::run_ready(
         "ebpf",
         &[
             "--net=host",
@@ -192,9 +215,8 @@ fn the_image_serves_a_workload_in_ebpf_mode() {
             "-v",
             "/sys/fs/cgroup:/sys/fs/cgroup:ro",
         ],
-        &vars,
+        vars,
     );
-    agent.wait_ready();
     let c = Container::start(&env, "image-ebpf", None, &[("IAM_ROLE", "image-ebpf-role")]);
     let r = c.wget(&format!("{MD}/iam/security-credentials/image-ebpf-role"));
     assert_eq!(r.status, 200, "{}", agent.logs());
@@ -223,12 +245,14 @@ fn restarting_the_agent_container_never_lets_a_workload_reach_the_real_service()
     let upstream = FakeUpstream::start();
     let aws = AwsCounter::start(&env.moto_url);
     let pins = PinDir::new("image-restart");
-    let (port, admin) = (free_port(), free_port());
-    let mut vars = test_env_vars(&upstream, &aws, port, admin);
-    vars.push(("INTERCEPT", "ebpf".into()));
-    vars.push(("EBPF_PIN_PATH", pins.as_str().to_string()));
-    // The default: the redirect stays while the agent is away (fail closed).
-    vars.push(("EBPF_ON_SHUTDOWN", "keep".into()));
+    let vars = |port, admin| {
+        let mut vars = test_env_vars(&upstream, &aws, port, admin);
+        vars.push(("INTERCEPT", "ebpf".into()));
+        vars.push(("EBPF_PIN_PATH", pins.as_str().to_string()));
+        // The default: the redirect stays while the agent is away (fail closed).
+        vars.push(("EBPF_ON_SHUTDOWN", "keep".into()));
+        vars
+    };
     let flags = [
         "--net=host",
         "--cgroupns=host",
@@ -241,8 +265,7 @@ fn restarting_the_agent_container_never_lets_a_workload_reach_the_real_service()
         "-v",
         "/sys/fs/cgroup:/sys/fs/cgroup:ro",
     ];
-    let agent = AgentContainer::run("restart", &flags, &vars);
-    agent.wait_ready();
+    let (agent, _) = AgentContainer::run_ready("restart", &flags, vars);
     let c = Container::start(&env, "image-restart", None, &[("IAM_ROLE", "restart-role")]);
     assert_eq!(
         c.wget(&format!("{MD}/iam/security-credentials/restart-role"))
