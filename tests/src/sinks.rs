@@ -240,19 +240,7 @@ fn percent_decode(v: &str) -> String {
 
 /// An STS `AssumeRole` success answer with credentials expiring `valid` from now.
 pub fn sts_success(role_arn: &str, valid: Duration) -> Answer {
-    let expiration = std::time::SystemTime::now() + valid;
-    let secs = expiration
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("after the epoch")
-        .as_secs();
-    let (days, rem) = (secs / 86400, secs % 86400);
-    let (y, m, d) = civil_from_days(days as i64);
-    let stamp = format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    );
+    let stamp = metadataproxy::handlers::iam::format_time(std::time::SystemTime::now() + valid);
     let key = format!("ASIASTUB{:012}", next_key());
     let name = role_arn.rsplit('/').next().unwrap_or("role");
     let body = format!(
@@ -290,20 +278,6 @@ pub fn sts_error(status: u16, code: &str) -> Answer {
 fn next_key() -> u32 {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
     NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
 /// `GET http://addr{path}` over a plain socket: (status, body).

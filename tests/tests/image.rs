@@ -13,6 +13,20 @@ use metadataproxy_tests::{
 
 const MD: &str = "http://169.254.169.254/latest/meta-data";
 
+/// The README's `docker run` flags for eBPF mode.
+const EBPF_RUN_FLAGS: &[&str] = &[
+    "--net=host",
+    "--cgroupns=host",
+    "--cap-add=SYS_ADMIN",
+    "--cap-add=NET_ADMIN",
+    "-v",
+    "/var/run/docker.sock:/var/run/docker.sock",
+    "-v",
+    "/sys/fs/bpf:/sys/fs/bpf",
+    "-v",
+    "/sys/fs/cgroup:/sys/fs/cgroup:ro",
+];
+
 fn image() -> String {
     std::env::var("MP_TEST_AGENT_IMAGE").expect(
         "MP_TEST_AGENT_IMAGE is not set: the test command builds the image \
@@ -201,22 +215,7 @@ fn the_image_serves_a_workload_in_ebpf_mode() {
         vars
     };
     // README: "eBPF mode".
-    let (agent, _) = AgentContainer::run_ready(
-        "ebpf",
-        &[
-            "--net=host",
-            "--cgroupns=host",
-            "--cap-add=SYS_ADMIN",
-            "--cap-add=NET_ADMIN",
-            "-v",
-            "/var/run/docker.sock:/var/run/docker.sock",
-            "-v",
-            "/sys/fs/bpf:/sys/fs/bpf",
-            "-v",
-            "/sys/fs/cgroup:/sys/fs/cgroup:ro",
-        ],
-        vars,
-    );
+    let (agent, _) = AgentContainer::run_ready("ebpf", EBPF_RUN_FLAGS, vars);
     let c = Container::start(&env, "image-ebpf", None, &[("IAM_ROLE", "image-ebpf-role")]);
     let r = c.wget(&format!("{MD}/iam/security-credentials/image-ebpf-role"));
     assert_eq!(r.status, 200, "{}", agent.logs());
@@ -253,19 +252,7 @@ fn restarting_the_agent_container_never_lets_a_workload_reach_the_real_service()
         vars.push(("EBPF_ON_SHUTDOWN", "keep".into()));
         vars
     };
-    let flags = [
-        "--net=host",
-        "--cgroupns=host",
-        "--cap-add=SYS_ADMIN",
-        "--cap-add=NET_ADMIN",
-        "-v",
-        "/var/run/docker.sock:/var/run/docker.sock",
-        "-v",
-        "/sys/fs/bpf:/sys/fs/bpf",
-        "-v",
-        "/sys/fs/cgroup:/sys/fs/cgroup:ro",
-    ];
-    let (agent, _) = AgentContainer::run_ready("restart", &flags, vars);
+    let (agent, _) = AgentContainer::run_ready("restart", EBPF_RUN_FLAGS, vars);
     let c = Container::start(&env, "image-restart", None, &[("IAM_ROLE", "restart-role")]);
     assert_eq!(
         c.wget(&format!("{MD}/iam/security-credentials/restart-role"))
