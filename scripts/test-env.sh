@@ -57,7 +57,7 @@ MP_GUARD_ALLOW_LOOPBACK="${MP_GUARD_ALLOW_LOOPBACK:-0}"
 # Prefix of every docker object the tests create.
 MP_TEST_PREFIX="${MP_TEST_PREFIX:-mp-test-}"
 
-_MP_APT_PACKAGES=(docker.io busybox-static iptables iproute2 ca-certificates curl prometheus)
+_MP_APT_PACKAGES=(docker.io busybox-static iptables nftables iproute2 ca-certificates curl prometheus)
 # Applets the tests rely on; the image gets every applet busybox has, these must be among them.
 _MP_REQUIRED_APPLETS=(sh wget nc sleep cat timeout ip arping ifconfig grep sed env)
 # Bump when the image recipe changes, so that existing images are rebuilt.

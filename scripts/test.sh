@@ -17,6 +17,12 @@ source scripts/test-env.sh
 # shellcheck source=scripts/ebpf-toolchain.sh
 source scripts/ebpf-toolchain.sh
 CATCHER_ADDED=0
+# iptables-mode tests make and remove the agent's own netfilter table; if one is left (a test
+# killed half-way) and was not there before, remove it too.
+AGENT_TABLE_BEFORE=0
+if command -v nft >/dev/null && nft list table ip metadataproxy >/dev/null 2>&1; then
+  AGENT_TABLE_BEFORE=1
+fi
 add_catcher_address() {
   if ! ip -4 addr show dev lo | grep -q ' 169\.254\.169\.254/32'; then
     ip addr add 169.254.169.254/32 dev lo
@@ -31,6 +37,9 @@ cleanup() {
   cg=$(awk '$3 == "cgroup2" { print $2; exit }' /proc/mounts)
   if [[ -n $cg ]]; then
     find "$cg" -depth -type d -path '*/mp-test-*' -exec rmdir {} + 2>/dev/null || true
+  fi
+  if [[ $AGENT_TABLE_BEFORE == 0 ]] && command -v nft >/dev/null; then
+    nft delete table ip metadataproxy 2>/dev/null || true
   fi
   if [[ $CATCHER_ADDED == 1 ]]; then
     ip addr del 169.254.169.254/32 dev lo 2>/dev/null || true
@@ -60,3 +69,5 @@ export MP_TEST_AGENT_IMAGE=metadataproxy:test
 cargo test
 # Stops and restarts dockerd: on its own, after everything else.
 cargo test -p metadataproxy-tests --test dockerd_restart
+# A short run of each fuzz target from its committed corpus (fuzz/README.md).
+bash scripts/fuzz-smoke.sh

@@ -19,6 +19,18 @@ use tokio::net::TcpListener;
 
 use crate::app::State;
 use crate::ebpf::KernelRedirect;
+use crate::netfilter::{self, NatRules};
+
+/// What puts containers' metadata traffic in front of the agent, for `/readyz`.
+#[derive(Debug, Clone)]
+pub enum Interception {
+    /// The operator's own rules (`INTERCEPT=none`): nothing the agent can check.
+    External,
+    /// The agent's netfilter table (`INTERCEPT=iptables`).
+    Iptables(Arc<NatRules>),
+    /// The kernel programs (`INTERCEPT=ebpf`).
+    Ebpf(Arc<KernelRedirect>),
+}
 
 /// Content type of the Prometheus text exposition.
 pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -32,7 +44,7 @@ const CREDENTIALS_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Admin {
     state: Arc<State>,
     prometheus: Option<PrometheusHandle>,
-    redirect: Option<Arc<KernelRedirect>>,
+    interception: Interception,
     last_credentials_ok: Mutex<Option<Instant>>,
 }
 
@@ -44,12 +56,12 @@ impl Admin {
     pub fn new(
         state: Arc<State>,
         prometheus: Option<PrometheusHandle>,
-        redirect: Option<Arc<KernelRedirect>>,
+        interception: Interception,
     ) -> Arc<Admin> {
         Arc::new(Admin {
             state,
             prometheus,
-            redirect,
+            interception,
             last_credentials_ok: Mutex::new(None),
         })
     }
@@ -91,11 +103,32 @@ impl Admin {
         }
     }
 
-    fn interception(&self) -> Check {
-        match &self.redirect {
-            Some(r) if r.is_attached() => Ok(format!("ebpf on {}", r.cgroup.display())),
-            Some(_) => Err("eBPF programs are no longer attached".into()),
-            None => Ok("none (managed outside the agent)".into()),
+    async fn interception(&self) -> Check {
+        match &self.interception {
+            Interception::Ebpf(r) if r.is_attached() => {
+                Ok(format!("ebpf on {}", r.cgroup.display()))
+            }
+            Interception::Ebpf(_) => Err("eBPF programs are no longer attached".into()),
+            Interception::Iptables(rules) => {
+                let rules = rules.clone();
+                let status = tokio::task::spawn_blocking(move || rules.status())
+                    .await
+                    .unwrap_or_else(|e| netfilter::Status::Unknown(e.to_string()));
+                match status {
+                    netfilter::Status::Installed => {
+                        Ok(format!("iptables: table ip {} in place", netfilter::TABLE))
+                    }
+                    netfilter::Status::Missing => Err(format!(
+                        "iptables: table ip {} is missing (being reinstalled)",
+                        netfilter::TABLE
+                    )),
+                    netfilter::Status::Altered(why) => Err(format!("iptables: {why}")),
+                    netfilter::Status::Unknown(why) => {
+                        Err(format!("iptables: cannot read the rules: {why}"))
+                    }
+                }
+            }
+            Interception::External => Ok("none (managed outside the agent)".into()),
         }
     }
 
@@ -103,7 +136,7 @@ impl Admin {
         let checks = [
             ("docker", self.docker()),
             ("aws_credentials", self.credentials().await),
-            ("interception", self.interception()),
+            ("interception", self.interception().await),
         ];
         let ready = checks.iter().all(|(_, c)| c.is_ok());
         let mut body = serde_json::Map::new();

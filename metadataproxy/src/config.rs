@@ -57,10 +57,22 @@ pub struct Args {
     pub metadata_timeout: String,
 
     /// How container metadata traffic reaches the agent: `none` (the operator installs the
-    /// iptables rules, see the README) or `ebpf` (a kernel program redirects containers'
-    /// connects and tags them with their cgroup). `iptables` is not available in this version.
+    /// iptables rules, see the README), `iptables` (the agent installs and removes its own
+    /// netfilter rules) or `ebpf` (a kernel program redirects containers' connects and tags
+    /// them with their cgroup).
     #[arg(long, env = "INTERCEPT", default_value = "none")]
     pub intercept: String,
+
+    /// iptables mode: comma list of the interfaces whose metadata traffic is redirected; a
+    /// trailing `+` (or `*`) matches a prefix, as in iptables.
+    #[arg(long, env = "IPTABLES_INTERFACES", default_value = "docker0,br-+")]
+    pub iptables_interfaces: String,
+
+    /// iptables mode: on a clean shutdown, `remove` the agent's rules (containers reach the
+    /// real service again) or `keep` them (containers' metadata connections are refused until
+    /// the agent is back: fail closed).
+    #[arg(long, env = "IPTABLES_ON_SHUTDOWN", default_value = "remove")]
+    pub iptables_on_shutdown: String,
 
     /// eBPF mode: the cgroup2 directory the programs attach to. Default: the cgroup2 mount
     /// (/sys/fs/cgroup, or /sys/fs/cgroup/unified on hybrid hosts).
@@ -441,8 +453,80 @@ impl Default for BuiltinValues {
 pub enum Intercept {
     /// The operator installs DNAT rules (classic mode).
     None,
+    /// The agent installs and removes its own netfilter rules (classic identity).
+    Iptables(IptablesConfig),
     /// The kernel program redirects and tags connections.
     Ebpf(EbpfConfig),
+}
+
+/// iptables mode settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IptablesConfig {
+    /// Interfaces whose metadata traffic is redirected (`IPTABLES_INTERFACES`).
+    pub interfaces: Vec<InterfaceMatch>,
+    /// Clean-shutdown policy (`IPTABLES_ON_SHUTDOWN`).
+    pub on_shutdown: RulesOnShutdown,
+}
+
+/// An interface name, or a prefix of names (`br-+`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InterfaceMatch {
+    /// This interface.
+    Exact(String),
+    /// Every interface whose name starts with this.
+    Prefix(String),
+}
+
+impl InterfaceMatch {
+    /// Parses `docker0` or `br-+` / `br-*`; `None` for names the kernel cannot have.
+    pub fn parse(s: &str) -> Option<InterfaceMatch> {
+        let (name, prefix) = match s.strip_suffix(['+', '*']) {
+            Some(p) => (p, true),
+            None => (s, false),
+        };
+        // IFNAMSIZ is 16 with the NUL; no '/', ':' or white space in interface names.
+        let valid = !name.is_empty()
+            && name.len() < 16
+            && name
+                .chars()
+                .all(|c| c.is_ascii_graphic() && !matches!(c, '/' | ':' | '+' | '*'));
+        match (valid, prefix) {
+            (false, _) => None,
+            (true, true) => Some(InterfaceMatch::Prefix(name.to_string())),
+            (true, false) => Some(InterfaceMatch::Exact(name.to_string())),
+        }
+    }
+
+    /// What the kernel compares the interface name register with: the name padded with NULs
+    /// to 16 bytes, or the prefix alone.
+    pub fn match_bytes(&self) -> Vec<u8> {
+        match self {
+            InterfaceMatch::Exact(n) => {
+                let mut v = n.as_bytes().to_vec();
+                v.resize(16, 0);
+                v
+            }
+            InterfaceMatch::Prefix(p) => p.as_bytes().to_vec(),
+        }
+    }
+}
+
+impl fmt::Display for InterfaceMatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            InterfaceMatch::Exact(n) => f.write_str(n),
+            InterfaceMatch::Prefix(p) => write!(f, "{p}+"),
+        }
+    }
+}
+
+/// What a clean shutdown does with iptables mode's rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RulesOnShutdown {
+    /// Remove exactly the agent's table.
+    Remove,
+    /// Leave it: fail closed.
+    Keep,
 }
 
 /// eBPF mode settings.
@@ -658,15 +742,14 @@ impl TryFrom<Args> for Config {
         let intercept = match a.intercept.trim().to_ascii_lowercase().as_str() {
             "none" | "" => Intercept::None,
             "ebpf" => Intercept::Ebpf(parse_ebpf(&a)?),
-            "iptables" => {
+            "iptables" => Intercept::Iptables(parse_iptables(&a)?),
+            _ => {
                 return Err(invalid(
                     "INTERCEPT",
                     &a.intercept,
-                    "not available in this version; use `none` and install the iptables rules \
-                     from the README, or `ebpf`",
+                    "expected none, iptables or ebpf",
                 ))
             }
-            _ => return Err(invalid("INTERCEPT", &a.intercept, "expected none or ebpf")),
         };
 
         let default_account_id = match non_empty(&a.default_account_id) {
@@ -1100,6 +1183,48 @@ fn parse_ebpf(a: &Args) -> Result<EbpfConfig, ConfigError> {
     })
 }
 
+fn parse_iptables(a: &Args) -> Result<IptablesConfig, ConfigError> {
+    let mut interfaces = Vec::new();
+    for item in a.iptables_interfaces.split(',').map(str::trim) {
+        if item.is_empty() {
+            continue;
+        }
+        let Some(m) = InterfaceMatch::parse(item) else {
+            return Err(invalid(
+                "IPTABLES_INTERFACES",
+                &a.iptables_interfaces,
+                "expected a comma list of interface names (up to 15 characters, no white space, \
+                 `/` or `:`), a trailing + matching a prefix, such as docker0,br-+",
+            ));
+        };
+        if !interfaces.contains(&m) {
+            interfaces.push(m);
+        }
+    }
+    if interfaces.is_empty() {
+        return Err(invalid(
+            "IPTABLES_INTERFACES",
+            &a.iptables_interfaces,
+            "expected at least one interface, such as docker0,br-+",
+        ));
+    }
+    let on_shutdown = match a.iptables_on_shutdown.trim().to_ascii_lowercase().as_str() {
+        "remove" => RulesOnShutdown::Remove,
+        "keep" => RulesOnShutdown::Keep,
+        _ => {
+            return Err(invalid(
+                "IPTABLES_ON_SHUTDOWN",
+                &a.iptables_on_shutdown,
+                "expected remove or keep",
+            ))
+        }
+    };
+    Ok(IptablesConfig {
+        interfaces,
+        on_shutdown,
+    })
+}
+
 fn non_empty(v: &Option<String>) -> Option<&str> {
     v.as_deref().map(str::trim).filter(|s| !s.is_empty())
 }
@@ -1408,6 +1533,59 @@ mod tests {
         assert_eq!(c.log.level, tracing::Level::INFO);
         assert_eq!(c.container_lookup_timeout, Duration::from_secs(5));
         assert!(c.default_role.is_none());
+    }
+
+    #[test]
+    fn iptables_mode_parses_its_interfaces_and_shutdown_policy() {
+        let c = Config::try_from(args(&[("intercept", "iptables")])).unwrap();
+        let Intercept::Iptables(ipt) = c.intercept else {
+            panic!("not iptables: {:?}", c.intercept);
+        };
+        assert_eq!(
+            ipt.interfaces,
+            [
+                InterfaceMatch::Exact("docker0".into()),
+                InterfaceMatch::Prefix("br-".into())
+            ]
+        );
+        assert_eq!(ipt.on_shutdown, RulesOnShutdown::Remove);
+        let c = Config::try_from(args(&[
+            ("intercept", "IPTABLES"),
+            ("iptables-interfaces", " cni0 , veth* ,cni0"),
+            ("iptables-on-shutdown", "keep"),
+        ]))
+        .unwrap();
+        let Intercept::Iptables(ipt) = c.intercept else {
+            panic!("not iptables");
+        };
+        assert_eq!(
+            ipt.interfaces,
+            [
+                InterfaceMatch::Exact("cni0".into()),
+                InterfaceMatch::Prefix("veth".into())
+            ]
+        );
+        assert_eq!(ipt.on_shutdown, RulesOnShutdown::Keep);
+        for bad in [
+            "",
+            "+",
+            "a b",
+            "eth0/1",
+            "averyveryverylongname",
+            "br-++",
+            ",",
+        ] {
+            let e = err(&[("intercept", "iptables"), ("iptables-interfaces", bad)]);
+            assert_eq!(e.variable, "IPTABLES_INTERFACES", "{bad:?}");
+        }
+        let e = err(&[("intercept", "iptables"), ("iptables-on-shutdown", "maybe")]);
+        assert_eq!(e.variable, "IPTABLES_ON_SHUTDOWN");
+        assert_eq!(
+            InterfaceMatch::Exact("lo".into()).match_bytes(),
+            b"lo\0\0\0\0\0\0\0\0\0\0\0\0\0\0"
+        );
+        assert_eq!(InterfaceMatch::Prefix("br-".into()).match_bytes(), b"br-");
+        assert_eq!(InterfaceMatch::parse("br-*").unwrap().to_string(), "br-+");
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod handlers;
 pub mod identity;
 pub mod imdsv2;
 pub mod limits;
+pub mod netfilter;
 pub mod policy;
 pub mod roles;
 pub mod server;

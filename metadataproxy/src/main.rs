@@ -4,10 +4,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use metadataproxy::admin::{self, Admin};
+use metadataproxy::admin::{self, Admin, Interception};
 use metadataproxy::app::State;
 use metadataproxy::config::{Args, Config, Intercept, EXIT_CONFIG};
 use metadataproxy::ebpf::KernelRedirect;
+use metadataproxy::netfilter::NatRules;
 use metadataproxy::{server, telemetry};
 
 fn main() -> ExitCode {
@@ -68,17 +69,27 @@ async fn run(config: Config) -> ExitCode {
             }
         },
     };
-    let redirect = match &config.intercept {
-        Intercept::None => None,
+    let mut redirect = None;
+    let mut nat_rules = None;
+    match &config.intercept {
+        Intercept::None => {}
         Intercept::Ebpf(ebpf) => match KernelRedirect::install(ebpf, listen) {
-            Ok(k) => Some(Arc::new(k)),
+            Ok(k) => redirect = Some(Arc::new(k)),
             Err(e) => {
                 tracing::error!(error = %e, "cannot start eBPF mode");
                 eprintln!("metadataproxy: cannot start eBPF mode: {e}");
                 return ExitCode::FAILURE;
             }
         },
-    };
+        Intercept::Iptables(ipt) => match NatRules::install(ipt, listen) {
+            Ok(r) => nat_rules = Some(Arc::new(r)),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start iptables mode");
+                eprintln!("metadataproxy: cannot start iptables mode: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    }
     if let Some(redirect) = &redirect {
         // Container parents can appear or be recreated after start-up (systemd slices).
         let redirect = redirect.clone();
@@ -87,6 +98,19 @@ async fn run(config: Config) -> ExitCode {
             loop {
                 tick.tick().await;
                 redirect.refresh_parents();
+            }
+        });
+    }
+    if let Some(rules) = &nat_rules {
+        // A `nft flush ruleset` or a firewall reload can drop the table: put it back.
+        let rules = rules.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let rules = rules.clone();
+                let _ = tokio::task::spawn_blocking(move || rules.repair()).await;
             }
         });
     }
@@ -101,6 +125,9 @@ async fn run(config: Config) -> ExitCode {
             if let Some(redirect) = &redirect {
                 redirect.shutdown();
             }
+            if let Some(rules) = &nat_rules {
+                rules.shutdown();
+            }
             return ExitCode::FAILURE;
         }
     };
@@ -108,11 +135,12 @@ async fn run(config: Config) -> ExitCode {
     let admin_addr = match admin_listener {
         Some(l) => {
             let bound = l.local_addr().ok();
-            let admin = Admin::new(
-                state.clone(),
-                exporters.prometheus.clone(),
-                redirect.clone(),
-            );
+            let interception = match (&redirect, &nat_rules) {
+                (Some(k), _) => Interception::Ebpf(k.clone()),
+                (None, Some(r)) => Interception::Iptables(r.clone()),
+                (None, None) => Interception::External,
+            };
+            let admin = Admin::new(state.clone(), exporters.prometheus.clone(), interception);
             tokio::spawn(admin::serve(l, admin));
             bound
         }
@@ -123,13 +151,20 @@ async fn run(config: Config) -> ExitCode {
         admin = admin_addr.map(|a| a.to_string()),
         upstream = ?config.upstream,
         docker = %config.docker,
-        intercept = if redirect.is_some() { "ebpf" } else { "none" },
+        intercept = match config.intercept {
+            Intercept::None => "none",
+            Intercept::Iptables(_) => "iptables",
+            Intercept::Ebpf(_) => "ebpf",
+        },
         version = env!("CARGO_PKG_VERSION"),
         "metadataproxy ready"
     );
     server::serve(listener, state, shutdown_signal(), config.shutdown_grace).await;
     if let Some(redirect) = redirect {
         redirect.shutdown();
+    }
+    if let Some(rules) = nat_rules {
+        rules.shutdown();
     }
     ExitCode::SUCCESS
 }

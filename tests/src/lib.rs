@@ -1073,3 +1073,41 @@ impl Drop for DockerCounter {
         let _ = std::fs::remove_file(&self.socket);
     }
 }
+
+/// The host's netfilter state as `iptables-save` and `nft list ruleset` print it, without
+/// counters (which traffic changes) or comments (which carry a date).
+pub fn netfilter_snapshot() -> (String, String) {
+    let iptables = run("iptables-save", &[])
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| match (l.starts_with(':'), l.find(" [")) {
+            (true, Some(i)) => &l[..i],
+            _ => l,
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let nft = run("nft", &["--stateless", "list", "ruleset"]);
+    (iptables, nft)
+}
+
+/// Whether the agent's netfilter table (`ip metadataproxy`) exists.
+pub fn agent_table_exists() -> bool {
+    Command::new("nft")
+        .args(["list", "table", "ip", "metadataproxy"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// Deletes the agent's netfilter table when dropped, so that a test that fails with an agent
+/// in iptables mode does not leave later tests' metadata traffic redirected to a dead port.
+#[derive(Debug)]
+pub struct AgentTableCleanup;
+
+impl Drop for AgentTableCleanup {
+    fn drop(&mut self) {
+        let _ = Command::new("nft")
+            .args(["delete", "table", "ip", "metadataproxy"])
+            .output();
+    }
+}

@@ -50,6 +50,9 @@ pub const DOCKER_INDEX_SYNCS: &str = "metadataproxy.docker_index_syncs";
 pub const DOCKER_EVENTS: &str = "metadataproxy.docker_events";
 /// eBPF mode: requests refused because the peer IP and the cgroup disagreed (`counter`).
 pub const IDENTITY_MISMATCH: &str = "metadataproxy.identity_mismatch";
+/// iptables mode: times the agent's netfilter table was found missing and reinstalled
+/// (`counter`).
+pub const INTERCEPTION_REPAIRS: &str = "metadataproxy.interception_repairs";
 /// Requests refused before any lookup, by reason (`counter`).
 pub const BLOCKED_REQUEST: &str = "metadataproxy.blocked_request";
 /// Credential requests refused by the role policy, by role (`counter`).

@@ -1,0 +1,369 @@
+//! Self-managed classic interception (`INTERCEPT=iptables`).
+//!
+//! The agent programs the kernel's netfilter directly over netlink (nf_tables), so the image
+//! needs no `iptables` binary. Everything lives in one table of its own, `ip metadataproxy`,
+//! which nothing else touches and which is replaced or removed atomically:
+//!
+//! ```text
+//! table ip metadataproxy {
+//!   chain prerouting {            # before Docker's own DNAT (priority dstnat - 10)
+//!     type nat hook prerouting priority -110; policy accept;
+//!     iifname "docker0" ip daddr 169.254.169.254 tcp dport 80 counter redirect to :8000
+//!     iifname "br-*"    ip daddr 169.254.169.254 tcp dport 80 counter redirect to :8000
+//!   }
+//!   chain input {                 # the agent's real port: only redirected and local traffic
+//!     type filter hook input priority -10; policy accept;
+//!     tcp dport 8000 ct status dnat accept
+//!     tcp dport 8000 iifname "lo" accept
+//!     tcp dport 8000 counter reject with tcp reset
+//!   }
+//! }
+//! ```
+//!
+//! `redirect` sends a container's connection to the address of the bridge it arrived on, so
+//! every bridge, present or future, is covered without knowing its address; with a specific
+//! `HOST` the rules `dnat` to it instead. The source address is kept: classic identity (by
+//! container IP) works unchanged. The table coexists with iptables-legacy and iptables-nft
+//! rules (Docker's included): `iptables-save` never shows it; `nft list table ip
+//! metadataproxy` does.
+
+pub mod netlink;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Mutex;
+
+use crate::config::{IptablesConfig, RulesOnShutdown};
+use netlink::{Expr, Hook, Message, NetlinkError, Socket, NFPROTO_IPV4, REG_1, REG_2};
+
+/// The agent's table (family `ip`).
+pub const TABLE: &str = "metadataproxy";
+/// The instance metadata service's address.
+const METADATA_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
+/// Before Docker's DNAT (`dstnat`, -100) and iptables' nat PREROUTING.
+const PREROUTING_PRIORITY: i32 = -110;
+/// Before iptables' filter INPUT (0).
+const INPUT_PRIORITY: i32 = -10;
+/// `IPS_DST_NAT`: the connection's destination was rewritten (by our redirect).
+const IPS_DST_NAT: u32 = 0x20;
+
+/// Why the rules could not be installed.
+#[derive(Debug, thiserror::Error)]
+pub enum NetfilterError {
+    /// The listen address cannot be a redirect target.
+    #[error("{0}")]
+    Target(String),
+    /// The kernel refused.
+    #[error("{source}{hint}")]
+    Kernel {
+        /// The failing step.
+        #[source]
+        source: NetlinkError,
+        /// What to check.
+        hint: &'static str,
+    },
+}
+
+fn kernel(source: NetlinkError) -> NetfilterError {
+    use nix::errno::Errno;
+    let hint = match source.errno() {
+        Some(Errno::EPERM) => {
+            " (INTERCEPT=iptables needs CAP_NET_ADMIN in the host's network namespace: run as \
+             root, or with --net=host --cap-add=NET_ADMIN)"
+        }
+        Some(Errno::EPROTONOSUPPORT) | Some(Errno::ENOENT) | Some(Errno::EOPNOTSUPP) => {
+            " (does this kernel have nf_tables with nat, redir, ct and reject support?)"
+        }
+        _ => "",
+    };
+    NetfilterError::Kernel { source, hint }
+}
+
+/// Where redirected connections go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// The agent listens on every address: to `port` on the bridge's own address.
+    Redirect { port: u16 },
+    /// The agent listens on one address.
+    Dnat { ip: Ipv4Addr, port: u16 },
+}
+
+impl Target {
+    /// The redirect target for an agent listening on `listen`.
+    pub fn for_listen(listen: SocketAddr) -> Result<Target, NetfilterError> {
+        let port = listen.port();
+        match listen.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => Ok(Target::Redirect { port }),
+            IpAddr::V4(ip) if ip.is_loopback() => Err(NetfilterError::Target(format!(
+                "INTERCEPT=iptables: HOST {ip} is a loopback address, which containers' \
+                 redirected connections cannot reach; use 0.0.0.0 (the default) or an address \
+                 of the host"
+            ))),
+            IpAddr::V4(ip) => Ok(Target::Dnat { ip, port }),
+            IpAddr::V6(ip) => Err(NetfilterError::Target(format!(
+                "INTERCEPT=iptables: HOST {ip} is IPv6; the redirect is IPv4 (use 0.0.0.0, the \
+                 default, or an IPv4 address of the host)"
+            ))),
+        }
+    }
+
+    fn port(self) -> u16 {
+        match self {
+            Target::Redirect { port } | Target::Dnat { port, .. } => port,
+        }
+    }
+}
+
+/// The batch that replaces the agent's table with a fresh one holding `cfg`'s rules. Creating
+/// the table before deleting it makes the batch valid whether or not it existed; the kernel
+/// applies the whole batch atomically, so connections never see a partial ruleset.
+pub fn ruleset(cfg: &IptablesConfig, target: Target) -> Vec<Message> {
+    let f = NFPROTO_IPV4;
+    let mut m = vec![
+        Message::new_table(f, TABLE),
+        Message::del_table(f, TABLE, None),
+        Message::new_table(f, TABLE),
+        Message::new_base_chain(
+            f,
+            TABLE,
+            "prerouting",
+            "nat",
+            Hook::Prerouting,
+            PREROUTING_PRIORITY,
+        ),
+    ];
+    let port = target.port().to_be_bytes();
+    for iface in &cfg.interfaces {
+        let mut exprs = vec![Expr::meta_iifname(), Expr::cmp_eq(&iface.match_bytes())];
+        exprs.extend([
+            Expr::payload_network(16, 4),
+            Expr::cmp_eq(&METADATA_IP.octets()),
+            Expr::meta_l4proto(),
+            Expr::cmp_eq(&[6]),
+            Expr::payload_transport(2, 2),
+            Expr::cmp_eq(&80u16.to_be_bytes()),
+            Expr::counter(),
+        ]);
+        match target {
+            Target::Redirect { .. } => {
+                exprs.push(Expr::immediate(REG_1, &port));
+                exprs.push(Expr::redirect_port(REG_1));
+            }
+            Target::Dnat { ip, .. } => {
+                exprs.push(Expr::immediate(REG_1, &ip.octets()));
+                exprs.push(Expr::immediate(REG_2, &port));
+                exprs.push(Expr::dnat_ipv4(REG_1, REG_2));
+            }
+        }
+        m.push(Message::new_rule(f, TABLE, "prerouting", &exprs));
+    }
+    m.push(Message::new_base_chain(
+        f,
+        TABLE,
+        "input",
+        "filter",
+        Hook::Input,
+        INPUT_PRIORITY,
+    ));
+    let to_port = || {
+        vec![
+            Expr::meta_l4proto(),
+            Expr::cmp_eq(&[6]),
+            Expr::payload_transport(2, 2),
+            Expr::cmp_eq(&port),
+        ]
+    };
+    let mut redirected = to_port();
+    redirected.extend([
+        Expr::ct_status(),
+        Expr::and_mask(IPS_DST_NAT.to_ne_bytes()),
+        Expr::cmp_neq(&[0; 4]),
+        Expr::accept(),
+    ]);
+    let mut local = to_port();
+    local.extend([
+        Expr::meta_iifname(),
+        Expr::cmp_eq(&crate::config::InterfaceMatch::Exact("lo".into()).match_bytes()),
+        Expr::accept(),
+    ]);
+    let mut others = to_port();
+    others.extend([Expr::counter(), Expr::reject_tcp_reset()]);
+    for rule in [redirected, local, others] {
+        m.push(Message::new_rule(f, TABLE, "input", &rule));
+    }
+    m
+}
+
+/// How many rules [`ruleset`] puts in the table.
+fn expected_rules(cfg: &IptablesConfig) -> usize {
+    cfg.interfaces.len() + 3
+}
+
+/// The state of the agent's table, as the kernel has it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    /// Our table, with all its rules.
+    Installed,
+    /// No table: someone flushed the ruleset or deleted it.
+    Missing,
+    /// A table of that name that is not the one we installed (another agent's), or ours with
+    /// rules removed.
+    Altered(String),
+    /// The kernel could not be asked.
+    Unknown(String),
+}
+
+/// The installed rules and what to do with them.
+#[derive(Debug)]
+pub struct NatRules {
+    cfg: IptablesConfig,
+    target: Target,
+    /// The kernel's handle of the table we installed.
+    handle: Mutex<Option<u64>>,
+}
+
+impl NatRules {
+    /// Installs (or atomically replaces) the agent's table.
+    pub fn install(cfg: &IptablesConfig, listen: SocketAddr) -> Result<NatRules, NetfilterError> {
+        let target = Target::for_listen(listen)?;
+        let rules = NatRules {
+            cfg: cfg.clone(),
+            target,
+            handle: Mutex::new(None),
+        };
+        rules.apply()?;
+        tracing::info!(
+            table = TABLE,
+            interfaces = %cfg.interfaces.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(","),
+            target = ?target,
+            "interception rules installed (nf_tables): containers' metadata connections are redirected to the agent"
+        );
+        Ok(rules)
+    }
+
+    fn apply(&self) -> Result<(), NetfilterError> {
+        let mut sock = Socket::open().map_err(kernel)?;
+        sock.batch(
+            "install the interception table",
+            &ruleset(&self.cfg, self.target),
+        )
+        .map_err(kernel)?;
+        let handle = sock.table_handle(NFPROTO_IPV4, TABLE).map_err(kernel)?;
+        *self.handle.lock().expect("lock") = handle;
+        Ok(())
+    }
+
+    /// Where redirected connections go.
+    pub fn target(&self) -> Target {
+        self.target
+    }
+
+    /// Asks the kernel whether the table is still ours and complete.
+    pub fn status(&self) -> Status {
+        let ours = *self.handle.lock().expect("lock");
+        let result = Socket::open().and_then(|mut s| {
+            let handle = s.table_handle(NFPROTO_IPV4, TABLE)?;
+            let rules = s.rule_count(NFPROTO_IPV4, TABLE)?;
+            Ok((handle, rules))
+        });
+        match result {
+            Err(e) => Status::Unknown(e.to_string()),
+            Ok((None, _)) => Status::Missing,
+            Ok((Some(h), _)) if Some(h) != ours => Status::Altered(format!(
+                "table ip {TABLE} was replaced by another program (handle {h})"
+            )),
+            Ok((Some(_), rules)) if rules != Some(expected_rules(&self.cfg)) => {
+                Status::Altered(format!(
+                    "table ip {TABLE} holds {} rules, {} expected",
+                    rules.unwrap_or(0),
+                    expected_rules(&self.cfg)
+                ))
+            }
+            Ok(_) => Status::Installed,
+        }
+    }
+
+    /// Puts the table back when it went missing or lost rules (a `nft flush ruleset`, a
+    /// firewall reload). A table replaced by another program is left to it. Returns whether
+    /// it reinstalled.
+    pub fn repair(&self) -> bool {
+        let status = self.status();
+        let lost_rules = matches!(&status, Status::Altered(why) if why.contains("rules"));
+        if status != Status::Missing && !lost_rules {
+            return false;
+        }
+        match self.apply() {
+            Ok(()) => {
+                tracing::warn!(
+                    table = TABLE,
+                    was = ?status,
+                    "interception rules were removed by something else; reinstalled"
+                );
+                metrics::counter!(crate::telemetry::metrics::INTERCEPTION_REPAIRS).increment(1);
+                true
+            }
+            Err(e) => {
+                tracing::error!(table = TABLE, error = %e, "cannot reinstall the interception rules");
+                false
+            }
+        }
+    }
+
+    /// Applies the shutdown policy: remove exactly our table, or keep it (fail closed:
+    /// containers' metadata connections are refused until the agent is back).
+    pub fn shutdown(&self) {
+        if self.cfg.on_shutdown == RulesOnShutdown::Keep {
+            tracing::info!(
+                table = TABLE,
+                "interception rules kept (IPTABLES_ON_SHUTDOWN=keep): containers' metadata connections are refused until the agent is back"
+            );
+            return;
+        }
+        let Some(handle) = *self.handle.lock().expect("lock") else {
+            return;
+        };
+        // By handle: a table that another agent put in place since is not ours to remove.
+        let result = Socket::open().and_then(|mut s| {
+            s.batch(
+                "remove the interception table",
+                &[Message::del_table(NFPROTO_IPV4, TABLE, Some(handle))],
+            )
+        });
+        match result {
+            Ok(()) => tracing::info!(table = TABLE, "interception rules removed"),
+            Err(e) if e.errno() == Some(nix::errno::Errno::ENOENT) => tracing::info!(
+                table = TABLE,
+                "interception table already gone or replaced by another agent; left alone"
+            ),
+            Err(e) => {
+                tracing::error!(table = TABLE, error = %e, "cannot remove the interception rules")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_target_follows_the_listen_address() {
+        assert_eq!(
+            Target::for_listen("0.0.0.0:8000".parse().unwrap()).unwrap(),
+            Target::Redirect { port: 8000 }
+        );
+        assert_eq!(
+            Target::for_listen("172.17.0.1:9000".parse().unwrap()).unwrap(),
+            Target::Dnat {
+                ip: Ipv4Addr::new(172, 17, 0, 1),
+                port: 9000
+            }
+        );
+        let e = Target::for_listen("127.0.0.1:8000".parse().unwrap()).unwrap_err();
+        assert!(
+            e.to_string().contains("HOST 127.0.0.1 is a loopback"),
+            "{e}"
+        );
+        let e = Target::for_listen("[::]:8000".parse().unwrap()).unwrap_err();
+        assert!(e.to_string().contains("IPv6"), "{e}");
+    }
+}
