@@ -115,17 +115,8 @@ impl Admin {
                     .await
                     .unwrap_or_else(|e| netfilter::Status::Unknown(e.to_string()));
                 match status {
-                    netfilter::Status::Installed => {
-                        Ok(format!("iptables: table ip {} in place", netfilter::TABLE))
-                    }
-                    netfilter::Status::Missing => Err(format!(
-                        "iptables: table ip {} is missing (being reinstalled)",
-                        netfilter::TABLE
-                    )),
-                    netfilter::Status::Altered(why) => Err(format!("iptables: {why}")),
-                    netfilter::Status::Unknown(why) => {
-                        Err(format!("iptables: cannot read the rules: {why}"))
-                    }
+                    netfilter::Status::Installed => Ok(format!("iptables: {status}")),
+                    other => Err(format!("iptables: {other}")),
                 }
             }
             Interception::External => Ok("none (managed outside the agent)".into()),

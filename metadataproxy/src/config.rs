@@ -1201,6 +1201,13 @@ fn parse_iptables(a: &Args) -> Result<IptablesConfig, ConfigError> {
             interfaces.push(m);
         }
     }
+    if interfaces.len() > 64 {
+        return Err(invalid(
+            "IPTABLES_INTERFACES",
+            &a.iptables_interfaces,
+            "at most 64 entries; use a prefix (br-+) to cover many interfaces",
+        ));
+    }
     if interfaces.is_empty() {
         return Err(invalid(
             "IPTABLES_INTERFACES",

@@ -106,6 +106,7 @@ async fn run(config: Config) -> ExitCode {
         let rules = rules.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;
             loop {
                 tick.tick().await;
@@ -164,7 +165,8 @@ async fn run(config: Config) -> ExitCode {
         redirect.shutdown();
     }
     if let Some(rules) = nat_rules {
-        rules.shutdown();
+        // Waits for a repair in flight; none runs after it.
+        let _ = tokio::task::spawn_blocking(move || rules.shutdown()).await;
     }
     ExitCode::SUCCESS
 }

@@ -1111,3 +1111,18 @@ impl Drop for AgentTableCleanup {
             .output();
     }
 }
+
+/// Asserts that two [`netfilter_snapshot`]s are equal, naming the lines that differ.
+pub fn assert_same_netfilter(before: &(String, String), after: &(String, String), what: &str) {
+    for (tool, b, a) in [
+        ("iptables-save", &before.0, &after.0),
+        ("nft list ruleset", &before.1, &after.1),
+    ] {
+        let gone: Vec<&str> = b.lines().filter(|l| !a.lines().any(|x| x == *l)).collect();
+        let added: Vec<&str> = a.lines().filter(|l| !b.lines().any(|x| x == *l)).collect();
+        assert!(
+            a == b,
+            "{what}: {tool} differs; lines gone: {gone:#?}; lines added: {added:#?}"
+        );
+    }
+}

@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use metadataproxy_tests::sinks::http_get;
 use metadataproxy_tests::{
-    agent_table_exists, catcher, docker0_gateway, eventually, netfilter_snapshot, run, serial,
-    test_env, Agent, AgentTableCleanup, AwsCounter, Container, FakeUpstream, Network, TestEnv,
+    agent_table_exists, assert_same_netfilter, catcher, docker0_gateway, eventually,
+    netfilter_snapshot, run, serial, test_env, Agent, AgentTableCleanup, AwsCounter, Container,
+    FakeUpstream, Network, TestEnv,
 };
 
 const MD: &str = "http://169.254.169.254/latest/meta-data";
@@ -136,10 +137,10 @@ fn every_bridge_is_intercepted_and_shutdown_restores_the_rules_it_found() {
     // rules, so remove it first.
     drop(late_c);
     drop(late);
-    assert_eq!(
-        netfilter_snapshot(),
-        before,
-        "netfilter state after shutdown"
+    assert_same_netfilter(
+        &before,
+        &netfilter_snapshot(),
+        "netfilter state after shutdown",
     );
     // And the redirect is really gone: the same request now reaches the catcher.
     let escaped = bridged.wget(&format!("{MD}/instance-id"));
@@ -188,10 +189,10 @@ fn keep_fails_closed_and_only_the_current_agent_removes_the_table() {
         .iter()
         .any(|l| l["message"].as_str().unwrap_or("").contains("left alone")));
     terminate(&mut third);
-    assert_eq!(
-        netfilter_snapshot(),
-        before,
-        "netfilter state after shutdown"
+    assert_same_netfilter(
+        &before,
+        &netfilter_snapshot(),
+        "netfilter state after shutdown",
     );
     assert!(escapes().is_empty(), "escaped: {:?}", escapes());
 }
@@ -239,31 +240,84 @@ fn a_flushed_table_is_reinstalled_and_readiness_follows_it() {
         .count();
     assert_eq!(repairs, 2, "{}", agent.raw_logs());
     terminate(&mut agent);
-    assert_eq!(netfilter_snapshot(), before);
+    assert_same_netfilter(&before, &netfilter_snapshot(), "after shutdown");
     assert!(escapes().is_empty(), "escaped: {:?}", escapes());
 }
 
 #[test]
-fn a_loopback_host_address_is_refused_at_start_up() {
-    let _s = Setup::new();
-    let out = std::process::Command::new(metadataproxy_tests::agent_binary())
+fn a_connection_opened_before_the_rules_cannot_go_on_to_the_real_service() {
+    let s = Setup::new();
+    let c = s.container("ipt-early", None, "early-role");
+    // No agent yet: a keep-alive connection reaches the real service (the catcher); its
+    // second request, sent after the agent has started, must not.
+    let out = c.exec(&[
+        "sh",
+        "-c",
+        "(printf 'GET /latest/meta-data/instance-id HTTP/1.1\\r\\nHost: a\\r\\n\\r\\n'; sleep 6; \
+         printf 'GET /latest/meta-data/iam/security-credentials/ HTTP/1.1\\r\\nHost: a\\r\\n\\r\\n'; \
+         sleep 2) | timeout 12 nc 169.254.169.254 80 > /tmp/early 2>&1 &",
+    ]);
+    assert!(out.status.success());
+    let first = eventually(Duration::from_secs(5), || {
+        (!escapes().is_empty()).then_some(())
+    });
+    assert!(
+        first.is_some(),
+        "the first request did not reach the catcher"
+    );
+    let mut agent = s.agent(&[]);
+    std::thread::sleep(Duration::from_secs(8));
+    let seen = escapes();
+    assert_eq!(seen.len(), 1, "after the rules: {seen:?}");
+    assert!(seen[0].contains("instance-id"), "{seen:?}");
+    catcher().emulator.clear();
+    // New connections are redirected.
+    assert_credentials(&c, "early-role", &s.env.moto_url);
+    terminate(&mut agent);
+}
+
+/// Runs the agent in iptables mode with `vars`, through `wrapper` (e.g. `setpriv`), without
+/// a Docker daemon or AWS behind it: for start-up failures.
+fn start_up_failure(wrapper: &[&str], vars: &[(&str, &str)]) -> String {
+    let agent = metadataproxy_tests::agent_binary();
+    let mut argv: Vec<&str> = wrapper.to_vec();
+    argv.push(agent.to_str().expect("utf-8 path"));
+    let mut cmd = std::process::Command::new(argv[0]);
+    cmd.args(&argv[1..])
         .env_clear()
         .env("INTERCEPT", "iptables")
-        .env("HOST", "127.0.0.1")
         .env("PORT", "0")
         .env("ADMIN_ADDR", "off")
         .env("METADATA_URL", "builtin")
         .env("AWS_ACCESS_KEY_ID", "testing")
         .env("AWS_SECRET_ACCESS_KEY", "testing")
         .env("AWS_REGION", "us-east-1")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .output()
-        .expect("run the agent");
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run the agent");
+    assert!(!out.status.success(), "the agent started");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_loopback_host_address_is_refused_at_start_up() {
+    let _s = Setup::new();
+    let stderr = start_up_failure(&["env"], &[("HOST", "127.0.0.1")]);
     assert!(
         stderr.contains("HOST 127.0.0.1 is a loopback address"),
         "{stderr}"
     );
+    assert!(!agent_table_exists());
+}
+
+#[test]
+fn without_net_admin_start_up_fails_at_once_naming_the_capability() {
+    let _s = Setup::new();
+    // The kernel's refusal (EPERM on the batch) is read, not waited out: a timeout would say
+    // that the kernel did not answer, without the hint.
+    let stderr = start_up_failure(&["setpriv", "--bounding-set=-net_admin"], &[]);
+    assert!(stderr.contains("needs CAP_NET_ADMIN"), "{stderr}");
     assert!(!agent_table_exists());
 }

@@ -11,11 +11,18 @@
 //!     iifname "docker0" ip daddr 169.254.169.254 tcp dport 80 counter redirect to :8000
 //!     iifname "br-*"    ip daddr 169.254.169.254 tcp dport 80 counter redirect to :8000
 //!   }
-//!   chain input {                 # the agent's real port: only redirected and local traffic
-//!     type filter hook input priority -10; policy accept;
+//!   chain forward {               # connections opened before the table: reset
+//!     type filter hook forward priority -10; policy accept;
+//!     iifname "docker0" ip daddr 169.254.169.254 tcp dport 80 counter reject with tcp reset
+//!     iifname "br-*"    ip daddr 169.254.169.254 tcp dport 80 counter reject with tcp reset
+//!   }
+//!   chain input {                 # the same; then the agent's real port: only redirected
+//!     type filter hook input priority -10; policy accept;      # and local traffic
+//!     iifname "docker0" ip daddr 169.254.169.254 tcp dport 80 counter reject with tcp reset
+//!     iifname "br-*"    ip daddr 169.254.169.254 tcp dport 80 counter reject with tcp reset
 //!     tcp dport 8000 ct status dnat accept
 //!     tcp dport 8000 iifname "lo" accept
-//!     tcp dport 8000 counter reject with tcp reset
+//!     tcp dport 8000 ct direction original counter reject with tcp reset
 //!   }
 //! }
 //! ```
@@ -29,10 +36,11 @@
 
 pub mod netlink;
 
+use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Mutex;
 
-use crate::config::{IptablesConfig, RulesOnShutdown};
+use crate::config::{InterfaceMatch, IptablesConfig, RulesOnShutdown};
 use netlink::{Expr, Hook, Message, NetlinkError, Socket, NFPROTO_IPV4, REG_1, REG_2};
 
 /// The agent's table (family `ip`).
@@ -41,8 +49,8 @@ pub const TABLE: &str = "metadataproxy";
 const METADATA_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
 /// Before Docker's DNAT (`dstnat`, -100) and iptables' nat PREROUTING.
 const PREROUTING_PRIORITY: i32 = -110;
-/// Before iptables' filter INPUT (0).
-const INPUT_PRIORITY: i32 = -10;
+/// Before iptables' filter chains (0).
+const FILTER_PRIORITY: i32 = -10;
 /// `IPS_DST_NAT`: the connection's destination was rewritten (by our redirect).
 const IPS_DST_NAT: u32 = 0x20;
 
@@ -113,28 +121,53 @@ impl Target {
     }
 }
 
-/// The batch that replaces the agent's table with a fresh one holding `cfg`'s rules. Creating
-/// the table before deleting it makes the batch valid whether or not it existed; the kernel
-/// applies the whole batch atomically, so connections never see a partial ruleset.
-pub fn ruleset(cfg: &IptablesConfig, target: Target) -> Vec<Message> {
+/// How the table is (re)created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Install {
+    /// At start-up: replace whatever table of that name there is (a kept one, a previous
+    /// agent's). Creating the table before deleting it makes the batch valid whether or not it
+    /// existed.
+    Replace,
+    /// Repair of a missing table: fails if another program has created one meanwhile.
+    Create,
+    /// Repair of our table with rules missing: fails if it is no longer ours.
+    Rebuild { ours: u64 },
+}
+
+/// The batch that installs the agent's table holding `cfg`'s rules. The kernel applies a batch
+/// atomically: connections never see a partial ruleset.
+fn batch(cfg: &IptablesConfig, target: Target, how: Install) -> Vec<Message> {
     let f = NFPROTO_IPV4;
-    let mut m = vec![
-        Message::new_table(f, TABLE),
-        Message::del_table(f, TABLE, None),
-        Message::new_table(f, TABLE),
-        Message::new_base_chain(
-            f,
-            TABLE,
-            "prerouting",
-            "nat",
-            Hook::Prerouting,
-            PREROUTING_PRIORITY,
-        ),
-    ];
+    let mut m = match how {
+        Install::Replace => vec![
+            Message::new_table(f, TABLE),
+            Message::del_table(f, TABLE, None),
+        ],
+        Install::Create => vec![],
+        Install::Rebuild { ours } => vec![Message::del_table(f, TABLE, Some(ours))],
+    };
+    m.push(Message::create_table(f, TABLE).echo());
+    m.extend(contents(cfg, target));
+    m
+}
+
+/// The chains and rules of the table (see the module documentation).
+pub fn contents(cfg: &IptablesConfig, target: Target) -> Vec<Message> {
+    let f = NFPROTO_IPV4;
+    let mut m = vec![Message::new_base_chain(
+        f,
+        TABLE,
+        "prerouting",
+        "nat",
+        Hook::Prerouting,
+        PREROUTING_PRIORITY,
+    )];
     let port = target.port().to_be_bytes();
-    for iface in &cfg.interfaces {
-        let mut exprs = vec![Expr::meta_iifname(), Expr::cmp_eq(&iface.match_bytes())];
-        exprs.extend([
+    // `iifname IFACE ip daddr 169.254.169.254 tcp dport 80`
+    let to_metadata = |iface: &InterfaceMatch| {
+        vec![
+            Expr::meta_iifname(),
+            Expr::cmp_eq(&iface.match_bytes()),
             Expr::payload_network(16, 4),
             Expr::cmp_eq(&METADATA_IP.octets()),
             Expr::meta_l4proto(),
@@ -142,7 +175,10 @@ pub fn ruleset(cfg: &IptablesConfig, target: Target) -> Vec<Message> {
             Expr::payload_transport(2, 2),
             Expr::cmp_eq(&80u16.to_be_bytes()),
             Expr::counter(),
-        ]);
+        ]
+    };
+    for iface in &cfg.interfaces {
+        let mut exprs = to_metadata(iface);
         match target {
             Target::Redirect { .. } => {
                 exprs.push(Expr::immediate(REG_1, &port));
@@ -156,14 +192,38 @@ pub fn ruleset(cfg: &IptablesConfig, target: Target) -> Vec<Message> {
         }
         m.push(Message::new_rule(f, TABLE, "prerouting", &exprs));
     }
+    // Connections the nat chain did not redirect (opened before the table was there: the nat
+    // hook sees only a connection's first packet) still carry the metadata address: reset
+    // them, on the way to the real service (forward) or to a local address (input).
+    let leftovers = |chain: &str| -> Vec<Message> {
+        cfg.interfaces
+            .iter()
+            .map(|iface| {
+                let mut exprs = to_metadata(iface);
+                exprs.push(Expr::reject_tcp_reset());
+                Message::new_rule(f, TABLE, chain, &exprs)
+            })
+            .collect()
+    };
+    m.push(Message::new_base_chain(
+        f,
+        TABLE,
+        "forward",
+        "filter",
+        Hook::Forward,
+        FILTER_PRIORITY,
+    ));
+    m.extend(leftovers("forward"));
     m.push(Message::new_base_chain(
         f,
         TABLE,
         "input",
         "filter",
         Hook::Input,
-        INPUT_PRIORITY,
+        FILTER_PRIORITY,
     ));
+    m.extend(leftovers("input"));
+    // The agent's port: redirected connections and loopback only.
     let to_port = || {
         vec![
             Expr::meta_l4proto(),
@@ -182,20 +242,27 @@ pub fn ruleset(cfg: &IptablesConfig, target: Target) -> Vec<Message> {
     let mut local = to_port();
     local.extend([
         Expr::meta_iifname(),
-        Expr::cmp_eq(&crate::config::InterfaceMatch::Exact("lo".into()).match_bytes()),
+        Expr::cmp_eq(&InterfaceMatch::Exact("lo".into()).match_bytes()),
         Expr::accept(),
     ]);
+    // Only towards the agent: the host's own connections that happen to use PORT as their
+    // local port get their answers.
     let mut others = to_port();
-    others.extend([Expr::counter(), Expr::reject_tcp_reset()]);
+    others.extend([
+        Expr::ct_direction(),
+        Expr::cmp_eq(&[0]), // IP_CT_DIR_ORIGINAL
+        Expr::counter(),
+        Expr::reject_tcp_reset(),
+    ]);
     for rule in [redirected, local, others] {
         m.push(Message::new_rule(f, TABLE, "input", &rule));
     }
     m
 }
 
-/// How many rules [`ruleset`] puts in the table.
+/// How many rules the table holds.
 fn expected_rules(cfg: &IptablesConfig) -> usize {
-    cfg.interfaces.len() + 3
+    3 * cfg.interfaces.len() + 3
 }
 
 /// The state of the agent's table, as the kernel has it now.
@@ -205,11 +272,35 @@ pub enum Status {
     Installed,
     /// No table: someone flushed the ruleset or deleted it.
     Missing,
-    /// A table of that name that is not the one we installed (another agent's), or ours with
-    /// rules removed.
-    Altered(String),
+    /// Our table, with rules removed.
+    Incomplete {
+        /// Rules it holds.
+        rules: usize,
+        /// Rules it should hold.
+        expected: usize,
+    },
+    /// A table of that name that is not the one we installed (another agent's).
+    Replaced,
     /// The kernel could not be asked.
     Unknown(String),
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Status::Installed => write!(f, "table ip {TABLE} in place"),
+            Status::Missing => write!(f, "table ip {TABLE} is missing (being reinstalled)"),
+            Status::Incomplete { rules, expected } => write!(
+                f,
+                "table ip {TABLE} holds {rules} rules, {expected} expected (being reinstalled)"
+            ),
+            Status::Replaced => write!(
+                f,
+                "table ip {TABLE} was replaced by another program (another agent?)"
+            ),
+            Status::Unknown(why) => write!(f, "cannot read the rules: {why}"),
+        }
+    }
 }
 
 /// The installed rules and what to do with them.
@@ -219,6 +310,8 @@ pub struct NatRules {
     target: Target,
     /// The kernel's handle of the table we installed.
     handle: Mutex<Option<u64>>,
+    /// Serialises repair and shutdown: once shut down, nothing is reinstalled.
+    lifecycle: Mutex<bool>,
 }
 
 impl NatRules {
@@ -229,8 +322,9 @@ impl NatRules {
             cfg: cfg.clone(),
             target,
             handle: Mutex::new(None),
+            lifecycle: Mutex::new(false),
         };
-        rules.apply()?;
+        rules.apply(Install::Replace)?;
         tracing::info!(
             table = TABLE,
             interfaces = %cfg.interfaces.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(","),
@@ -240,14 +334,20 @@ impl NatRules {
         Ok(rules)
     }
 
-    fn apply(&self) -> Result<(), NetfilterError> {
+    fn apply(&self, how: Install) -> Result<(), NetfilterError> {
         let mut sock = Socket::open().map_err(kernel)?;
-        sock.batch(
-            "install the interception table",
-            &ruleset(&self.cfg, self.target),
-        )
-        .map_err(kernel)?;
-        let handle = sock.table_handle(NFPROTO_IPV4, TABLE).map_err(kernel)?;
+        let echoes = sock
+            .batch(
+                "install the interception table",
+                &batch(&self.cfg, self.target, how),
+            )
+            .map_err(kernel)?;
+        // The handle of the table this batch created, from the kernel's echo; a lookup by name
+        // could already see another agent's.
+        let handle = match echoes.iter().find_map(|e| e.table_handle()) {
+            Some(h) => Some(h),
+            None => sock.table_handle(NFPROTO_IPV4, TABLE).map_err(kernel)?,
+        };
         *self.handle.lock().expect("lock") = handle;
         Ok(())
     }
@@ -261,41 +361,48 @@ impl NatRules {
     pub fn status(&self) -> Status {
         let ours = *self.handle.lock().expect("lock");
         let result = Socket::open().and_then(|mut s| {
-            let handle = s.table_handle(NFPROTO_IPV4, TABLE)?;
+            let before = s.table_handle(NFPROTO_IPV4, TABLE)?;
             let rules = s.rule_count(NFPROTO_IPV4, TABLE)?;
-            Ok((handle, rules))
+            // Read again: a table replaced between the two reads is not ours with rules
+            // missing.
+            let after = s.table_handle(NFPROTO_IPV4, TABLE)?;
+            Ok((before, rules, after))
         });
         match result {
             Err(e) => Status::Unknown(e.to_string()),
-            Ok((None, _)) => Status::Missing,
-            Ok((Some(h), _)) if Some(h) != ours => Status::Altered(format!(
-                "table ip {TABLE} was replaced by another program (handle {h})"
-            )),
-            Ok((Some(_), rules)) if rules != Some(expected_rules(&self.cfg)) => {
-                Status::Altered(format!(
-                    "table ip {TABLE} holds {} rules, {} expected",
-                    rules.unwrap_or(0),
-                    expected_rules(&self.cfg)
-                ))
+            Ok((None, _, None)) => Status::Missing,
+            Ok((before, rules, after)) if before == after && after == ours => {
+                let rules = rules.unwrap_or(0);
+                let expected = expected_rules(&self.cfg);
+                if rules == expected {
+                    Status::Installed
+                } else {
+                    Status::Incomplete { rules, expected }
+                }
             }
-            Ok(_) => Status::Installed,
+            Ok(_) => Status::Replaced,
         }
     }
 
     /// Puts the table back when it went missing or lost rules (a `nft flush ruleset`, a
-    /// firewall reload). A table replaced by another program is left to it. Returns whether
-    /// it reinstalled.
+    /// firewall reload). A table replaced by another program is left to it, and the batches
+    /// fail rather than overwrite one that appears meanwhile. Returns whether it reinstalled.
     pub fn repair(&self) -> bool {
-        let status = self.status();
-        let lost_rules = matches!(&status, Status::Altered(why) if why.contains("rules"));
-        if status != Status::Missing && !lost_rules {
+        let stopped = self.lifecycle.lock().expect("lock");
+        if *stopped {
             return false;
         }
-        match self.apply() {
+        let status = self.status();
+        let how = match (&status, *self.handle.lock().expect("lock")) {
+            (Status::Missing, _) => Install::Create,
+            (Status::Incomplete { .. }, Some(ours)) => Install::Rebuild { ours },
+            _ => return false,
+        };
+        match self.apply(how) {
             Ok(()) => {
                 tracing::warn!(
                     table = TABLE,
-                    was = ?status,
+                    was = %status,
                     "interception rules were removed by something else; reinstalled"
                 );
                 metrics::counter!(crate::telemetry::metrics::INTERCEPTION_REPAIRS).increment(1);
@@ -309,8 +416,11 @@ impl NatRules {
     }
 
     /// Applies the shutdown policy: remove exactly our table, or keep it (fail closed:
-    /// containers' metadata connections are refused until the agent is back).
+    /// containers' metadata connections are refused until the agent is back). No repair runs
+    /// after this.
     pub fn shutdown(&self) {
+        let mut stopped = self.lifecycle.lock().expect("lock");
+        *stopped = true;
         if self.cfg.on_shutdown == RulesOnShutdown::Keep {
             tracing::info!(
                 table = TABLE,
@@ -329,7 +439,7 @@ impl NatRules {
             )
         });
         match result {
-            Ok(()) => tracing::info!(table = TABLE, "interception rules removed"),
+            Ok(_) => tracing::info!(table = TABLE, "interception rules removed"),
             Err(e) if e.errno() == Some(nix::errno::Errno::ENOENT) => tracing::info!(
                 table = TABLE,
                 "interception table already gone or replaced by another agent; left alone"

@@ -30,6 +30,7 @@ const NFT_MSG_GETRULE: u16 = 7;
 // netlink
 const NLM_F_REQUEST: u16 = 1;
 const NLM_F_ACK: u16 = 4;
+const NLM_F_ECHO: u16 = 8;
 const NLM_F_DUMP: u16 = 0x300;
 const NLM_F_EXCL: u16 = 0x200;
 const NLM_F_CREATE: u16 = 0x400;
@@ -71,6 +72,8 @@ pub enum Hook {
     Prerouting = 0,
     /// `NF_INET_LOCAL_IN`.
     Input = 1,
+    /// `NF_INET_FORWARD`.
+    Forward = 2,
 }
 
 /// Appends attributes to a message under construction.
@@ -190,6 +193,13 @@ impl Expr {
         })
     }
 
+    /// `ct load direction => reg 1`.
+    pub fn ct_direction() -> Expr {
+        Expr::new("ct", |a| {
+            a.be32(1, REG_1).be32(2, 1); // NFTA_CT_DREG, NFTA_CT_KEY = NFT_CT_DIRECTION
+        })
+    }
+
     /// `ct load status => reg 1`.
     pub fn ct_status() -> Expr {
         Expr::new("ct", |a| {
@@ -293,7 +303,22 @@ impl Message {
         Message::nft(NFT_MSG_NEWTABLE, NLM_F_CREATE, family, a)
     }
 
-    /// `delete table FAMILY NAME`, only the instance with `handle` when given.
+    /// `create table FAMILY NAME`: an error if it exists.
+    pub fn create_table(family: u8, name: &str) -> Message {
+        let mut m = Message::new_table(family, name);
+        m.flags |= NLM_F_EXCL;
+        m
+    }
+
+    /// Asks the kernel to send back what this message created (with its handle): see
+    /// [`Echo`].
+    pub fn echo(mut self) -> Message {
+        self.flags |= NLM_F_ECHO;
+        self
+    }
+
+    /// `delete table FAMILY NAME`; with `handle`, only that instance (the kernel then goes by
+    /// the handle alone, and handles are never reused).
     pub fn del_table(family: u8, name: &str, handle: Option<u64>) -> Message {
         let mut a = Attrs::default();
         a.str(NFTA_TABLE_NAME, name);
@@ -390,6 +415,8 @@ pub struct Socket {
     seq: u32,
 }
 
+/// Socket receive buffer, bytes.
+const RECEIVE_BUFFER: usize = 1 << 20;
 /// How long to wait for the kernel's answers.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -405,6 +432,10 @@ impl Socket {
         .map_err(|e| err("open a netfilter netlink socket", e))?;
         bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0))
             .map_err(|e| err("bind the netfilter netlink socket", e))?;
+        // Room for one ack per message of a large batch (the kernel drops what does not fit).
+        if setsockopt(&fd, sockopt::RcvBufForce, &RECEIVE_BUFFER).is_err() {
+            let _ = setsockopt(&fd, sockopt::RcvBuf, &RECEIVE_BUFFER);
+        }
         let timeout = TimeVal::new(ANSWER_TIMEOUT.as_secs() as _, 0);
         setsockopt(&fd, sockopt::ReceiveTimeout, &timeout)
             .map_err(|e| err("set the netlink receive timeout", e))?;
@@ -421,8 +452,9 @@ impl Socket {
         self.seq
     }
 
-    /// Sends `messages` as one atomic batch: all of them take effect, or none.
-    pub fn batch(&mut self, what: &str, messages: &[Message]) -> Result<(), NetlinkError> {
+    /// Sends `messages` as one atomic batch: all of them take effect, or none. Returns what
+    /// the kernel echoed for messages marked with [`Message::echo`].
+    pub fn batch(&mut self, what: &str, messages: &[Message]) -> Result<Vec<Echo>, NetlinkError> {
         let mut buf = Vec::with_capacity(4096);
         let begin = self.next_seq();
         encode(
@@ -452,31 +484,39 @@ impl Socket {
         );
         send(self.fd.as_raw_fd(), &buf, MsgFlags::empty()).map_err(|e| err(what, e))?;
         // One answer per message (an ack, or the error of a message that failed; the kernel
-        // reports every message of an aborted batch).
+        // reports every message of an aborted batch). An error on the batch's own begin or end
+        // message (no CAP_NET_ADMIN, a failed commit) is the whole batch's, and comes first.
         let mut first_error: Option<(u32, i32)> = None;
+        let mut echoes = Vec::new();
         let mut answered = 0;
         while answered < pending.len() {
             let answers = match self.receive() {
                 Ok(a) => a,
-                Err(e) if first_error.is_some() => {
-                    let _ = e;
-                    break;
-                }
+                Err(_) if first_error.is_some() => break,
                 Err(e) => return Err(err(what, e)),
             };
             for answer in answers {
-                if let Answer::Ack { seq, errno } = answer {
-                    if pending.contains(&seq) {
+                match answer {
+                    Answer::Ack { seq, errno } if errno != 0 && (seq == begin || seq == end) => {
+                        return Err(err(what, io::Error::from_raw_os_error(errno)));
+                    }
+                    Answer::Ack { seq, errno } if pending.contains(&seq) => {
                         answered += 1;
                         if errno != 0 && first_error.is_none() {
                             first_error = Some((seq, errno));
                         }
                     }
+                    Answer::Data { seq, ty, attrs } => {
+                        if let Some(message) = pending.iter().position(|s| *s == seq) {
+                            echoes.push(Echo { message, ty, attrs });
+                        }
+                    }
+                    _ => {}
                 }
             }
         }
         match first_error {
-            None => Ok(()),
+            None => Ok(echoes),
             Some((seq, errno)) => {
                 let index = pending.iter().position(|s| *s == seq).unwrap_or(0);
                 Err(err(
@@ -581,6 +621,27 @@ impl Socket {
             }
         })?;
         Ok(parse_answers(&buf[..n]))
+    }
+}
+
+/// What the kernel sent back for a message of a batch sent with [`Message::echo`].
+#[derive(Debug, Clone)]
+pub struct Echo {
+    /// The message's index in the batch.
+    pub message: usize,
+    ty: u16,
+    attrs: Vec<u8>,
+}
+
+impl Echo {
+    /// The handle of the table this echo describes, if it describes a table.
+    pub fn table_handle(&self) -> Option<u64> {
+        if self.ty != (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWTABLE {
+            return None;
+        }
+        find_attr(&self.attrs, NFTA_TABLE_HANDLE)
+            .and_then(|v| <[u8; 8]>::try_from(v).ok())
+            .map(u64::from_be_bytes)
     }
 }
 
