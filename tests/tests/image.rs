@@ -1,14 +1,15 @@
 //! The agent image (Dockerfile, `FROM scratch`, built by the test command with
 //! `scripts/build-image.sh`) run as a host agent container with the README's `docker run`
-//! lines, in classic mode (the operator's DNAT rule) and in eBPF mode; a workload container
-//! gets its role's credentials in both.
+//! lines, in classic mode (the operator's DNAT rule), in iptables mode (the agent's own rules)
+//! and in eBPF mode; a workload container gets its role's credentials in each.
 
 use std::process::Command;
 use std::time::Duration;
 
 use metadataproxy_tests::{
-    catcher, eventually, run, serial, test_env, AwsCounter, Container, FakeUpstream, Network,
-    PinDir, Rule,
+    agent_table_exists, assert_same_netfilter, catcher, eventually, netfilter_snapshot, run,
+    serial, test_env, AgentTableCleanup, AwsCounter, Container, FakeUpstream, Network, PinDir,
+    Rule,
 };
 
 const MD: &str = "http://169.254.169.254/latest/meta-data";
@@ -25,6 +26,14 @@ const EBPF_RUN_FLAGS: &[&str] = &[
     "/sys/fs/bpf:/sys/fs/bpf",
     "-v",
     "/sys/fs/cgroup:/sys/fs/cgroup:ro",
+];
+
+/// The README's `docker run` flags for iptables mode.
+const IPTABLES_RUN_FLAGS: &[&str] = &[
+    "--net=host",
+    "--cap-add=NET_ADMIN",
+    "-v",
+    "/var/run/docker.sock:/var/run/docker.sock",
 ];
 
 fn image() -> String {
@@ -200,6 +209,46 @@ fn the_image_serves_a_workload_in_classic_mode() {
 }
 
 #[test]
+fn the_image_serves_a_workload_in_iptables_mode_and_removes_its_rules_on_stop() {
+    let _serial = serial();
+    let _cleanup = AgentTableCleanup;
+    let env = test_env();
+    catcher().emulator.clear();
+    let upstream = FakeUpstream::start();
+    let aws = AwsCounter::start(&env.moto_url);
+    let c = Container::start(&env, "image-ipt", None, &[("IAM_ROLE", "image-ipt-role")]);
+    let before = netfilter_snapshot();
+    // README: "iptables mode", with the default IPTABLES_ON_SHUTDOWN=remove.
+    let (agent, _) = AgentContainer::run_ready("iptables", IPTABLES_RUN_FLAGS, |port, admin| {
+        let mut vars = test_env_vars(&upstream, &aws, port, admin);
+        vars.push(("INTERCEPT", "iptables".into()));
+        vars
+    });
+    let r = c.wget(&format!("{MD}/iam/security-credentials/image-ipt-role"));
+    assert_eq!(r.status, 200, "{}", agent.logs());
+    let id = c.wget(&format!("{MD}/instance-id"));
+    assert_eq!((id.status, id.body.as_str()), (200, "i-0123456789abcdef0"));
+    let escaped = catcher().emulator.recorded();
+    assert!(escaped.is_empty(), "reached the real address: {escaped:?}");
+    eventually(Duration::from_secs(45), || {
+        (agent.health() == "healthy").then_some(())
+    })
+    .unwrap_or_else(|| panic!("healthy: {} {}", agent.health(), agent.logs()));
+    run("docker", &["stop", "-t", "20", &agent.name]);
+    assert!(
+        agent.logs().contains("interception rules removed"),
+        "{}",
+        agent.logs()
+    );
+    assert!(!agent_table_exists());
+    assert_same_netfilter(
+        &before,
+        &netfilter_snapshot(),
+        "netfilter state after docker stop",
+    );
+}
+
+#[test]
 fn the_image_serves_a_workload_in_ebpf_mode() {
     let _serial = serial();
     let env = test_env();
@@ -239,21 +288,56 @@ fn the_image_serves_a_workload_in_ebpf_mode() {
 #[test]
 fn restarting_the_agent_container_never_lets_a_workload_reach_the_real_service() {
     let _serial = serial();
+    let pins = PinDir::new("image-restart");
+    let pin_path = pins.as_str().to_string();
+    restart_while_polling("restart", EBPF_RUN_FLAGS, move || {
+        vec![
+            ("INTERCEPT", "ebpf".into()),
+            ("EBPF_PIN_PATH", pin_path.clone()),
+            // The default: the redirect stays while the agent is away (fail closed).
+            ("EBPF_ON_SHUTDOWN", "keep".into()),
+        ]
+    });
+}
+
+#[test]
+fn restarting_the_agent_container_in_iptables_mode_with_keep_never_lets_a_workload_escape() {
+    let _serial = serial();
+    let _cleanup = AgentTableCleanup;
+    restart_while_polling("restart-ipt", IPTABLES_RUN_FLAGS, || {
+        vec![
+            ("INTERCEPT", "iptables".into()),
+            // The README's line for production: the rules stay while the agent is away.
+            ("IPTABLES_ON_SHUTDOWN", "keep".into()),
+        ]
+    });
+    assert!(agent_table_exists(), "kept after the last stop");
+}
+
+/// A workload polls its credentials five times a second while the agent container is stopped
+/// and started: every poll gets its credentials or a refused connection, and nothing reaches
+/// the catcher.
+fn restart_while_polling(
+    name: &str,
+    flags: &[&str],
+    mode: impl Fn() -> Vec<(&'static str, String)>,
+) {
     let env = test_env();
     catcher().emulator.clear();
     let upstream = FakeUpstream::start();
     let aws = AwsCounter::start(&env.moto_url);
-    let pins = PinDir::new("image-restart");
     let vars = |port, admin| {
         let mut vars = test_env_vars(&upstream, &aws, port, admin);
-        vars.push(("INTERCEPT", "ebpf".into()));
-        vars.push(("EBPF_PIN_PATH", pins.as_str().to_string()));
-        // The default: the redirect stays while the agent is away (fail closed).
-        vars.push(("EBPF_ON_SHUTDOWN", "keep".into()));
+        vars.extend(mode());
         vars
     };
-    let (agent, _) = AgentContainer::run_ready("restart", EBPF_RUN_FLAGS, vars);
-    let c = Container::start(&env, "image-restart", None, &[("IAM_ROLE", "restart-role")]);
+    let (agent, _) = AgentContainer::run_ready(name, flags, vars);
+    let c = Container::start(
+        &env,
+        &format!("image-{name}"),
+        None,
+        &[("IAM_ROLE", "restart-role")],
+    );
     assert_eq!(
         c.wget(&format!("{MD}/iam/security-credentials/restart-role"))
             .status,
@@ -295,6 +379,7 @@ fn restarting_the_agent_container_never_lets_a_workload_reach_the_real_service()
     );
     let escaped = catcher().emulator.recorded();
     assert!(escaped.is_empty(), "reached the real address: {escaped:?}");
-    // Leave nothing attached: the agent is gone, the pins go with PinDir.
+    // Stop it cleanly (the mode's shutdown policy), then remove it.
+    run("docker", &["stop", "-t", "10", &agent.name]);
     drop(agent);
 }
