@@ -166,16 +166,28 @@ fn the_image_serves_a_workload_in_classic_mode() {
     let env = test_env();
     let upstream = FakeUpstream::start();
     let aws = AwsCounter::start(&env.moto_url);
-    // README: "Classic mode (your DNAT rule)".
+    // README: "Classic mode (your DNAT rules)": not root, only the Docker socket's group.
+    let socket_group = std::fs::metadata("/var/run/docker.sock")
+        .map(|m| std::os::unix::fs::MetadataExt::gid(&m).to_string())
+        .expect("the Docker socket");
     let (agent, port) = AgentContainer::run_ready(
         "classic",
         &[
             "--net=host",
+            "--user",
+            "65534:65534",
+            "--group-add",
+            &socket_group,
             "-v",
             "/var/run/docker.sock:/var/run/docker.sock",
         ],
         |port, admin| test_env_vars(&upstream, &aws, port, admin),
     );
+    let user = run(
+        "docker",
+        &["inspect", "--format", "{{.Config.User}}", &agent.name],
+    );
+    assert_eq!(user.trim(), "65534:65534");
     let net = Network::create("image-classic", 74);
     let _dnat = Rule::dnat("br-+", &net.subnet, &net.gateway, port);
     let c = Container::start(
