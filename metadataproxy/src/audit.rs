@@ -1,5 +1,6 @@
-//! The audit log: one structured line per credential issuance (a credentials answer sent to a
-//! container). To stdout with the other logs (target `metadataproxy::audit`), or, with
+//! The audit log: one structured line per credential issuance (a set of credentials served to
+//! a container for the first time; serving it the same credentials again is not audited
+//! again). To stdout with the other logs (target `metadataproxy::audit`), or, with
 //! `AUDIT_LOG_FILE`, as JSON lines appended to that file only. Never a secret: the access key
 //! id is not one (CloudTrail shows it); the secret key and the token are not written.
 
@@ -12,9 +13,33 @@ use crate::identity::Container;
 use crate::roles::Credentials;
 
 /// Where audit lines go.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Audit {
     file: Option<Mutex<std::fs::File>>,
+    /// (container id, access key id) pairs already written: a container that asks again for
+    /// the same credentials has nothing new to audit (its request lines record each ask).
+    seen: moka::sync::Cache<(String, String), ()>,
+}
+
+/// How many issuances are remembered; past it the oldest may be written again (a duplicate,
+/// never a missing line).
+const SEEN_CAPACITY: u64 = 65_536;
+
+impl Default for Audit {
+    fn default() -> Audit {
+        Audit {
+            file: None,
+            seen: seen_cache(),
+        }
+    }
+}
+
+fn seen_cache() -> moka::sync::Cache<(String, String), ()> {
+    moka::sync::Cache::builder()
+        .max_capacity(SEEN_CAPACITY)
+        // Credentials live at most 12 h (ROLE_SESSION_DURATION).
+        .time_to_live(std::time::Duration::from_secs(12 * 3600))
+        .build()
 }
 
 /// One issuance.
@@ -44,11 +69,22 @@ impl Audit {
                     .open(p)?,
             )),
         };
-        Ok(Audit { file })
+        Ok(Audit {
+            file,
+            seen: seen_cache(),
+        })
     }
 
     /// Records an issuance.
     pub fn issued(&self, i: &Issued<'_>) {
+        let key = (
+            i.container.id.to_string(),
+            i.credentials.access_key_id.clone(),
+        );
+        if self.seen.contains_key(&key) {
+            return;
+        }
+        self.seen.insert(key, ());
         let expiration = crate::handlers::iam::format_time(i.credentials.expiration);
         match &self.file {
             None => tracing::info!(

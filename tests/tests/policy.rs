@@ -85,7 +85,10 @@ fn role_policy_by_label_and_arn_passthrough_policy_and_audit_lines() {
         "{exposition}"
     );
 
-    // One audit line per issuance, in the file only, without secrets.
+    // One audit line per issuance, in the file only, without secrets: the same credentials
+    // served again to the same container are not a new issuance.
+    let again = creds(&labelled, "web");
+    assert_eq!(again.body, ok.body, "served from the cache");
     let issued: serde_json::Value = serde_json::from_str(&ok.body).unwrap();
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(&audit)
         .unwrap()

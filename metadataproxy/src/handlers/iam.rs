@@ -257,8 +257,8 @@ pub async fn info(
     Ok(ok("application/json", info_body(&creds)))
 }
 
-fn ok(content_type: &'static str, body: Vec<u8>) -> Response<Bytes> {
-    let mut resp = Response::new(Bytes::from(body));
+fn ok(content_type: &'static str, body: impl Into<Bytes>) -> Response<Bytes> {
+    let mut resp = Response::new(body.into());
     *resp.status_mut() = StatusCode::OK;
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,
@@ -281,8 +281,14 @@ struct CredentialsBody<'a> {
     kind: &'static str,
 }
 
-/// The credentials JSON: sorted keys, two-space indent, trailing newline.
-pub fn credentials_body(c: &Credentials) -> Vec<u8> {
+/// The credentials JSON: sorted keys, two-space indent, trailing newline. Rendered once per
+/// set of credentials.
+pub fn credentials_body(c: &Credentials) -> Bytes {
+    c.rendered
+        .get_or_init(|| Bytes::from(render_credentials(c)))
+}
+
+fn render_credentials(c: &Credentials) -> Vec<u8> {
     let body = CredentialsBody {
         access_key_id: &c.access_key_id,
         code: "Success",
@@ -378,12 +384,18 @@ mod tests {
             obtained_at: UNIX_EPOCH + Duration::from_secs(1_777_636_800),
             assumed_role_arn: "arn:aws:sts::123456789012:assumed-role/r/s".into(),
             assumed_role_id: "AROAEXAMPLE:s".into(),
+            rendered: crate::roles::Rendered::default(),
         };
         let want = "{\n  \"AccessKeyId\": \"ASIAEXAMPLE\",\n  \"Code\": \"Success\",\n  \
                     \"Expiration\": \"2026-05-01T13:00:00Z\",\n  \"LastUpdated\": \
                     \"2026-05-01T12:00:00Z\",\n  \"SecretAccessKey\": \"secret\",\n  \
                     \"Token\": \"token\",\n  \"Type\": \"AWS-HMAC\"\n}\n";
-        assert_eq!(String::from_utf8(credentials_body(&c)).unwrap(), want);
+        assert_eq!(
+            String::from_utf8(credentials_body(&c).to_vec()).unwrap(),
+            want
+        );
+        // Rendered once: the same bytes again.
+        assert_eq!(credentials_body(&c), credentials_body(&c));
         let want = "{\n  \"Code\": \"Success\",\n  \"InstanceProfileArn\": \
                     \"arn:aws:sts::123456789012:assumed-role/r/s\",\n  \"InstanceProfileId\": \
                     \"AROAEXAMPLE:s\",\n  \"LastUpdated\": \"2026-05-01T12:00:00Z\"\n}\n";

@@ -10,7 +10,7 @@ use std::time::Duration;
 pub use arn::{AccountId, Partition, RoleArn, RoleParseError, RoleSpec};
 pub use session::{session_tags, SessionTemplate};
 pub use sts::{
-    AssumeRole, AssumeRoleRequest, AwsError, Credentials, GetRole, SdkIam, SdkSts, Secret,
+    AssumeRole, AssumeRoleRequest, AwsError, Credentials, GetRole, Rendered, SdkIam, SdkSts, Secret,
 };
 
 use crate::clock::Clock;
@@ -407,6 +407,7 @@ mod tests {
                     obtained_at: now,
                     assumed_role_arn: "arn".into(),
                     assumed_role_id: "id".into(),
+                    rendered: Default::default(),
                 })
             })
         }
@@ -643,6 +644,7 @@ mod tests {
                     obtained_at: now,
                     assumed_role_arn: "arn".into(),
                     assumed_role_id: "id".into(),
+                    rendered: Default::default(),
                 })
             })
         }

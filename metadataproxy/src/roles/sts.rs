@@ -48,6 +48,37 @@ pub struct Credentials {
     pub assumed_role_arn: String,
     /// `AROA...:<session>`.
     pub assumed_role_id: String,
+    /// The credentials JSON, rendered once for every answer that serves these credentials.
+    pub rendered: Rendered,
+}
+
+/// A value computed once from the credentials it sits in; ignored by comparisons.
+#[derive(Clone, Default)]
+pub struct Rendered(std::sync::OnceLock<bytes::Bytes>);
+
+impl Rendered {
+    /// The value, computed by `f` the first time.
+    pub fn get_or_init(&self, f: impl FnOnce() -> bytes::Bytes) -> bytes::Bytes {
+        self.0.get_or_init(f).clone()
+    }
+}
+
+impl PartialEq for Rendered {
+    fn eq(&self, _: &Rendered) -> bool {
+        true
+    }
+}
+
+impl Eq for Rendered {}
+
+impl fmt::Debug for Rendered {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "Rendered(..)"
+        } else {
+            "Rendered(empty)"
+        })
+    }
 }
 
 /// Every input of one `sts:AssumeRole` call; also the credential cache key.
@@ -223,6 +254,7 @@ impl AssumeRole for SdkSts {
                 obtained_at,
                 assumed_role_arn: user.arn,
                 assumed_role_id: user.assumed_role_id,
+                rendered: Default::default(),
             })
         })
     }

@@ -77,6 +77,7 @@ impl AssumeRole for FakeSts {
                     req.session_name
                 ),
                 assumed_role_id: format!("AROAFAKE:{}", req.session_name),
+                rendered: metadataproxy::roles::Rendered::default(),
             })
         })
     }
