@@ -25,6 +25,7 @@ use metadataproxy::builtin::Emulator;
 use metadataproxy::config::BuiltinValues;
 use tokio::runtime::Runtime;
 
+pub mod bench;
 pub mod sinks;
 
 /// One runtime for every async fixture of a test binary.

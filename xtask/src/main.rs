@@ -8,7 +8,10 @@ const USAGE: &str = "usage: cargo xtask <task>
 tasks:
   build-ebpf [--check]  build the kernel program and ship it as metadataproxy/ebpf/metadataproxy.bpf.o
                         (--check: build it and fail if it differs from the shipped object)
-  test                  run the whole test suite (scripts/test.sh; needs root on Debian 12)";
+  test                  run the whole test suite (scripts/test.sh; needs root on Debian 12)
+  bench [--profile] [--seconds N]
+                        run the benchmarks (scripts/bench.sh; needs root on Debian 12): a table,
+                        docs/bench/results.md and results.svg (--profile: docs/bench/profile.txt)";
 
 /// Where the shipped kernel object lives, relative to the workspace root.
 const SHIPPED: &str = "metadataproxy/ebpf/metadataproxy.bpf.o";
@@ -19,7 +22,8 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("build-ebpf") => build_ebpf(args.iter().any(|a| a == "--check")),
-        Some("test") => run_tests(),
+        Some("test") => run_script("scripts/test.sh", &[], "the test suite failed"),
+        Some("bench") => run_script("scripts/bench.sh", &args[1..], "the benchmark failed"),
         Some("-h" | "--help") | None => {
             println!("{USAGE}");
             Ok(())
@@ -42,16 +46,14 @@ fn root() -> PathBuf {
         .to_path_buf()
 }
 
-fn run_tests() -> Result<(), String> {
+fn run_script(script: &str, args: &[String], failed: &str) -> Result<(), String> {
     let status = Command::new("bash")
-        .arg("scripts/test.sh")
+        .arg(script)
+        .args(args)
         .current_dir(root())
         .status()
-        .map_err(|e| format!("cannot run scripts/test.sh: {e}"))?;
-    status
-        .success()
-        .then_some(())
-        .ok_or_else(|| "the test suite failed".into())
+        .map_err(|e| format!("cannot run {script}: {e}"))?;
+    status.success().then_some(()).ok_or_else(|| failed.into())
 }
 
 fn output(cmd: &mut Command) -> Option<String> {
