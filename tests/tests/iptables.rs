@@ -102,9 +102,13 @@ fn every_bridge_is_intercepted_and_shutdown_restores_the_rules_it_found() {
 
     let mut agent = s.agent(&[]);
     assert!(agent_table_exists());
-    let (status, ready) = readyz(&agent);
-    assert_eq!(status, 200, "{ready}");
+    // The table is in place before the agent serves; Docker's index syncs alongside.
+    let (_, ready) = readyz(&agent);
     assert_eq!(ready["checks"]["interception"]["ok"], true, "{ready}");
+    let synced = eventually(Duration::from_secs(10), || {
+        (readyz(&agent).0 == 200).then_some(())
+    });
+    assert!(synced.is_some(), "not ready: {}", readyz(&agent).1);
     for (c, role) in [(&bridged, "bridge-role"), (&user, "user-role")] {
         assert_eq!(
             c.wget(&format!("{MD}/iam/security-credentials/")).body,
