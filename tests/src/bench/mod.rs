@@ -42,6 +42,9 @@ pub fn ready(addr: &str) -> bool {
 #[derive(Debug)]
 pub struct BenchAgent {
     child: Child,
+    /// Its log file: removed once it has stopped (a load writes hundreds of MB of request
+    /// lines).
+    log: PathBuf,
     /// The proxy port (all addresses).
     pub port: u16,
     /// The admin listener, `127.0.0.1:port`.
@@ -94,6 +97,7 @@ impl BenchAgent {
         let start_to_ready = started.elapsed();
         BenchAgent {
             child,
+            log: log.to_path_buf(),
             port,
             admin,
             start_to_ready,
@@ -117,17 +121,19 @@ impl BenchAgent {
             .unwrap_or(0)
     }
 
-    /// SIGTERM, and wait for the exit.
-    pub fn stop(mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
+    /// SIGTERM, and wait for the exit (the log file goes with it).
+    pub fn stop(self) {}
 }
 
 impl Drop for BenchAgent {
     fn drop(&mut self) {
+        self.terminate();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+impl BenchAgent {
+    fn terminate(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             let _ = Command::new("kill")
                 .args(["-TERM", &self.child.id().to_string()])

@@ -615,6 +615,7 @@ fn main() {
     let began = Instant::now();
     let env = test_env();
     let work = std::env::temp_dir().join("metadataproxy-bench");
+    let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).expect("work directory");
     let aws = AwsCounter::start(&env.moto_url);
     let mut b = Bench {
