@@ -91,7 +91,12 @@ impl Bench {
     }
 
     fn agent(&self, name: &str, docker_url: &str, vars: &[(&str, String)]) -> BenchAgent {
-        let mut all = vec![("DOCKER_URL", docker_url.to_string())];
+        // The upstream is never the real metadata address: the emulated one unless a scenario
+        // names its own fake (the guard would reject it anyway).
+        let mut all = vec![
+            ("DOCKER_URL", docker_url.to_string()),
+            ("METADATA_URL", "builtin".to_string()),
+        ];
         all.extend(vars.iter().cloned());
         BenchAgent::start(&self.agent_bin, &self.log(name), &self.aws.url(), &all)
     }
