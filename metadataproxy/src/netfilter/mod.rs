@@ -152,7 +152,7 @@ fn batch(cfg: &IptablesConfig, target: Target, how: Install) -> Vec<Message> {
 }
 
 /// The chains and rules of the table (see the module documentation).
-pub fn contents(cfg: &IptablesConfig, target: Target) -> Vec<Message> {
+fn contents(cfg: &IptablesConfig, target: Target) -> Vec<Message> {
     let f = NFPROTO_IPV4;
     let mut m = vec![Message::new_base_chain(
         f,
@@ -350,11 +350,6 @@ impl NatRules {
         };
         *self.handle.lock().expect("lock") = handle;
         Ok(())
-    }
-
-    /// Where redirected connections go.
-    pub fn target(&self) -> Target {
-        self.target
     }
 
     /// Asks the kernel whether the table is still ours and complete.
