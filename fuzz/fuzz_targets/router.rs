@@ -1,30 +1,30 @@
-//! `server::router::classify` and `clean_path` on arbitrary UTF-8.
+//! `server::router::classify`, `canonical` and `clean_path` on arbitrary UTF-8.
 //!
 //! Input: `path[?query]`, split at the first `?` as a request target would be.
 //!
 //! Asserts:
 //! - `clean_path` always yields a clean path (leading `/`, no empty, `.` or `..` segment, the
 //!   input's trailing slash kept), is idempotent, and leaves clean paths alone;
-//! - `classify` picks `BadPath`, `Redirect` and `Favicon` exactly when it should, redirects to
-//!   the cleaned path with the query appended and never to another host (`//`, `\`), and a
-//!   redirect target never redirects again;
-//! - the route does not depend on the query (except for the redirect target);
-//! - served credential routes carry a compatible version and a plain role segment, and the
-//!   token route is taken only for paths ending in `api/token`;
-//! - the security invariant: when any percent-decoding (0 to 4 rounds, as the router
-//!   bounds it) of the path, with backslashes read as `/`, `;params` and surrounding white
-//!   space dropped and case folded, contains the segments `meta-data` followed by `iam` or
-//!   `identity-credentials` (with or without dot-segment resolution), the route is not
-//!   `Passthrough`, so the request is never forwarded upstream. Checked for the path and
-//!   for a redirect's target. For paths the agent really forwards (`Passthrough` and allowed
-//!   by the default `policy::PathPolicy`), the same must hold when control characters and
-//!   zero-width/format characters are dropped (an upstream that truncates at NUL or ignores
-//!   them).
+//! - `classify` picks `BadPath`, `Redirect` and `Favicon` exactly when it should, redirects only
+//!   to the cleaned path (query appended) when that is in the canonical form, never to another
+//!   host, and a redirect target never redirects again;
+//! - a query only ever makes a route `NotCanonical` (or rides along on a redirect or forward);
+//! - **forwarded ⇒ canonical and not IAM**: a `Passthrough` target is its own canonical form,
+//!   holds only the allow-listed bytes (no `%`, no dot-edged segment), starts with a known
+//!   version and tree, and no segment of it folds (case and punctuation dropped) to `iam`,
+//!   `identity-credentials` or `security-credentials`; with the default passthrough policy, none
+//!   folds to `user-data` either;
+//! - the older reading-based invariant still holds: when any percent-decoding (0 to 4 rounds)
+//!   of the raw path, with backslashes read as `/`, `;params` and white space dropped and case
+//!   folded, contains `meta-data` followed by `iam` or `identity-credentials` (dot segments
+//!   literal or resolved), the route is not `Passthrough`;
+//! - served credential routes carry a compatible version and the exact segments, and the token
+//!   route is taken only for `/{version}/api/token`.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use metadataproxy::server::router::{classify, clean_path, Route};
+use metadataproxy::server::router::{canonical, classify, clean_path, is_segment_byte, Route};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(input) = std::str::from_utf8(data) else {
@@ -41,15 +41,16 @@ fuzz_target!(|data: &[u8]| {
     let _ = route.handler_name();
     let _ = route.api_version();
 
-    // Query independence, and the redirect target carrying the query.
+    // A query can only make a route not canonical, or ride along.
     if let Some(q) = query {
         match (&route, classify(path, None)) {
+            (Route::NotCanonical, _) => {}
             (Route::Redirect(with), Route::Redirect(without)) => {
-                assert_eq!(
-                    with,
-                    &format!("{without}?{q}"),
-                    "redirect query for {path:?}"
-                );
+                assert_eq!(with, &format!("{without}?{q}"), "redirect query for {path:?}");
+            }
+            (Route::Passthrough(with), Route::Passthrough(without)) => {
+                assert_eq!(with.as_str(), without.as_str(), "{input:?}");
+                assert!(with.target().starts_with(&format!("{}?", without.target())), "{input:?}");
             }
             (with, without) => assert_eq!(with, &without, "route depends on the query: {input:?}"),
         }
@@ -61,27 +62,32 @@ fuzz_target!(|data: &[u8]| {
     }
     let cleaned = clean_path(path);
     if cleaned != path {
-        let Route::Redirect(location) = &route else {
-            panic!("{path:?} is not clean ({cleaned:?}) but routed {route:?}");
-        };
-        let target = cleaned.replace('\\', "%5C");
-        let expected = match query {
-            Some(q) => format!("{target}?{q}"),
-            None => target.clone(),
-        };
-        assert_eq!(location, &expected, "redirect of {path:?}");
-        assert!(
-            target.starts_with('/') && !target.starts_with("//") && !target.contains('\\'),
-            "redirect of {path:?} could leave the host: {target:?}"
-        );
-        // The client follows the redirect: that request must not redirect again, and must
-        // obey the same security invariant.
-        let followed = classify(&target, None);
-        assert!(
-            !matches!(followed, Route::Redirect(_)),
-            "redirect loop: {path:?} -> {target:?} -> {followed:?}"
-        );
-        check_not_forwarded(&target, &followed);
+        match &route {
+            Route::NotCanonical => {
+                assert!(canonical(&cleaned, query).is_none(), "{path:?}: {cleaned:?} is canonical");
+            }
+            Route::Redirect(location) => {
+                assert!(canonical(&cleaned, query).is_some(), "{path:?} redirected out of the form");
+                let expected = match query {
+                    Some(q) => format!("{cleaned}?{q}"),
+                    None => cleaned.clone(),
+                };
+                assert_eq!(location, &expected, "redirect of {path:?}");
+                assert!(
+                    !cleaned.starts_with("//") && !cleaned.contains('\\'),
+                    "redirect of {path:?} could leave the host: {cleaned:?}"
+                );
+                // The client follows the redirect: that request must not redirect again, and
+                // must obey the same invariants.
+                let followed = classify(&cleaned, query);
+                assert!(
+                    !matches!(followed, Route::Redirect(_)),
+                    "redirect loop: {path:?} -> {cleaned:?} -> {followed:?}"
+                );
+                check_not_forwarded(&cleaned, &followed);
+            }
+            other => panic!("{path:?} is not clean ({cleaned:?}) but routed {other:?}"),
+        }
         return;
     }
     assert!(!matches!(route, Route::Redirect(_)), "{path:?}: {route:?}");
@@ -93,7 +99,7 @@ fuzz_target!(|data: &[u8]| {
     assert_ne!(route, Route::BadPath, "{path:?}");
 
     check_not_forwarded(path, &route);
-    check_served(path, &route);
+    check_served(path, query, &route);
 });
 
 /// Go's `path.Clean` shape, as `clean_path` promises it.
@@ -200,91 +206,97 @@ fn reaches_credentials(path: &str) -> bool {
     decodings(path).iter().any(|v| view_reaches_credentials(v))
 }
 
-/// Characters an upstream might drop or stop at: controls (NUL truncation) and the
-/// zero-width and bidi format characters the passthrough policy names as invisible.
-fn is_droppable(c: char) -> bool {
-    c.is_control()
-        || matches!(
-            c,
-            '\u{00AD}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}'
-                | '\u{FEFF}'
-        )
+/// Letters and digits, lower-cased: how a lax upstream might compare names.
+fn skeleton(s: &str) -> String {
+    s.chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
+        .collect()
 }
 
 fn check_not_forwarded(path: &str, route: &Route) {
-    if !matches!(route, Route::Passthrough) {
+    let Route::Passthrough(target) = route else {
         return;
-    }
+    };
     assert!(
         !reaches_credentials(path),
-        "SECURITY: {path:?} reaches meta-data/iam or identity-credentials but is routed upstream \
-         (passthrough policy with defaults: {})",
-        if metadataproxy::policy::PathPolicy::default().allows(path) {
-            "forwarded"
-        } else {
-            "refused"
-        }
+        "SECURITY: {path:?} reaches meta-data/iam or identity-credentials but is forwarded"
     );
-    // What the agent actually forwards also passes the passthrough policy (default: allow
-    // `**`, deny `user-data`), which refuses control and invisible characters. Forwarded
-    // paths must not reach the credentials even for an upstream that truncates at NUL or
-    // drops such characters.
-    if metadataproxy::policy::PathPolicy::default().allows(path) {
-        for view in decodings(path) {
-            let dropped: String = view.chars().filter(|c| !is_droppable(*c)).collect();
-            let truncated = view
-                .split(|c: char| c.is_control())
-                .next()
-                .unwrap_or_default();
-            assert!(
-                !view_reaches_credentials(&dropped) && !view_reaches_credentials(truncated),
-                "SECURITY: {path:?} is forwarded and reaches meta-data/iam or \
-                 identity-credentials once control or invisible characters are dropped \
-                 or the path is cut at a control character (decoded: {view:?})"
-            );
-        }
+    let t = target.target();
+    // The forwarded bytes are their own canonical form...
+    let (p, q) = match t.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (t, None),
+    };
+    assert_eq!(canonical(p, q).as_ref(), Some(target), "{path:?} forwarded as {t:?}");
+    // ...made only of allow-listed bytes...
+    assert!(
+        t.bytes()
+            .all(|b| is_segment_byte(b) || b == b'/' || b == b'?' || b == b'&'),
+        "{path:?} forwarded as {t:?}"
+    );
+    let segs: Vec<&str> = target.segments().collect();
+    for seg in &segs {
+        assert!(!seg.starts_with('.') && !seg.ends_with('.'), "{path:?} forwarded as {t:?}");
+        // ...with no segment an upstream could read as a credential path.
+        let folded = skeleton(seg);
+        assert!(
+            !["iam", "identitycredentials", "securitycredentials"].contains(&folded.as_str()),
+            "SECURITY: {path:?} forwarded as {t:?}"
+        );
+    }
+    if let [version, tree, ..] = segs.as_slice() {
+        assert!(
+            *version == "latest"
+                || *version == "1.0"
+                || (version.len() == 10 && version.as_bytes()[4] == b'-'),
+            "{path:?} forwarded as {t:?}"
+        );
+        assert!(
+            ["meta-data", "user-data", "dynamic"].contains(tree),
+            "{path:?} forwarded as {t:?}"
+        );
+    }
+    assert!(!reaches_credentials(t), "SECURITY: {path:?} forwarded as {t:?}");
+    if metadataproxy::policy::PathPolicy::default().allows(target) {
+        assert!(
+            segs.iter().all(|s| skeleton(s) != "userdata"),
+            "user data: {path:?} forwarded as {t:?}"
+        );
     }
 }
 
-/// What the served credential routes promise.
-fn check_served(path: &str, route: &Route) {
-    let views = decodings(path);
-    let decoded = views.last().expect("one view");
-    let segs: Vec<&str> = decoded
-        .split('/')
-        .filter(|s| !s.trim().is_empty())
-        .collect();
+/// What the served routes promise.
+fn check_served(path: &str, query: Option<&str>, route: &Route) {
+    let canon = || {
+        canonical(path, query).unwrap_or_else(|| panic!("{path:?} served as {route:?} but not canonical"))
+    };
     match route {
         Route::RoleName { version }
         | Route::Info { version }
         | Route::Credentials { version, .. } => {
             assert!(version.as_str() >= "2012-01-12", "{path:?}: {route:?}");
+            let c = canon();
+            let segs: Vec<&str> = c.segments().collect();
             assert!(
                 segs.len() >= 3 && segs[0] == version && segs[1] == "meta-data" && segs[2] == "iam",
                 "{path:?} served as {route:?}"
             );
             if let Route::Credentials { role, .. } = route {
                 assert!(
-                    !role.is_empty()
-                        && !role
-                            .chars()
-                            .any(|c| c.is_control() || c == '/' || c == '\\'),
+                    !role.is_empty() && role.bytes().all(is_segment_byte),
                     "{path:?}: role {role:?}"
                 );
                 assert_eq!(segs.get(4), Some(&role.as_str()), "{path:?}: {route:?}");
                 assert_eq!(segs[3], "security-credentials", "{path:?}: {route:?}");
+                assert_eq!(segs.len(), 5, "{path:?}: {route:?}");
             }
         }
         Route::Token => {
-            // `;params`-only segments are empty to the router's classification, as to a
-            // server that drops parameters.
-            let folded: Vec<String> = segs
-                .iter()
-                .map(|s| fold(s))
-                .filter(|s| !s.is_empty())
-                .collect();
+            let c = canon();
+            let segs: Vec<&str> = c.segments().collect();
             assert!(
-                folded.len() >= 2 && folded[folded.len() - 2..] == ["api", "token"],
+                segs.len() == 3 && segs[1] == "api" && segs[2] == "token",
                 "{path:?} routed to the token handler"
             );
         }

@@ -73,6 +73,8 @@ pub struct State {
     pub limits: crate::limits::Limits,
     /// Per-caller request rate (`None`: off).
     pub request_rate: Option<crate::limits::RequestRate>,
+    /// Request body bytes held at once, across connections.
+    pub body_budget: crate::limits::BodyBudget,
 }
 
 /// The external services behind the seams.
@@ -134,6 +136,7 @@ impl State {
             limits: config.limits.clone(),
             request_rate: (config.limits.rate > 0)
                 .then(|| crate::limits::RequestRate::new(config.limits.rate, config.limits.burst)),
+            body_budget: crate::limits::BodyBudget::default(),
         }
     }
 

@@ -15,6 +15,11 @@ use crate::roles::{AccountId, RoleSpec};
 /// Exit code for invalid configuration (`EX_USAGE` from sysexits.h).
 pub const EXIT_CONFIG: i32 = 64;
 
+/// `REQUEST_RATE_LIMIT`'s default: far above what an SDK asks (a token, a role name and
+/// credentials every few minutes, or a region at start), low enough that one container cannot
+/// starve the others or fill the log. The burst is twice the rate unless set.
+pub const DEFAULT_REQUEST_RATE: &str = "100";
+
 /// The raw settings as given on the command line or in the environment.
 ///
 /// Everything is a string here so that validation can name the variable in its message.
@@ -278,12 +283,13 @@ pub struct Args {
     pub audit_log_file: Option<String>,
 
     /// Requests per second per caller (container) before 429; 0: no limit.
-    #[arg(long, env = "REQUEST_RATE_LIMIT", default_value = "0")]
+    #[arg(long, env = "REQUEST_RATE_LIMIT", default_value = DEFAULT_REQUEST_RATE)]
     pub request_rate_limit: String,
 
-    /// Requests a caller may make at once above REQUEST_RATE_LIMIT; 0: as many as the rate.
-    #[arg(long, env = "REQUEST_RATE_BURST", default_value = "0")]
-    pub request_rate_burst: String,
+    /// Requests a caller may make at once above REQUEST_RATE_LIMIT; 0: as many as the rate;
+    /// unset: twice the rate.
+    #[arg(long, env = "REQUEST_RATE_BURST")]
+    pub request_rate_burst: Option<String>,
 
     /// Largest request head (request line and headers) in bytes, 8192 to 1048576; past it, 431.
     #[arg(long, env = "MAX_HEADER_BYTES", default_value = "16384")]
@@ -953,17 +959,27 @@ fn parse_limits(a: &Args) -> Result<crate::limits::Limits, ConfigError> {
             })
     };
     let rate = number("REQUEST_RATE_LIMIT", &a.request_rate_limit, 0, 1_000_000)? as u32;
-    let burst = number("REQUEST_RATE_BURST", &a.request_rate_burst, 0, 1_000_000)? as u32;
-    if burst > 0 && rate == 0 {
-        return Err(invalid(
-            "REQUEST_RATE_BURST",
-            &a.request_rate_burst,
-            "needs REQUEST_RATE_LIMIT (0 is no limit)",
-        ));
-    }
+    let burst = match &a.request_rate_burst {
+        None => rate.saturating_mul(2),
+        Some(raw) => {
+            let burst = number("REQUEST_RATE_BURST", raw, 0, 1_000_000)? as u32;
+            if burst > 0 && rate == 0 {
+                return Err(invalid(
+                    "REQUEST_RATE_BURST",
+                    raw,
+                    "needs REQUEST_RATE_LIMIT (0 is no limit)",
+                ));
+            }
+            if burst == 0 {
+                rate
+            } else {
+                burst
+            }
+        }
+    };
     Ok(crate::limits::Limits {
         rate,
-        burst: if burst == 0 { rate } else { burst },
+        burst,
         max_header_bytes: number("MAX_HEADER_BYTES", &a.max_header_bytes, 8192, 1 << 20)? as usize,
         header_timeout: positive_duration("HEADER_READ_TIMEOUT", &a.header_read_timeout)?,
         body_timeout: positive_duration("BODY_READ_TIMEOUT", &a.body_read_timeout)?,

@@ -31,8 +31,8 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            rate: 0,
-            burst: 0,
+            rate: 100,
+            burst: 200,
             max_header_bytes: 16 * 1024,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(10),
@@ -122,11 +122,37 @@ impl Drop for ConnectionPermit {
 pub struct RequestRate {
     rate: f64,
     burst: f64,
-    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+    buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+    /// When this caller's last refusal was logged.
+    logged: Option<Instant>,
+    /// Refusals not logged since.
+    unlogged: u64,
+}
+
+/// What [`RequestRate::check`] decides for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateVerdict {
+    /// Served.
+    Allow,
+    /// Refused (429); `log` is `Some(n)` for the refusal that gets a log line (at most one a
+    /// second per caller), `n` being the refusals since the last line that got none.
+    Refuse {
+        /// Whether to log this refusal, and how many went unlogged before it.
+        log: Option<u64>,
+    },
 }
 
 /// Callers remembered at most; past it, full buckets are dropped first.
 const MAX_CALLERS: usize = 65_536;
+
+/// One log line a second per refused caller.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
 impl RequestRate {
     /// `rate` requests per second with bursts of `burst`.
@@ -140,31 +166,96 @@ impl RequestRate {
 
     /// Takes a token for `caller` at `now`; `false` when it has none left.
     pub fn allow(&self, caller: &str, now: Instant) -> bool {
+        self.check(caller, now) == RateVerdict::Allow
+    }
+
+    /// Takes a token for `caller` at `now`, and says whether a refusal is logged.
+    pub fn check(&self, caller: &str, now: Instant) -> RateVerdict {
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         if buckets.len() >= MAX_CALLERS && !buckets.contains_key(caller) {
             // Forget callers whose bucket has refilled (they lose nothing); if every caller
             // is active, forget them all rather than grow without bound.
             let (rate, burst) = (self.rate, self.burst);
-            buckets.retain(|_, (tokens, at)| {
-                *tokens + now.saturating_duration_since(*at).as_secs_f64() * rate < burst
+            buckets.retain(|_, b| {
+                b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * rate < burst
             });
             if buckets.len() >= MAX_CALLERS / 2 {
                 buckets.clear();
             }
         }
-        let (tokens, at) = buckets
-            .entry(caller.to_string())
-            .or_insert((self.burst, now));
-        *tokens = (*tokens + now.saturating_duration_since(*at).as_secs_f64() * self.rate)
+        let b = buckets.entry(caller.to_string()).or_insert(Bucket {
+            tokens: self.burst,
+            at: now,
+            logged: None,
+            unlogged: 0,
+        });
+        b.tokens = (b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * self.rate)
             .min(self.burst);
-        *at = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
+        b.at = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            return RateVerdict::Allow;
+        }
+        let due = b
+            .logged
+            .is_none_or(|at| now.saturating_duration_since(at) >= REFUSAL_LOG_INTERVAL);
+        if due {
+            b.logged = Some(now);
+            let unlogged = std::mem::take(&mut b.unlogged);
+            RateVerdict::Refuse {
+                log: Some(unlogged),
+            }
         } else {
-            false
+            b.unlogged += 1;
+            RateVerdict::Refuse { log: None }
         }
     }
+}
+
+/// Request bodies held in memory at once, in all (`BODY_BUDGET`): real metadata requests carry
+/// none, so this only bounds what stalled or slow bodies can pin, whatever the connection caps.
+#[derive(Debug)]
+pub struct BodyBudget(tokio::sync::Semaphore);
+
+/// Bytes of request bodies the agent holds at once, across every connection.
+pub const BODY_BUDGET: usize = 4 * 1024 * 1024;
+
+impl BodyBudget {
+    /// A budget of `bytes`.
+    pub fn new(bytes: usize) -> BodyBudget {
+        BodyBudget(tokio::sync::Semaphore::new(bytes))
+    }
+
+    /// Takes `bytes` from the budget until the permit is dropped; `None` when it is spent.
+    pub fn take(&self, bytes: usize) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        self.0.try_acquire_many(u32::try_from(bytes).ok()?).ok()
+    }
+
+    /// Bytes left.
+    pub fn available(&self) -> usize {
+        self.0.available_permits()
+    }
+}
+
+impl Default for BodyBudget {
+    fn default() -> Self {
+        BodyBudget::new(BODY_BUDGET)
+    }
+}
+
+/// Headers that decide something and so may appear once only: with two, which one counts
+/// would depend on who reads them.
+const SINGLE_HEADERS: [&str; 3] = [
+    "host",
+    crate::imdsv2::TOKEN_HEADER,
+    crate::imdsv2::TTL_HEADER,
+];
+
+/// The first of [`SINGLE_HEADERS`] that `headers` carries more than once.
+pub fn duplicate_header(headers: &http::HeaderMap) -> Option<&'static str> {
+    SINGLE_HEADERS
+        .into_iter()
+        .find(|name| headers.get_all(*name).iter().nth(1).is_some())
 }
 
 /// The `Host` values the metadata service answers to, with an optional port.
@@ -217,6 +308,58 @@ mod tests {
         assert!(r.allow("b", t0), "callers have their own buckets");
         assert!(r.allow("a", t0 + Duration::from_millis(500)));
         assert!(!r.allow("a", t0 + Duration::from_millis(600)));
+    }
+
+    #[test]
+    fn refusals_are_logged_once_a_second_with_the_count_between() {
+        let r = RequestRate::new(2, 1);
+        let t0 = Instant::now();
+        assert_eq!(r.check("a", t0), RateVerdict::Allow);
+        assert_eq!(r.check("a", t0), RateVerdict::Refuse { log: Some(0) });
+        for _ in 0..5 {
+            assert_eq!(r.check("a", t0), RateVerdict::Refuse { log: None });
+        }
+        assert_eq!(
+            r.check("b", t0),
+            RateVerdict::Allow,
+            "callers have their own buckets"
+        );
+        // Refilled a token by 500 ms: served; the next refusal is within the second.
+        let t1 = t0 + Duration::from_millis(500);
+        assert_eq!(r.check("a", t1), RateVerdict::Allow);
+        assert_eq!(r.check("a", t1), RateVerdict::Refuse { log: None });
+        let t2 = t0 + Duration::from_millis(1000);
+        assert_eq!(r.check("a", t2), RateVerdict::Allow);
+        assert_eq!(r.check("a", t2), RateVerdict::Refuse { log: Some(6) });
+    }
+
+    #[test]
+    fn the_body_budget_is_shared_and_given_back() {
+        let b = BodyBudget::new(100);
+        let first = b.take(60).unwrap();
+        assert!(b.take(50).is_none());
+        let mut second = b.take(30).unwrap();
+        second.merge(b.take(10).unwrap());
+        assert_eq!(b.available(), 0);
+        drop(first);
+        drop(second);
+        assert_eq!(b.available(), 100);
+    }
+
+    #[test]
+    fn headers_that_decide_appear_once() {
+        let mut h = http::HeaderMap::new();
+        h.append("host", "169.254.169.254".parse().unwrap());
+        h.append("x-aws-ec2-metadata-token", "a".parse().unwrap());
+        h.append("accept", "a".parse().unwrap());
+        h.append("accept", "b".parse().unwrap());
+        assert_eq!(duplicate_header(&h), None);
+        for name in SINGLE_HEADERS {
+            let mut twice = h.clone();
+            twice.append(name, "x".parse().unwrap());
+            twice.append(name, "y".parse().unwrap());
+            assert_eq!(duplicate_header(&twice), Some(name));
+        }
     }
 
     #[test]

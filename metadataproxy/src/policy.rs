@@ -2,8 +2,8 @@
 //! roles (`ALLOWED_ROLES`, `ROLE_POLICY_FILE`).
 //!
 //! Path patterns are matched against the request path after the API version segment, in the
-//! router's canonical form (percent-decoded, dot segments resolved, lower-cased), segment by
-//! segment: `*` and `?` match within a segment, `**` matches any number of segments. A pattern
+//! router's canonical form (`server::router::canonical`: the only form ever forwarded), with
+//! case folded, segment by segment: `*` and `?` match within a segment, `**` matches any number of segments. A pattern
 //! covers its subtree: `user-data` matches `/latest/user-data` and everything under it. A path
 //! is forwarded when an allow pattern matches it and no deny pattern does (deny wins).
 //!
@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use crate::identity::Container;
+use crate::server::router::CanonicalPath;
 
 /// `*` (any run) and `?` (one character) over `text`, case-sensitive.
 pub fn glob_match(pattern: &str, text: &str) -> bool {
@@ -112,22 +113,8 @@ pub struct PathPolicy {
     deny: Vec<PathPattern>,
 }
 
-/// Paths deeper than this are refused (real metadata paths have fewer than 10 segments).
-const MAX_SEGMENTS: usize = 32;
-
-/// Zero-width and other format characters that render as nothing.
-fn is_invisible(c: char) -> bool {
-    matches!(
-        c,
-        '\u{00AD}'
-            | '\u{180E}'
-            | '\u{200B}'..='\u{200F}'
-            | '\u{202A}'..='\u{202E}'
-            | '\u{2060}'..='\u{2069}'
-            | '\u{FE00}'..='\u{FE0F}'
-            | '\u{FEFF}'
-    )
-}
+/// Patterns deeper than this are refused: no canonical path is deeper.
+const MAX_SEGMENTS: usize = crate::server::router::MAX_SEGMENTS;
 
 /// `PASSTHROUGH_ALLOW`'s default: everything.
 pub const DEFAULT_ALLOW: &str = "**";
@@ -150,26 +137,11 @@ impl PathPolicy {
     }
 
     /// Whether a request for `path` may be forwarded.
-    pub fn allows(&self, path: &str) -> bool {
-        let segments = crate::server::router::canonical_segments(path);
-        // Fail closed on what no metadata path has: very deep paths (they would only cost
-        // matching time), control and invisible characters (an upstream may drop them).
-        if segments.len() > MAX_SEGMENTS
-            || segments
-                .iter()
-                .any(|s| s.chars().any(|c| c.is_control() || is_invisible(c)))
-        {
-            return false;
-        }
+    pub fn allows(&self, path: &CanonicalPath) -> bool {
+        let segments: Vec<String> = path.segments().map(str::to_lowercase).collect();
         // The first segment is the API version (`latest`, a date): patterns start after it.
-        // Deny patterns are also tried on the whole path, so that a path without a version
-        // (`/user-data`) cannot slip by.
         let rest = segments.get(1..).unwrap_or(&[]);
-        self.allow.iter().any(|p| p.covers(rest))
-            && !self
-                .deny
-                .iter()
-                .any(|p| p.covers(rest) || p.covers(&segments))
+        self.allow.iter().any(|p| p.covers(rest)) && !self.deny.iter().any(|p| p.covers(rest))
     }
 }
 
@@ -299,43 +271,59 @@ mod tests {
         assert!(!glob_match("", "a"));
     }
 
+    /// The canonical form of a path the router forwards.
+    fn canon(path: &str) -> CanonicalPath {
+        match crate::server::router::classify(path, None) {
+            crate::server::router::Route::Passthrough(c) => c,
+            other => panic!("{path} is not forwarded: {other:?}"),
+        }
+    }
+
     #[test]
-    fn default_policy_denies_user_data_in_every_spelling() {
+    fn default_policy_denies_user_data_and_its_spellings_never_get_here() {
         let p = PathPolicy::default();
         for allowed in [
             "/latest/meta-data/instance-id",
             "/latest/",
             "/",
             "/latest/dynamic/instance-identity/document",
-            "/latest/user-datax",
         ] {
-            assert!(p.allows(allowed), "{allowed}");
+            assert!(p.allows(&canon(allowed)), "{allowed}");
         }
         for denied in [
             "/latest/user-data",
             "/latest/user-data/",
             "/2009-04-04/user-data",
-            "/latest/USER-DATA",
             "/latest/user%2Ddata",
+            "/latest/user-data/part/1",
+        ] {
+            assert!(!p.allows(&canon(denied)), "{denied}");
+        }
+        // Other spellings are not in the canonical form: the router answers them itself.
+        for spelling in [
+            "/latest/USER-DATA",
             "/latest/user%252Ddata",
             "/latest/user-data;x",
             "/latest/user-data%20",
-            "/latest/user-data/part/1",
             "/user-data",
             "/latest/user-data%00",
             "/latest/user-data%E2%80%8B",
+            "/latest/user-datax",
         ] {
-            assert!(!p.allows(denied), "{denied}");
+            assert_eq!(
+                crate::server::router::classify(spelling, None),
+                crate::server::router::Route::NotCanonical,
+                "{spelling}"
+            );
         }
     }
 
     #[test]
-    fn deep_paths_are_refused_and_matching_stays_linear() {
+    fn deep_patterns_match_linearly() {
         // With backtracking, `**/user-data` against 8,000 segments took seconds per request.
-        let p = PathPolicy::parse("**", "**/user-data,meta-data/**/mac").unwrap();
-        assert!(!p.allows(&format!("/latest/{}", "a/".repeat(8000))));
-        assert!(p.allows(&format!("/latest/{}x", "a/".repeat(29))));
-        assert!(!p.allows("/latest/a/b/c/user-data"));
+        let p = PathPolicy::parse("**", "**/mac,meta-data/**/mac").unwrap();
+        assert!(p.allows(&canon(&format!("/latest/meta-data{}x", "/a".repeat(29)))));
+        assert!(!p.allows(&canon("/latest/meta-data/a/b/c/mac")));
         let many: Vec<String> = (0..10_000).map(|_| "a".to_string()).collect();
         assert!(!PathPattern::parse("**/a/**/a/**/b").unwrap().covers(&many));
     }
@@ -347,14 +335,14 @@ mod tests {
             "meta-data/placement/region",
         )
         .unwrap();
-        assert!(p.allows("/latest/meta-data/instance-id"));
-        assert!(p.allows("/latest/meta-data/placement/availability-zone"));
-        assert!(!p.allows("/latest/meta-data/placement/region"));
-        assert!(!p.allows("/latest/meta-data/ami-id"));
-        assert!(!p.allows("/latest/meta-data/"));
+        assert!(p.allows(&canon("/latest/meta-data/instance-id")));
+        assert!(p.allows(&canon("/latest/meta-data/placement/availability-zone")));
+        assert!(!p.allows(&canon("/latest/meta-data/placement/region")));
+        assert!(!p.allows(&canon("/latest/meta-data/ami-id")));
+        assert!(!p.allows(&canon("/latest/meta-data/")));
         let any = PathPolicy::parse("**", "meta-data/**/mac").unwrap();
-        assert!(!any.allows("/latest/meta-data/network/interfaces/macs/x/mac"));
-        assert!(any.allows("/latest/meta-data/network/interfaces/macs/"));
+        assert!(!any.allows(&canon("/latest/meta-data/network/interfaces/macs/x/mac")));
+        assert!(any.allows(&canon("/latest/meta-data/network/interfaces/macs/")));
         assert!(PathPolicy::parse("a/**b", "").is_err());
         assert!(PathPolicy::parse("", "latest/user-data").is_err());
         assert!(PathPolicy::parse("", "2009-04-04/user-data").is_err());

@@ -179,7 +179,10 @@ fn settings_that_would_do_nothing_are_refused() {
             vec![("METRICS_UNBOUNDED_LABELS", "true")],
             "METRICS_UNBOUNDED_LABELS",
         ),
-        (vec![("REQUEST_RATE_BURST", "5")], "REQUEST_RATE_BURST"),
+        (
+            vec![("REQUEST_RATE_LIMIT", "0"), ("REQUEST_RATE_BURST", "5")],
+            "REQUEST_RATE_BURST",
+        ),
         (
             vec![("COPY_DOCKER_LABELS", "team"), ("COPY_DOCKER_ENV", "TEAM")],
             "COPY_DOCKER_ENV",

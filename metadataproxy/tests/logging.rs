@@ -148,3 +148,109 @@ async fn text_lines_carry_the_request_fields() {
     }
     assert!(lines[2].contains("error_description=\"role_names_do_not_match\""));
 }
+
+/// JSON request lines written while `run` drives a fresh agent started with `flags`.
+async fn json_lines_of<F, Fut>(flags: &[&str], run: F) -> Vec<serde_json::Value>
+where
+    F: FnOnce(Harness) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let buf = Buf::default();
+    let writer = buf.clone();
+    let subscriber = metadataproxy::telemetry::subscriber(
+        LogConfig {
+            level: tracing::Level::INFO,
+            format: LogFormat::Json,
+        },
+        move || writer.clone(),
+    );
+    let _guard = tracing::subscriber::set_default(subscriber);
+    run(Harness::start(flags, None).await).await;
+    let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    request_lines(&out)
+}
+
+#[tokio::test]
+async fn long_paths_are_cut_in_log_lines_with_their_length_recorded() {
+    let long = format!("/latest/meta-data/{}", "a".repeat(10_000));
+    let lines = json_lines_of(&[], |h| async move {
+        assert_eq!(h.get(&long).await.status, 404);
+        assert_eq!(h.get("/latest/meta-data/ami-id").await.status, 200);
+    })
+    .await;
+    assert_eq!(lines.len(), 2);
+    let cut = lines[0]["path"].as_str().unwrap();
+    assert_eq!(cut.len(), 256);
+    assert!(cut.starts_with("/latest/meta-data/aaa"));
+    assert_eq!(lines[0]["path_bytes"], 10_018);
+    assert!(lines[1].get("path_bytes").is_none());
+    assert_eq!(lines[1]["path"], "/latest/meta-data/ami-id");
+}
+
+#[tokio::test]
+async fn a_caller_over_its_rate_gets_one_line_a_second() {
+    let lines = json_lines_of(
+        &["--request-rate-limit", "1", "--request-rate-burst", "2"],
+        |h| async move {
+            let mut refused = 0;
+            for _ in 0..30 {
+                if h.get("/latest/meta-data/ami-id").await.status == 429 {
+                    refused += 1;
+                }
+            }
+            assert!(refused >= 27, "{refused} refused");
+        },
+    )
+    .await;
+    let refusals: Vec<&serde_json::Value> =
+        lines.iter().filter(|l| l["response_code"] == 429).collect();
+    // 30 requests well within a few seconds: 2 or 3 served, and one refusal line for each
+    // second they took.
+    assert!(
+        !refusals.is_empty() && refusals.len() <= 3,
+        "{} refusal lines: {refusals:?}",
+        refusals.len()
+    );
+    assert_eq!(refusals[0]["error_description"], "rate_limited");
+    assert_eq!(refusals[0]["refusals_not_logged"], 0);
+}
+
+#[tokio::test]
+async fn requests_the_http_parser_refuses_get_a_line_too() {
+    let lines = json_lines_of(&["--max-header-bytes", "8192"], |h| async move {
+        for (raw, status) in [
+            ("GET / HTTP/9.9\r\nHost: a\r\n\r\n", 400),
+            (
+                "GET / HTTP/1.1\r\nHost: a\r\nX-A: b\r\n folded\r\n\r\n",
+                400,
+            ),
+            ("G@T / HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        ] {
+            let r = common::raw_request(h.addr, raw).await;
+            assert_eq!(r.status, status, "{raw:?}");
+        }
+        let big = format!(
+            "GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n",
+            "b".repeat(20_000)
+        );
+        let r = common::raw_request(h.addr, &big).await;
+        assert_eq!(r.status, 431);
+        // Give the connection tasks a moment to log (they end after the answer is sent).
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    })
+    .await;
+    let parser: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["handler"] == "http-parser")
+        .collect();
+    let codes: Vec<i64> = parser
+        .iter()
+        .map(|l| l["response_code"].as_i64().unwrap())
+        .collect();
+    assert_eq!(codes, [400, 400, 400, 431], "{parser:?}");
+    for l in parser {
+        assert_eq!(l["error_description"], "http_parse_error");
+        assert_eq!(l["request_id"].as_str().unwrap().len(), 36);
+        assert_eq!(l["remote_addr"], "127.0.0.1");
+    }
+}

@@ -65,6 +65,18 @@ pub enum Failure {
     /// The request target is not an origin-form path.
     #[error("request target is not a path")]
     BadPath,
+    /// The path (or query) is outside the canonical form: never forwarded.
+    #[error("path is not in the canonical form")]
+    PathNotCanonical,
+    /// A header that decides something appears more than once.
+    #[error("duplicate {0} header")]
+    DuplicateHeader(&'static str),
+    /// The request body is larger than the agent forwards.
+    #[error("request body over the limit")]
+    BodyTooLarge,
+    /// The agent already holds as many request body bytes as it will (`BODY_BUDGET`).
+    #[error("request body budget spent")]
+    BodyBudgetSpent,
     /// The request body could not be read (too large or too slow).
     #[error("request body unreadable: {0}")]
     BadRequestBody(String),
@@ -92,8 +104,9 @@ pub enum Failure {
     /// A token PUT without a TTL in 1..=21600.
     #[error("token TTL missing or outside 1..=21600 seconds")]
     TokenTtl,
-    /// A token PUT that carries `X-Forwarded-For`.
-    #[error("token request carries X-Forwarded-For")]
+    /// A token PUT that carries `X-Forwarded-For`, `X-Real-IP`, `Forwarded`, `Via` or
+    /// `X-Forwarded-Host` (any spelling with `_`).
+    #[error("token request carries a proxy's forwarding header")]
     TokenForwarded,
     /// The token path with another method than PUT.
     #[error("tokens are PUT")]
@@ -117,6 +130,10 @@ impl Failure {
             Failure::IamPathNotServed => "iam_path_not_served",
             Failure::Favicon => "favicon",
             Failure::BadPath => "bad_path",
+            Failure::PathNotCanonical => "path_not_canonical",
+            Failure::DuplicateHeader(_) => "duplicate_header",
+            Failure::BodyTooLarge => "body_too_large",
+            Failure::BodyBudgetSpent => "body_budget_spent",
             Failure::BadRequestBody(_) => "bad_request_body",
             Failure::Upstream(e) => e.description(),
             Failure::RoleNotAllowed(_) => "role_not_allowed",
@@ -141,9 +158,12 @@ impl Failure {
         match self {
             Failure::Upstream(_) => StatusCode::BAD_GATEWAY,
             Failure::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            Failure::BadPath | Failure::BadRequestBody(_) | Failure::HostNotAllowed => {
-                StatusCode::BAD_REQUEST
-            }
+            Failure::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Failure::BodyBudgetSpent => StatusCode::SERVICE_UNAVAILABLE,
+            Failure::BadPath
+            | Failure::BadRequestBody(_)
+            | Failure::HostNotAllowed
+            | Failure::DuplicateHeader(_) => StatusCode::BAD_REQUEST,
             _ => StatusCode::NOT_FOUND,
         }
     }
@@ -157,6 +177,8 @@ impl Failure {
             StatusCode::UNAUTHORIZED => "401 unauthorized\n",
             StatusCode::METHOD_NOT_ALLOWED => "405 method not allowed\n",
             StatusCode::TOO_MANY_REQUESTS => "429 too many requests\n",
+            StatusCode::PAYLOAD_TOO_LARGE => "413 content too large\n",
+            StatusCode::SERVICE_UNAVAILABLE => "503 service unavailable\n",
             _ => "400 bad request\n",
         };
         let mut resp = Response::new(Bytes::from_static(body.as_bytes()));
@@ -169,7 +191,7 @@ impl Failure {
             "x-content-type-options",
             http::HeaderValue::from_static("nosniff"),
         );
-        if status == StatusCode::TOO_MANY_REQUESTS {
+        if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut().insert(
                 http::header::RETRY_AFTER,
                 http::HeaderValue::from_static("1"),

@@ -1,35 +1,48 @@
 //! Passthrough: everything that is not a credential route goes to the upstream metadata
-//! service, method, path, query, headers and body intact (hop-by-hop headers aside), and its
-//! answer comes back with its status, headers and body. No `X-Forwarded-For` is added: the
-//! real service refuses IMDSv2 token requests that carry one.
+//! service, and its answer comes back with its status, headers and body.
+//!
+//! What goes upstream is the method, the **canonical** path and query the router checked
+//! (`server::router::canonical`, never the raw bytes), the body, and the request headers whose
+//! names are plain (`[a-z0-9-]`): hop-by-hop headers and names with any other character (an
+//! underscore look-alike such as `X_aws_ec2_metadata_token`, which some servers read as the
+//! dashed name) are dropped. No `X-Forwarded-For` is added: the real service refuses IMDSv2
+//! token requests that carry one.
 
 use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::{BodyExt, Limited};
+use http::{HeaderMap, Request, Response};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::Failure;
 use crate::app::State;
+use crate::server::router::CanonicalPath;
 use crate::upstream::strip_hop_by_hop;
 
 /// Largest request body forwarded.
 pub const MAX_REQUEST_BODY: usize = 64 * 1024;
 
-/// Forwards `req` upstream.
-pub async fn forward(state: &State, req: Request<Incoming>) -> Result<Response<Bytes>, Failure> {
-    if !state.passthrough_policy.allows(req.uri().path()) {
+/// Forwards `req` upstream, with `target` as its path and query.
+pub async fn forward(
+    state: &State,
+    target: &CanonicalPath,
+    req: Request<Incoming>,
+) -> Result<Response<Bytes>, Failure> {
+    if !state.passthrough_policy.allows(target) {
         return Err(Failure::PassthroughDenied);
     }
+    if declared_length(req.headers()).is_some_and(|n| n > MAX_REQUEST_BODY as u64) {
+        // Refused before a byte of it is read or waited for.
+        return Err(Failure::BodyTooLarge);
+    }
     let (mut parts, body) = req.into_parts();
-    let body = tokio::time::timeout(
-        state.limits.body_timeout,
-        Limited::new(body, MAX_REQUEST_BODY).collect(),
-    )
-    .await
-    .map_err(|_| Failure::BadRequestBody("timed out".into()))?
-    .map_err(|e| Failure::BadRequestBody(e.to_string()))?
-    .to_bytes();
+    // Held until the answer is back: the body's bytes live that long.
+    let (body, _held) = read_body(state, body).await?;
+    parts.uri = target
+        .target()
+        .parse()
+        .map_err(|_| Failure::PathNotCanonical)?;
     strip_hop_by_hop(&mut parts.headers);
+    keep_plain_names(&mut parts.headers);
     // The caller's token is the agent's, meaningless upstream; the upstream client adds its
     // own when the upstream wants one.
     parts.headers.remove(crate::imdsv2::TOKEN_HEADER);
@@ -46,4 +59,108 @@ pub async fn forward(state: &State, req: Request<Incoming>) -> Result<Response<B
         .send(Request::from_parts(parts, body))
         .await
         .map_err(Failure::Upstream)
+}
+
+/// Reads a body of at most [`MAX_REQUEST_BODY`] within `BODY_READ_TIMEOUT`, each chunk taken
+/// from the agent-wide body budget as it arrives, so stalled bodies cannot pin more memory than
+/// the budget whatever the number of connections.
+async fn read_body(
+    state: &State,
+    mut body: Incoming,
+) -> Result<(Bytes, Option<tokio::sync::SemaphorePermit<'_>>), Failure> {
+    let deadline = tokio::time::Instant::now() + state.limits.body_timeout;
+    let mut buf = bytes::BytesMut::new();
+    let mut held: Option<tokio::sync::SemaphorePermit<'_>> = None;
+    loop {
+        let frame = tokio::time::timeout_at(deadline, body.frame())
+            .await
+            .map_err(|_| Failure::BadRequestBody("timed out".into()))?;
+        let Some(frame) = frame else { break };
+        let frame = frame.map_err(|e| Failure::BadRequestBody(e.to_string()))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if buf.len() + data.len() > MAX_REQUEST_BODY {
+            return Err(Failure::BodyTooLarge);
+        }
+        let permit = state
+            .body_budget
+            .take(data.len())
+            .ok_or(Failure::BodyBudgetSpent)?;
+        match &mut held {
+            Some(h) => h.merge(permit),
+            None => held = Some(permit),
+        }
+        buf.extend_from_slice(&data);
+    }
+    Ok((buf.freeze(), held))
+}
+
+/// The `Content-Length` a request declares; an unreadable one counts as too large (hyper has
+/// already refused those that are not a number).
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(http::header::CONTENT_LENGTH).map(|v| {
+        v.to_str()
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(u64::MAX)
+    })
+}
+
+/// Whether a header name is forwarded: letters, digits and `-` only.
+pub fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// Drops headers whose names are not plain.
+fn keep_plain_names(headers: &mut HeaderMap) {
+    let odd: Vec<http::HeaderName> = headers
+        .keys()
+        .filter(|n| !is_plain_name(n.as_str()))
+        .cloned()
+        .collect();
+    for name in odd {
+        headers.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_header_names_are_forwarded() {
+        let mut h = HeaderMap::new();
+        for name in [
+            "x_aws_ec2_metadata_token",
+            "x_forwarded_for",
+            "x.odd",
+            "x~tilde",
+            "accept",
+            "user-agent",
+            "x-custom-1",
+        ] {
+            h.insert(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                "v".parse().unwrap(),
+            );
+        }
+        keep_plain_names(&mut h);
+        let mut left: Vec<&str> = h.keys().map(|n| n.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["accept", "user-agent", "x-custom-1"]);
+    }
+
+    #[test]
+    fn declared_lengths() {
+        let mut h = HeaderMap::new();
+        assert_eq!(declared_length(&h), None);
+        h.insert(http::header::CONTENT_LENGTH, "70000".parse().unwrap());
+        assert_eq!(declared_length(&h), Some(70_000));
+        h.insert(http::header::CONTENT_LENGTH, "x".parse().unwrap());
+        assert_eq!(declared_length(&h), Some(u64::MAX));
+    }
 }

@@ -44,8 +44,12 @@ pub async fn mint(
     if method != Method::PUT {
         return Err(Failure::TokenMethod);
     }
-    // The real service refuses token requests that went through a proxy; so does the agent.
-    if headers.contains_key("x-forwarded-for") {
+    // The real service refuses token requests that went through a proxy (X-Forwarded-For);
+    // so does the agent, for every header a proxy adds, in any spelling.
+    if headers
+        .keys()
+        .any(|name| is_forwarding_header(name.as_str()))
+    {
         return Err(Failure::TokenForwarded);
     }
     let ttl = parse_ttl(headers.get(TTL_HEADER)).ok_or(Failure::TokenTtl)?;
@@ -85,6 +89,21 @@ pub async fn check(state: &State, conn: &Connection, headers: &HeaderMap) -> Res
         return Err(Failure::Token(TokenError::WrongCaller));
     }
     Ok(())
+}
+
+/// Headers that a proxy adds: a token PUT that carries one went through a proxy. Names are
+/// compared with `_` read as `-`, as some servers read them.
+const FORWARDING_HEADERS: [&str; 5] = [
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-real-ip",
+    "forwarded",
+    "via",
+];
+
+fn is_forwarding_header(name: &str) -> bool {
+    let dashed = name.replace('_', "-");
+    FORWARDING_HEADERS.contains(&dashed.as_str())
 }
 
 /// The status of a token failure.

@@ -21,7 +21,7 @@ use crate::app::State;
 use crate::handlers::iam::{CallerInfo, Connection};
 use crate::handlers::{iam, passthrough, token, Failure};
 use crate::identity::canonical_ip;
-use crate::limits::{ConnectionGate, Peer};
+use crate::limits::{ConnectionGate, Peer, RateVerdict};
 use crate::telemetry::metrics;
 use router::Route;
 
@@ -82,17 +82,24 @@ pub async fn serve(
                     ip: canonical_ip(peer.ip()),
                     kernel,
                 };
-                let state = state.clone();
+                let rate_key = conn.rate_key();
+                let ip = conn.ip;
+                let svc_state = state.clone();
                 let svc = service_fn(move |req| {
-                    let state = state.clone();
+                    let state = svc_state.clone();
                     async move { Ok::<_, Infallible>(handle(&state, &conn, req).await) }
                 });
                 let conn = builder.serve_connection(TokioIo::new(stream), svc);
                 let conn = graceful.watch(conn);
+                let state = state.clone();
                 tokio::spawn(async move {
                     let _permit = permit;
                     if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, %peer, "connection ended with an error");
+                        if e.is_parse() {
+                            parser_refusal(&state, &e, ip, &rate_key);
+                        } else {
+                            tracing::debug!(error = %e, %peer, "connection ended with an error");
+                        }
                     }
                 });
             }
@@ -108,6 +115,45 @@ pub async fn serve(
         () = graceful.shutdown() => tracing::info!("all connections drained"),
         () = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing remaining connections"),
     }
+}
+
+/// A request the HTTP parser refused before it became a request (bad method, version, URI or
+/// header, obs-fold, a head over `MAX_HEADER_BYTES`): hyper has already answered it (400, 414
+/// or 431) with headers of its own, so it gets no `X-Request-ID`; it gets its log line and its
+/// count like every other refusal, bounded by the caller's request rate like its requests.
+fn parser_refusal(state: &State, e: &hyper::Error, ip: std::net::IpAddr, rate_key: &str) {
+    // What hyper sent (`hyper::proto::h1::role::Server::on_error`); nothing for an HTTP/2
+    // preface.
+    let status: Option<u16> = if e.is_parse_version_h2() {
+        None
+    } else if e.is_parse_too_large() {
+        Some(if e.to_string().contains("URI") {
+            414
+        } else {
+            431
+        })
+    } else {
+        Some(400)
+    };
+    metrics::blocked("http_parse_error");
+    let rate = state
+        .request_rate
+        .as_ref()
+        .map_or(RateVerdict::Allow, |r| r.check(rate_key, Instant::now()));
+    if rate == (RateVerdict::Refuse { log: None }) {
+        return;
+    }
+    tracing::event!(
+        target: "metadataproxy::request",
+        tracing::Level::INFO,
+        request_id = %uuid::Uuid::new_v4(),
+        remote_addr = %ip,
+        handler = "http-parser",
+        response_code = status,
+        error_description = "http_parse_error",
+        error = %e,
+        "request"
+    );
 }
 
 /// Answers one request.
@@ -133,36 +179,46 @@ pub async fn handle(
     // its connect under the kernel program; a connection without a record came from elsewhere
     // (another host, a raw socket) and gets nothing, passthrough included.
     let unidentified = state.kernel.is_some() && conn.kernel.is_none();
-    let rate_limited = state
-        .request_rate
-        .as_ref()
-        .is_some_and(|r| !r.allow(&conn.rate_key(), Instant::now()));
+    let rate = state.request_rate.as_ref().map_or(RateVerdict::Allow, |r| {
+        r.check(&conn.rate_key(), Instant::now())
+    });
+    let rate_limited = rate != RateVerdict::Allow;
+    let duplicate = crate::limits::duplicate_header(req.headers());
     let host_refused = state.limits.check_host
-        && !crate::limits::host_allowed(
+        && !(crate::limits::host_allowed(
             req.headers()
                 .get(http::header::HOST)
                 .and_then(|h| h.to_str().ok()),
             conn.local_port,
-        );
+        ) && req
+            .uri()
+            .authority()
+            // Absolute-form (RFC 9112 3.2.2): the authority is the target's host.
+            .is_none_or(|a| crate::limits::host_allowed(Some(a.as_str()), conn.local_port)));
     let result: Result<Response<Bytes>, Failure> = match &route {
         _ if unidentified && !matches!(route, Route::Redirect(_)) => Err(Failure::NoKernelIdentity),
         _ if rate_limited => Err(Failure::RateLimited),
+        _ if duplicate.is_some() => Err(Failure::DuplicateHeader(duplicate.expect("checked"))),
         _ if host_refused => Err(Failure::HostNotAllowed),
-        Route::Redirect(location) => Ok(redirect(location)),
         Route::Token => token::mint(state, conn, &method, req.headers()).await,
-        Route::Favicon => Err(Failure::Favicon),
-        Route::BadPath => Err(Failure::BadPath),
+        // With IMDSV2=required every other answer, refusals and redirects included, needs a
+        // token first.
         _ => match token::check(state, conn, req.headers()).await {
             Err(f) => Err(f),
             Ok(()) => match &route {
                 _ if exposition.is_some() => Ok(metrics_page(exposition.expect("checked"))),
+                Route::Redirect(location) => Ok(redirect(location)),
+                Route::Favicon => Err(Failure::Favicon),
+                Route::BadPath => Err(Failure::BadPath),
+                Route::NotCanonical => Err(Failure::PathNotCanonical),
                 Route::RoleName { .. } => iam::role_name(state, conn, &mut caller).await,
                 Route::Credentials { role, .. } => {
                     iam::credentials(state, conn, role, &mut caller).await
                 }
                 Route::Info { .. } => iam::info(state, conn, &mut caller).await,
                 Route::IamDenied { .. } => Err(Failure::IamPathNotServed),
-                _ => passthrough::forward(state, req).await,
+                Route::Passthrough(canon) => passthrough::forward(state, canon, req).await,
+                Route::Token => unreachable!("answered above"),
             },
         },
     };
@@ -179,7 +235,14 @@ pub async fn handle(
     );
     let status = resp.status();
     let error_description = failure.as_ref().map(Failure::description);
-    let error = failure.as_ref().map(|f| f.to_string());
+    let error = failure
+        .as_ref()
+        .map(|f| bounded(&f.to_string(), MAX_LOGGED_ERROR).to_string());
+    // Caller-controlled fields are cut, so that a flood of long paths writes no more log than
+    // a flood of short ones; the full length is recorded.
+    let logged_path = bounded(&path, MAX_LOGGED_PATH);
+    let path_bytes = (logged_path.len() < path.len()).then_some(path.len());
+    let logged_method = bounded(method.as_str(), MAX_LOGGED_METHOD);
     if caller.container_id.is_none() {
         // Requests that need no identity (passthrough) still name their caller when the
         // index knows it, at no cost: logs and metrics only, never a decision.
@@ -189,6 +252,8 @@ pub async fn handle(
     }
     if let Some(
         f @ (Failure::IamPathNotServed
+        | Failure::PathNotCanonical
+        | Failure::DuplicateHeader(_)
         | Failure::NoKernelIdentity
         | Failure::PassthroughDenied
         | Failure::RateLimited
@@ -220,7 +285,7 @@ pub async fn handle(
     };
     if metrics::enabled() {
         metrics::request(&metrics::RequestRecord {
-            path: &path,
+            path: logged_path,
             handler_name: handler,
             role_name: caller.role_name.as_deref().unwrap_or(""),
             remote_addr: ip,
@@ -230,7 +295,7 @@ pub async fn handle(
             duration: elapsed,
         });
         if let Some(timing) = resp.extensions().get::<metrics::UpstreamTiming>() {
-            metrics::upstream_timing(*timing, &path, copied);
+            metrics::upstream_timing(*timing, logged_path, copied);
         }
     }
     let container_labels = (!caller.labels.is_empty()).then(|| {
@@ -248,8 +313,9 @@ pub async fn handle(
                 $level,
                 request_id = %request_id,
                 remote_addr = %ip,
-                method = %method,
-                path = %path,
+                method = %logged_method,
+                path = %logged_path,
+                path_bytes = path_bytes,
                 handler = handler,
                 api_version = api_version,
                 container_id = caller.container_id.as_deref(),
@@ -264,12 +330,51 @@ pub async fn handle(
             )
         };
     }
-    if status.is_server_error() {
-        request_line!(tracing::Level::WARN);
-    } else {
-        request_line!(tracing::Level::INFO);
+    match rate {
+        // A caller over its rate gets one line a second, with the count of those it did not.
+        RateVerdict::Refuse { log: None } => {}
+        RateVerdict::Refuse {
+            log: Some(unlogged),
+        } => tracing::event!(
+            target: "metadataproxy::request",
+            tracing::Level::INFO,
+            request_id = %request_id,
+            remote_addr = %ip,
+            method = %logged_method,
+            path = %logged_path,
+            path_bytes = path_bytes,
+            handler = handler,
+            container_id = caller.container_id.as_deref(),
+            container_name = caller.container_name.as_deref(),
+            response_code = status.as_u16(),
+            error_description = error_description,
+            refusals_not_logged = unlogged,
+            duration_ms = duration_ms,
+            "request"
+        ),
+        RateVerdict::Allow if status.is_server_error() => request_line!(tracing::Level::WARN),
+        RateVerdict::Allow => request_line!(tracing::Level::INFO),
     }
     resp.map(Full::new)
+}
+
+/// Longest path written to a log line or a metric label, in bytes.
+pub const MAX_LOGGED_PATH: usize = 256;
+/// Longest method written to a log line.
+const MAX_LOGGED_METHOD: usize = 16;
+/// Longest error text written to a log line.
+const MAX_LOGGED_ERROR: usize = 512;
+
+/// `s` cut to at most `max` bytes, at a character boundary.
+pub fn bounded(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 fn metrics_page(handle: &metrics_exporter_prometheus::PrometheusHandle) -> Response<Bytes> {

@@ -1,12 +1,29 @@
 //! Request classification: a pure function from a request path to a [`Route`].
 //!
-//! Paths are classified after percent-decoding (repeatedly), backslash folding, dot-segment
-//! resolution and case folding, so that no spelling of a path under `meta-data/iam` is ever
-//! forwarded upstream, where it would reach the host's own credentials. Only the exact,
-//! lower-case spellings of the credential routes are served; every other path under
-//! `meta-data/iam` is answered 404 locally.
-
-use std::borrow::Cow;
+//! Every decision is taken on one form of the path, the **canonical form**, and only that form
+//! is ever sent upstream. A path is in the form when:
+//!
+//! - it is `/` or a run of `/segment`s, optionally ending in `/`;
+//! - every segment is non-empty and made of the characters real metadata paths use: ASCII
+//!   letters and digits and `- . _ : @ = , +` (instance tag keys, MAC addresses, public-key
+//!   names, dates). A `%XX` escape is accepted only when it stands for one of these characters,
+//!   and is decoded once;
+//! - no segment starts or ends with `.` (so no `.`, `..`, `...`, `name.`);
+//! - the first segment is an API version (`latest`, `YYYY-MM-DD`, `1.0`) and the second one of
+//!   the service's trees: `meta-data`, `user-data`, `dynamic`, `api`;
+//! - the version, the tree and the category below `meta-data/` are not decorated spellings of
+//!   a name the agent decides on (`meta-data`, `user-data`, `dynamic`, `api`, `token`, `iam`,
+//!   `identity-credentials`, `security-credentials`, `latest`): a segment there that equals one
+//!   of them once case and punctuation are dropped must be exactly that name;
+//! - no category below `meta-data/` other than `iam` and `identity-credentials` contains
+//!   `iam`, `identity-credentials`, `security-credentials`, `meta-data`, `user-data` or `token`
+//!   (compared the same way), and no deeper segment folds to one of them.
+//!
+//! Anything else is [`Route::NotCanonical`]: answered 404 and never forwarded, so no spelling
+//! (encoded, overlong, full-width, decorated) can reach an upstream that might read it as a
+//! credential path. Only `//`, `/./` and `/../` in the raw path are redirected (301), and only
+//! when the cleaned path is in the form. A query is forwarded only when it is in the form too
+//! (the segment characters but `.`, with `&`).
 
 /// What to do with a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,20 +47,22 @@ pub enum Route {
         /// API version segment.
         version: String,
     },
-    /// Anything else under `meta-data/iam`: 404, never forwarded.
-    IamDenied {
-        /// API version segment, when there is one.
-        version: Option<String>,
-    },
-    /// `.../api/token` (any case, any prefix): IMDSv2 tokens, minted by the agent, never
+    /// Anything else under `meta-data/iam` or `meta-data/identity-credentials`: 404, never
     /// forwarded.
+    IamDenied {
+        /// API version segment.
+        version: String,
+    },
+    /// `/{v}/api/token`: IMDSv2 tokens, minted by the agent, never forwarded.
     Token,
     /// `/favicon.ico`: 404.
     Favicon,
-    /// A path that does not start with `/` (e.g. `*`): 400.
+    /// A request target that is not an origin-form path (e.g. `*`): 400.
     BadPath,
-    /// Everything else: forwarded upstream.
-    Passthrough,
+    /// A path outside the canonical form: 404, never forwarded.
+    NotCanonical,
+    /// Forwarded upstream: exactly this path, without the query.
+    Passthrough(CanonicalPath),
 }
 
 impl Route {
@@ -58,7 +77,8 @@ impl Route {
             Route::Token => "api-token",
             Route::Favicon => "favicon",
             Route::BadPath => "bad-path",
-            Route::Passthrough => "passthrough",
+            Route::NotCanonical => "not-canonical",
+            Route::Passthrough(_) => "passthrough",
         }
     }
 
@@ -67,11 +87,201 @@ impl Route {
         match self {
             Route::RoleName { version }
             | Route::Credentials { version, .. }
-            | Route::Info { version } => Some(version),
-            Route::IamDenied { version } => version.as_deref(),
+            | Route::Info { version }
+            | Route::IamDenied { version } => Some(version),
             _ => None,
         }
     }
+}
+
+/// A request target in the canonical form (see the module's contract): its path, and its
+/// query when it had one in the form. Only [`canonical`] makes one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CanonicalPath {
+    target: String,
+    path_len: usize,
+}
+
+impl CanonicalPath {
+    /// The path, starting with `/`.
+    pub fn as_str(&self) -> &str {
+        &self.target[..self.path_len]
+    }
+
+    /// The path and the query, as forwarded upstream.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// The path's segments, without the empty one a trailing `/` leaves.
+    pub fn segments(&self) -> impl Iterator<Item = &str> {
+        self.as_str().split('/').filter(|s| !s.is_empty())
+    }
+}
+
+/// Characters a segment may hold, besides ASCII letters and digits.
+pub const SEGMENT_PUNCTUATION: &str = "-._:@=,+";
+
+/// Whether `b` may appear in a canonical segment.
+pub fn is_segment_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || SEGMENT_PUNCTUATION.as_bytes().contains(&b)
+}
+
+/// The trees under an API version that the agent serves or forwards.
+const TREES: [&str; 4] = ["meta-data", "user-data", "dynamic", "api"];
+
+/// Names the agent decides on. A segment that folds to one of them (case and punctuation
+/// dropped) must be spelled exactly so.
+const RESERVED: [&str; 9] = [
+    "meta-data",
+    "user-data",
+    "dynamic",
+    "api",
+    "token",
+    "iam",
+    "identity-credentials",
+    "security-credentials",
+    "latest",
+];
+
+/// Names that no category below `meta-data/` may contain (other than `iam` and
+/// `identity-credentials` themselves), and that no segment deeper down may fold to: the host's
+/// credentials and user data live under them, and a lax upstream might find them anywhere.
+const SENSITIVE: [&str; 6] = [
+    "iam",
+    "identity-credentials",
+    "security-credentials",
+    "meta-data",
+    "user-data",
+    "token",
+];
+
+/// Deeper paths are not canonical (real metadata paths have fewer than 10 segments).
+pub const MAX_SEGMENTS: usize = 32;
+
+/// Letters and digits only, lower-cased: how a lax server might compare names.
+fn skeleton(s: &str) -> String {
+    s.bytes()
+        .filter(u8::is_ascii_alphanumeric)
+        .map(|b| char::from(b.to_ascii_lowercase()))
+        .collect()
+}
+
+fn is_version(s: &str) -> bool {
+    let b = s.as_bytes();
+    s == "latest"
+        || s == "1.0"
+        || (b.len() == 10
+            && b.iter().enumerate().all(|(i, c)| match i {
+                4 | 7 => *c == b'-',
+                _ => c.is_ascii_digit(),
+            }))
+}
+
+/// The canonical form of `path` and `query`, or `None` when they have none (see the module's
+/// contract). A query is held to the segment characters but `.`, with `&` besides.
+pub fn canonical(path: &str, query: Option<&str>) -> Option<CanonicalPath> {
+    let rest = path.strip_prefix('/')?;
+    let mut out = String::with_capacity(path.len() + query.map_or(0, |q| q.len() + 1));
+    if rest.is_empty() {
+        out.push('/');
+    } else {
+        let (body, trailing) = match rest.strip_suffix('/') {
+            Some(body) => (body, true),
+            None => (rest, false),
+        };
+        for (n, raw) in body.split('/').enumerate() {
+            if n >= MAX_SEGMENTS {
+                return None;
+            }
+            let start = out.len() + 1;
+            out.push('/');
+            decode_into(raw, &mut out, is_segment_byte)?;
+            let seg = &out[start..];
+            if seg.is_empty() || seg.starts_with('.') || seg.ends_with('.') {
+                return None;
+            }
+        }
+        if trailing {
+            out.push('/');
+        }
+    }
+    let path_len = out.len();
+    if let Some(q) = query {
+        out.push('?');
+        decode_into(q, &mut out, |b| {
+            (is_segment_byte(b) && b != b'.') || b == b'&'
+        })?;
+    }
+    let canon = CanonicalPath {
+        target: out,
+        path_len,
+    };
+    structure_ok(&canon).then_some(canon)
+}
+
+/// Appends `raw`'s decoded bytes to `out`; `None` when one is not `allowed`.
+fn decode_into(raw: &str, out: &mut String, allowed: impl Fn(u8) -> bool) -> Option<()> {
+    let b = raw.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        let byte = if b[i] == b'%' {
+            let hex = |c: u8| char::from(c).to_digit(16);
+            let h = hex(*b.get(i + 1)?)?;
+            let l = hex(*b.get(i + 2)?)?;
+            i += 3;
+            u8::try_from(h * 16 + l).ok()?
+        } else {
+            i += 1;
+            b[i - 1]
+        };
+        if !allowed(byte) {
+            return None;
+        }
+        out.push(char::from(byte));
+    }
+    Some(())
+}
+
+/// Whether `seg` folds to one of `names` without being spelled exactly as it.
+fn decorates(seg: &str, names: &[&str]) -> bool {
+    let folded = skeleton(seg);
+    names
+        .iter()
+        .any(|name| skeleton(name) == folded && seg != *name)
+}
+
+/// The version, tree and reserved-name rules of the canonical form.
+fn structure_ok(path: &CanonicalPath) -> bool {
+    let segs: Vec<&str> = path.segments().collect();
+    // Version, tree and category: where a server reads names as structure.
+    if segs.iter().take(3).any(|seg| decorates(seg, &RESERVED)) {
+        return false;
+    }
+    match segs.as_slice() {
+        [] => true,
+        [version, ..] if !is_version(version) => false,
+        [_] => true,
+        [_, tree, ..] if !TREES.contains(tree) => false,
+        // Served or denied locally, never forwarded: the role name is the caller's business.
+        [_, "meta-data", "iam" | "identity-credentials", ..] | [_, "api", ..] => true,
+        [_, "meta-data", category, deeper @ ..] => {
+            let folded = skeleton(category);
+            !SENSITIVE
+                .iter()
+                .any(|name| folded.contains(&skeleton(name)))
+                && !names_sensitive(deeper)
+        }
+        [_, _, deeper @ ..] => !names_sensitive(deeper),
+    }
+}
+
+/// Whether a segment below a category folds to a sensitive name, spelled exactly or not.
+fn names_sensitive(segs: &[&str]) -> bool {
+    segs.iter().any(|seg| {
+        let folded = skeleton(seg);
+        SENSITIVE.iter().any(|name| skeleton(name) == folded)
+    })
 }
 
 /// Classifies a request by its path and query.
@@ -81,8 +291,9 @@ pub fn classify(path: &str, query: Option<&str>) -> Route {
     }
     let cleaned = clean_path(path);
     if cleaned != path {
-        // A backslash in Location could be read as `/` by a client (`/\evil.example`).
-        let cleaned = cleaned.replace('\\', "%5C");
+        if canonical(&cleaned, query).is_none() {
+            return Route::NotCanonical;
+        }
         let location = match query {
             Some(q) => format!("{cleaned}?{q}"),
             None => cleaned,
@@ -92,102 +303,43 @@ pub fn classify(path: &str, query: Option<&str>) -> Route {
     if path == "/favicon.ico" {
         return Route::Favicon;
     }
-
-    let decoded = decode_fully(path);
-    // Real `.` and `..` segments were redirected above; what is left is disguised (encoded,
-    // padded with white space, backslashed). A server upstream may read those as ordinary
-    // names, or resolve them differently than this router would: refuse to guess.
-    // Folded as segment names are below (`;params` dropped): `..;` is `..` to a server that
-    // drops parameters before resolving dot segments.
-    if decoded
-        .split('/')
-        .any(|seg| matches!(seg.split(';').next().unwrap_or_default().trim(), "." | ".."))
-    {
-        return Route::IamDenied { version: None };
-    }
-    let segments = resolve_segments(&decoded);
-    // A segment that is only `;params` or white space is empty to a server that drops those
-    // (`meta-data/;/iam` is `meta-data/iam` there): classification skips it, and such a path
-    // is never served as a credential route either.
-    let folded_all = fold(&segments);
-    let has_blank = folded_all.iter().any(|s| s.is_empty());
-    let folded: Vec<String> = folded_all.into_iter().filter(|s| !s.is_empty()).collect();
-    // The instance's identity-role credentials are the host's too: never forwarded.
-    if folded
-        .windows(2)
-        .any(|w| w[0] == "meta-data" && w[1] == "identity-credentials")
-    {
-        return Route::IamDenied { version: None };
-    }
-    // Any path ending in `api/token`: a token request is never forwarded, whatever its prefix.
-    if let [.., api, token] = folded.as_slice() {
-        if api == "api" && token == "token" {
-            return Route::Token;
+    let Some(canon) = canonical(path, query) else {
+        return Route::NotCanonical;
+    };
+    let segs: Vec<&str> = canon.segments().collect();
+    let trailing = canon.as_str().ends_with('/');
+    match segs.as_slice() {
+        [_, "api", "token"] if !trailing => Route::Token,
+        [_, "api", ..] => Route::NotCanonical,
+        [version, "meta-data", "iam" | "identity-credentials", ..] => {
+            iam_route(version, &segs[2..])
         }
+        _ => Route::Passthrough(canon),
     }
-    let iam_at = folded
-        .windows(2)
-        .position(|w| w[0] == "meta-data" && w[1] == "iam");
-    let Some(iam_at) = iam_at else {
-        return Route::Passthrough;
-    };
+}
 
-    if iam_at != 1 || has_blank {
-        return Route::IamDenied { version: None };
-    }
-    let version = segments[0].to_string();
-    let denied = Route::IamDenied {
-        version: Some(version.clone()),
-    };
+/// The served IAM routes, exactly spelled, under a compatible version; every other path under
+/// `meta-data/iam` or `meta-data/identity-credentials` is denied.
+fn iam_route(version: &str, below: &[&str]) -> Route {
+    let version = version.to_string();
     if !is_compatible_version(&version) {
-        return denied;
+        return Route::IamDenied { version };
     }
-    let exact: Vec<&str> = segments.iter().map(|s| s.as_ref()).collect();
-    match exact.as_slice() {
-        [_, "meta-data", "iam", "security-credentials"] => Route::RoleName { version },
-        [_, "meta-data", "iam", "security-credentials", role] if is_plain_segment(role) => {
-            Route::Credentials {
-                version,
-                role: role.to_string(),
-            }
-        }
-        [_, "meta-data", "iam", "info"] => Route::Info { version },
-        [_, "meta-data", "iam", "info", one] if is_plain_segment(one) => Route::Info { version },
-        _ => denied,
+    match below {
+        ["iam", "security-credentials"] => Route::RoleName { version },
+        ["iam", "security-credentials", role] => Route::Credentials {
+            version,
+            role: role.to_string(),
+        },
+        ["iam", "info"] | ["iam", "info", _] => Route::Info { version },
+        _ => Route::IamDenied { version },
     }
-}
-
-/// `;params` and surrounding white space are dropped for classification only, so `iam;x` or
-/// `iam%20` still count as `iam` here; case is folded.
-fn fold(segments: &[Cow<'_, str>]) -> Vec<String> {
-    segments
-        .iter()
-        .map(|s| {
-            let s = s.split(';').next().unwrap_or_default();
-            s.trim().to_lowercase()
-        })
-        .collect()
-}
-
-/// The path's segments as the router sees them: fully percent-decoded, dot segments resolved,
-/// `;params` and white space dropped, lower-cased. Policies match on these, so that no
-/// spelling of a path escapes them.
-pub fn canonical_segments(path: &str) -> Vec<String> {
-    let decoded = decode_fully(path);
-    fold(&resolve_segments(&decoded))
-        .into_iter()
-        .filter(|s| !s.is_empty())
-        .collect()
 }
 
 /// `{v}` is compatible when it compares `>= "2012-01-12"` as a plain string, as the old
 /// proxies decided (so `latest` passes).
 fn is_compatible_version(v: &str) -> bool {
     v >= "2012-01-12"
-}
-
-fn is_plain_segment(s: &str) -> bool {
-    !s.is_empty() && !s.chars().any(|c| c.is_control() || c == '\\' || c == '/')
 }
 
 /// Go's `path.Clean` as `net/http.ServeMux` applies it: dot segments and repeated slashes
@@ -217,38 +369,6 @@ pub fn clean_path(p: &str) -> String {
     cleaned
 }
 
-/// Percent-decodes until nothing changes (bounded), so `%252F` counts as `/`.
-fn decode_fully(p: &str) -> String {
-    let mut current: String = p.replace('\\', "/");
-    for _ in 0..4 {
-        if !current.contains('%') {
-            break;
-        }
-        let next: Cow<'_, str> = percent_encoding::percent_decode_str(&current).decode_utf8_lossy();
-        let next = next.replace('\\', "/");
-        if next == current {
-            break;
-        }
-        current = next;
-    }
-    current
-}
-
-/// Splits a decoded path into segments with `.`/`..`/empty segments resolved.
-fn resolve_segments(p: &str) -> Vec<Cow<'_, str>> {
-    let mut out: Vec<Cow<'_, str>> = Vec::new();
-    for seg in p.split('/') {
-        match seg.trim() {
-            "" | "." => {}
-            ".." => {
-                out.pop();
-            }
-            _ => out.push(Cow::Borrowed(seg)),
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,6 +377,17 @@ mod tests {
         Route::Credentials {
             version: v.into(),
             role: role.into(),
+        }
+    }
+
+    fn forwarded(target: &str) -> Option<String> {
+        let (path, query) = match target.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (target, None),
+        };
+        match classify(path, query) {
+            Route::Passthrough(canon) => Some(canon.target().to_string()),
+            _ => None,
         }
     }
 
@@ -283,128 +414,184 @@ mod tests {
                 "/2016-09-02/meta-data/iam/security-credentials/My-Role",
                 creds("2016-09-02", "My-Role"),
             ),
+            (
+                "/latest/meta-data/iam/security-credentials/a+b=c,d.e@f_g-h",
+                creds("latest", "a+b=c,d.e@f_g-h"),
+            ),
             ("/latest/meta-data/iam/info", info.clone()),
             ("/latest/meta-data/iam/info/", info.clone()),
             ("/latest/meta-data/iam/info/extra", info),
             ("/favicon.ico", Route::Favicon),
-            ("/latest/meta-data/instance-id", Route::Passthrough),
             ("/latest/api/token", Route::Token),
-            ("/2021-01-03/API/Token", Route::Token),
-            ("/latest/api/token%2F", Route::Token),
-            ("/latest/api/tokens", Route::Passthrough),
-            ("/api/token", Route::Token),
-            ("/x/latest/api/token", Route::Token),
-            ("/", Route::Passthrough),
-            ("/latest/meta-data/iamx", Route::Passthrough),
-            ("/latest/meta-data/identity/iam", Route::Passthrough),
+            ("/2021-01-03/api/token", Route::Token),
         ];
         for (path, want) in cases {
             assert_eq!(classify(path, None), want, "{path}");
         }
     }
 
+    /// Paths of the real service's documented categories: forwarded as they are.
+    const REAL_PATHS: &[&str] = &[
+        "/",
+        "/latest",
+        "/latest/",
+        "/latest/meta-data",
+        "/latest/meta-data/",
+        "/latest/meta-data/ami-id",
+        "/latest/meta-data/ami-launch-index",
+        "/latest/meta-data/block-device-mapping/ebs0",
+        "/latest/meta-data/events/maintenance/scheduled",
+        "/latest/meta-data/hostname",
+        "/latest/meta-data/instance-id",
+        "/latest/meta-data/instance-life-cycle",
+        "/latest/meta-data/local-ipv4",
+        "/latest/meta-data/mac",
+        "/latest/meta-data/network/interfaces/macs/",
+        "/latest/meta-data/network/interfaces/macs/02:29:96:8f:6a:2d/subnet-ipv4-cidr-block",
+        "/latest/meta-data/network/interfaces/macs/02:29:96:8f:6a:2d/ipv6s",
+        "/latest/meta-data/placement/availability-zone",
+        "/latest/meta-data/placement/region",
+        "/latest/meta-data/public-keys/",
+        "/latest/meta-data/public-keys/0/openssh-key",
+        "/latest/meta-data/public-keys/0=my-key",
+        "/latest/meta-data/security-groups",
+        "/latest/meta-data/services/domain",
+        "/latest/meta-data/spot/instance-action",
+        "/latest/meta-data/autoscaling/target-lifecycle-state",
+        "/latest/meta-data/tags/instance",
+        "/latest/meta-data/tags/instance/Name",
+        "/latest/meta-data/tags/instance/aws:autoscaling:groupName",
+        "/latest/meta-data/tags/instance/team+cost=a,b@c_d",
+        "/latest/meta-data/elastic-inference/associations/eia-bfa21c7904f64a82a21b9f4540169ce1",
+        "/latest/dynamic/instance-identity/document",
+        "/latest/dynamic/instance-identity/pkcs7",
+        "/latest/dynamic/fws/instance-monitoring",
+        "/latest/user-data",
+        "/2016-09-02/meta-data/instance-id",
+        "/1.0/meta-data/instance-id",
+    ];
+
     #[test]
-    fn params_only_segments_neither_hide_nor_serve_iam_paths() {
-        // Found by the router fuzz target.
-        for path in [
-            "/;t/latest/meta-data/iam/security-credentials",
-            "/latest/;x/meta-data/iam/info",
-            "/latest/meta-data/;/iam/security-credentials/r",
-        ] {
-            assert_eq!(
-                classify(path, None),
-                Route::IamDenied { version: None },
-                "{path}"
-            );
+    fn real_service_paths_are_forwarded_unchanged() {
+        for path in REAL_PATHS {
+            assert_eq!(forwarded(path).as_deref(), Some(*path), "{path}");
         }
+        assert_eq!(
+            forwarded("/latest/meta-data/instance-id?a=1&b=c").as_deref(),
+            Some("/latest/meta-data/instance-id?a=1&b=c")
+        );
     }
 
     #[test]
-    fn non_canonical_paths_redirect_with_query() {
+    fn escapes_of_allowed_characters_are_forwarded_decoded() {
         assert_eq!(
-            classify("/latest//meta-data/iam/info", Some("a=1")),
-            Route::Redirect("/latest/meta-data/iam/info?a=1".into())
+            forwarded("/latest/meta-data/network/interfaces/macs/02%3A29%3a96:8f:6a:2d/mac")
+                .as_deref(),
+            Some("/latest/meta-data/network/interfaces/macs/02:29:96:8f:6a:2d/mac")
         );
         assert_eq!(
-            classify("/latest/./meta-data/", None),
-            Route::Redirect("/latest/meta-data/".into())
+            forwarded("/latest/meta-data/tags/instance/a%3Db?x%3D1").as_deref(),
+            Some("/latest/meta-data/tags/instance/a=b?x=1")
         );
-        assert_eq!(
-            classify("/x/../latest/meta-data/iam/", None),
-            Route::Redirect("/latest/meta-data/iam/".into())
-        );
-        assert_eq!(classify("/..", None), Route::Redirect("/".into()));
-        assert_eq!(
-            classify("/./\\evil.example", None),
-            Route::Redirect("/%5Cevil.example".into())
-        );
-        assert_eq!(classify("*", None), Route::BadPath);
     }
 
-    /// Every one of these reaches IAM data in some spelling; none may be forwarded.
-    const IAM_PATHS: &[&str] = &[
+    /// Spellings found by a black-box attack (and the router's fuzzing): none is forwarded.
+    const DISGUISES: &[&str] = &[
+        "/latest/meta-data/x/%c0%ae%c0%ae/iam/security-credentials/role",
+        "/latest/meta-data/x/%e0%80%ae%e0%80%ae/iam/security-credentials/role",
+        "/latest/meta-data/x/%u002e%u002e/iam/security-credentials/role",
+        "/latest/meta-data/x/%uff0e%uff0e/iam/security-credentials/role",
+        "/latest/meta-data/x/%ef%bc%8e%ef%bc%8e/iam/security-credentials/role",
+        "/latest/meta-data/x/%e3%80%82%e3%80%82/iam/security-credentials/role",
+        "/latest/meta-data/x/.../iam/security-credentials/role",
+        "/latest/meta-data/x/.%20./iam/security-credentials/role",
+        "/latest/meta-data/x/..%ff/iam/security-credentials/role",
+        "/latest/meta-data./iam/security-credentials/role",
+        "/latest/meta-data~/iam/security-credentials/role",
+        "/latest/meta-data/iam./security-credentials/role",
+        "/latest/meta-data/iam%3f/security-credentials/role",
+        "/latest/meta-data/iam%c0%af/security-credentials/role",
+        "/latest/meta-data/identity-credentials./ec2/security-credentials/ec2-instance",
+        "/latest/api/token.",
+        "/latest/api/tokenx",
+        "/latest/api/token/x",
+        "/latest/api/token/",
         "/latest/meta-data/iam/security-credentials/r/%20../%20../%20../%20..",
-        "/latest/meta-data/iam/security-credentials/r/%20../%20../%2e%2e/%2e%2e",
-        "/latest/meta-data/iam/info/%20../%20../%20../%2e%2e/%2e%2e/%2e%2e",
         "/latest/meta-data/iam/security-credentials/r/%252e%252e",
         "/latest/meta-data/iam/security-credentials/r/%5c..",
         "/latest/meta-data/iam/security-credentials/r/\\..",
-        "/latest/meta-data/iam/security-credentials/r/%09..",
-        "/latest/meta-data/identity-credentials/ec2/security-credentials/ec2-instance",
-        // Found by the router fuzz target: `..;` resolves as `..` where `;params` are dropped.
         "/latest/meta-data/x/..;/iam/security-credentials/",
-        "/latest/meta-data/x/%2e%2e;/iam/info",
-        "/latest/meta-data/x/..;/identity-credentials/ec2/security-credentials/ec2-instance",
-        "/latest/meta-data/x/.;/../iam/info",
+        "/latest/meta-data/x/%2e%2e/iam/info",
         "/latest/meta-data/;/iam/security-credentials/r/x",
-        "/latest/meta-data/%20;x/identity-credentials/ec2/info",
         "/latest/meta-data/Identity-Credentials/ec2/info",
-        "/latest/meta-data/iam",
-        "/latest/meta-data/iam/",
-        "/latest/meta-data/iam/security-credentials/r/junk",
-        "/latest/meta-data/iam/security-credentials/r/junk/",
-        "/latest/meta-data/iam/info/a/b",
-        "/latest/meta-data/iam/other",
         "/latest/meta-data/IAM/security-credentials/",
         "/latest/Meta-Data/iam/info",
         "/LATEST/META-DATA/IAM/INFO",
-        "/2009-04-04/meta-data/iam/security-credentials/",
-        "/1.0/meta-data/iam/info",
-        "/2012-01-11/meta-data/iam/info",
         "/latest/meta-data%2Fiam%2Fsecurity-credentials%2F",
-        "/latest/meta-data/iam%2Fsecurity-credentials%2Fr",
         "/latest/meta-data/%69am/info/x/y",
-        "/latest/meta-data/%2e%2e/meta-data/iam/x/y",
-        "/latest/meta-data/iam/%2e%2e/iam/x/y",
-        "/latest/meta-data%252Fiam%252Finfo%252Fz%252Fz",
         "/latest/meta-data\\iam\\info\\a\\b",
         "/latest/meta-data/iam;x/info/y/z",
         "/latest/meta-data/iam%20/info/y/z",
         "/meta-data/iam/info",
         "/a/b/meta-data/iam/info",
-        "/latest/user-data/../meta-data/iam/x/y",
-        "/latest/meta-data/iam/security-credentials/%2F",
-        "/latest/meta-data/iam/security-credentials/r%2Fjunk",
+        "/x/latest/api/token",
+        "/api/token",
+        "/latest/meta-datax/iam/security-credentials/r",
+        "/latest/meta_data/iam/security-credentials/r",
+        "/latest/metadata/iam/security-credentials/r",
+        "/latest/meta-data/iam+/security-credentials/r",
+        "/latest/meta-data/iam-/security-credentials/r",
+        "/latest/meta-data/iamx/security-credentials/r",
+        "/latest/meta-data/x/iam/security-credentials/r",
+        "/latest/meta-data/tags/instance/security-credentials",
+        "/latest/dynamic/iam/info",
+        "/latest/user-data.",
+        "/latest/User-Data",
+        "/latest/user_data",
+        "/latest/userdata",
+        "/latest/user-data%00",
+        "/latest/user-data%E2%80%8B",
+        "/latest/user%252Ddata",
+        "/latest/meta-data/user-data",
+        "/latest/meta-data/x/user-data",
+        "/user-data",
+        "/latest%00/meta-data/iam/info",
+        "/latest/meta-data/instance-id%00",
+        "/latest/meta-data/instance-id~",
+        "/latest/meta-data/%7e",
+        "/latest/meta-data/a b",
+        "/latest/meta-data/caf\u{e9}",
     ];
 
     #[test]
-    fn no_spelling_of_an_iam_path_is_forwarded() {
-        for path in IAM_PATHS {
+    fn disguised_paths_are_not_canonical_and_never_forwarded() {
+        for path in DISGUISES {
             let route = classify(path, None);
             assert!(
-                !matches!(route, Route::Passthrough),
-                "{path} would be forwarded"
+                !matches!(route, Route::Passthrough(_) | Route::Token),
+                "{path} routed {route:?}"
+            );
+        }
+        for query in ["%00", "a%20b", "x=%2e%2e%2fiam", "x=../iam", "a;b", "a%25"] {
+            assert_eq!(
+                classify("/latest/meta-data/instance-id", Some(query)),
+                Route::NotCanonical,
+                "{query}"
             );
         }
     }
 
     #[test]
-    fn odd_iam_spellings_are_denied_not_served() {
+    fn iam_paths_outside_the_served_routes_are_denied() {
         for path in [
-            "/latest/meta-data/IAM/security-credentials/",
-            "/2012-01-11/meta-data/iam/info",
+            "/latest/meta-data/iam",
+            "/latest/meta-data/iam/",
             "/latest/meta-data/iam/security-credentials/r/junk",
-            "/meta-data/iam/info",
+            "/latest/meta-data/iam/info/a/b",
+            "/latest/meta-data/iam/other",
+            "/latest/meta-data/identity-credentials/ec2/security-credentials/ec2-instance",
+            "/2009-04-04/meta-data/iam/security-credentials/",
+            "/1.0/meta-data/iam/info",
         ] {
             assert!(
                 matches!(classify(path, None), Route::IamDenied { .. }),
@@ -414,12 +601,51 @@ mod tests {
     }
 
     #[test]
-    fn versions_compare_as_strings() {
+    fn dot_segments_redirect_only_into_the_form() {
+        assert_eq!(
+            classify("/latest//meta-data/iam/info", Some("a=1")),
+            Route::Redirect("/latest/meta-data/iam/info?a=1".into())
+        );
+        assert_eq!(
+            classify("/latest/./meta-data/", None),
+            Route::Redirect("/latest/meta-data/".into())
+        );
+        assert_eq!(
+            classify("/latest/meta-data/x/../iam/", None),
+            Route::Redirect("/latest/meta-data/iam/".into())
+        );
+        assert_eq!(classify("/..", None), Route::Redirect("/".into()));
+        for (path, query) in [
+            ("/./\\evil.example", None),
+            ("//evil.example/latest", None),
+            ("/latest/./meta-data%00", None),
+            ("/latest/../user_data", None),
+            ("/latest//meta-data", Some("%00")),
+        ] {
+            assert_eq!(classify(path, query), Route::NotCanonical, "{path}");
+        }
+        assert_eq!(classify("*", None), Route::BadPath);
+    }
+
+    #[test]
+    fn depth_is_bounded() {
+        let deep = format!("/latest/meta-data{}", "/a".repeat(MAX_SEGMENTS - 2));
+        assert!(forwarded(&deep).is_some());
+        assert_eq!(classify(&format!("{deep}/a"), None), Route::NotCanonical);
+    }
+
+    #[test]
+    fn versions() {
         assert!(is_compatible_version("latest"));
         assert!(is_compatible_version("2012-01-12"));
-        assert!(is_compatible_version("2016-09-02"));
         assert!(!is_compatible_version("2012-01-11"));
         assert!(!is_compatible_version("1.0"));
+        for v in ["latest", "1.0", "2016-09-02"] {
+            assert!(is_version(v), "{v}");
+        }
+        for v in ["Latest", "2016-9-02", "2016-09-02x", "1.1", "x"] {
+            assert!(!is_version(v), "{v}");
+        }
     }
 
     #[test]
