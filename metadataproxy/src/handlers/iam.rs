@@ -94,8 +94,9 @@ fn lookup_failure(e: LookupError) -> Failure {
 
 /// Classic mode: the container that owns the peer IP.
 async fn container_by_ip(state: &State, ip: IpAddr) -> Result<Container, Failure> {
-    // No container has a loopback address: such callers get one look, not the retry window.
-    let window = if ip.is_loopback() {
+    // No container has a loopback address, a Docker network's gateway or an address outside
+    // every Docker network: such callers get one look, not the retry window.
+    let window = if ip.is_loopback() || !state.lookup.may_be_container(ip) {
         std::time::Duration::ZERO
     } else {
         state.lookup_window

@@ -2,16 +2,26 @@
 //!
 //! Connects lazily, so the agent can start before the daemon, and negotiates the API version
 //! (engines speaking an older API refuse clients that ask for a newer one).
+//!
+//! Also reads Docker's networks (their IPAM subnets and gateways), so that the index can tell
+//! an address no container can have from one that a container may have.
 
+use std::fmt;
 use std::net::IpAddr;
+use std::str::FromStr;
 
 use bollard::models::EventMessage;
 use bollard::query_parameters::{
-    EventsOptionsBuilder, InspectContainerOptions, ListContainersOptions,
+    EventsOptionsBuilder, InspectContainerOptions, InspectNetworkOptions, ListContainersOptions,
+    ListNetworksOptions,
 };
 use bollard::Docker;
+use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
 use tokio::sync::OnceCell;
 
+use super::index::DockerApi;
 use super::{Container, CopiedLabels, LookupError};
 use crate::config::DockerUrl;
 
@@ -151,15 +161,231 @@ impl DockerLookup {
         let docker = self.client().await?;
         let mut filters = std::collections::HashMap::new();
         filters.insert("type", vec!["container", "network"]);
+        // `create` is wanted for networks only (their subnets); a container's `create` event
+        // also passes this filter, and the index ignores it.
         filters.insert(
             "event",
-            vec!["start", "die", "destroy", "rename", "connect", "disconnect"],
+            vec![
+                "create",
+                "start",
+                "die",
+                "destroy",
+                "rename",
+                "connect",
+                "disconnect",
+            ],
         );
         let options = EventsOptionsBuilder::new()
             .since(&since.to_string())
             .filters(&filters)
             .build();
         Ok(docker.events(Some(options)))
+    }
+
+    /// Every Docker network, with its subnets and gateways.
+    pub async fn networks(&self) -> Result<Vec<DockerNetwork>, LookupError> {
+        let docker = self.client().await?;
+        let listed = docker
+            .list_networks(None::<ListNetworksOptions>)
+            .await
+            .map_err(docker_error)?;
+        let host = host_addresses();
+        Ok(listed
+            .into_iter()
+            .filter_map(|n| DockerNetwork::from_api(n, &host))
+            .collect())
+    }
+
+    /// The network with this id, if it exists.
+    pub async fn network(&self, id: &str) -> Result<Option<DockerNetwork>, LookupError> {
+        let docker = self.client().await?;
+        match docker
+            .inspect_network(id, None::<InspectNetworkOptions>)
+            .await
+        {
+            Ok(n) => Ok(DockerNetwork::from_api(n, &host_addresses())),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
+            Err(e) => Err(docker_error(e)),
+        }
+    }
+}
+
+impl DockerApi for DockerLookup {
+    fn find(&self, ip: IpAddr) -> BoxFuture<'_, Result<Option<Container>, LookupError>> {
+        Box::pin(DockerLookup::find(self, ip))
+    }
+
+    fn inspect<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Container>, LookupError>> {
+        Box::pin(DockerLookup::inspect(self, id))
+    }
+
+    fn running_ids(&self) -> BoxFuture<'_, Result<Vec<String>, LookupError>> {
+        Box::pin(DockerLookup::running_ids(self))
+    }
+
+    fn networks(&self) -> BoxFuture<'_, Result<Vec<DockerNetwork>, LookupError>> {
+        Box::pin(DockerLookup::networks(self))
+    }
+
+    fn network<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<DockerNetwork>, LookupError>> {
+        Box::pin(DockerLookup::network(self, id))
+    }
+
+    fn events(
+        &self,
+        since: i64,
+    ) -> BoxFuture<'_, Result<BoxStream<'_, Result<EventMessage, LookupError>>, LookupError>> {
+        Box::pin(async move {
+            let events = DockerLookup::events(self, since).await?;
+            Ok(events.map(|e| e.map_err(docker_error)).boxed())
+        })
+    }
+}
+
+/// What the index keeps of a Docker network: the address ranges its containers' addresses
+/// come from, and its gateways (the host's side, never a container).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DockerNetwork {
+    /// Full network id.
+    pub id: String,
+    /// Its IPAM subnets, IPv4 and IPv6 (none for `host` and `none`).
+    pub subnets: Vec<Subnet>,
+    /// Its IPAM gateways.
+    pub gateways: Vec<IpAddr>,
+}
+
+impl DockerNetwork {
+    /// From Docker's description of the network and the host's interface addresses (`host`:
+    /// interface name, address).
+    fn from_api(n: bollard::models::Network, host: &[(String, IpAddr)]) -> Option<DockerNetwork> {
+        let id = n.id?;
+        let configs = n.ipam.and_then(|i| i.config).unwrap_or_default();
+        let subnets: Vec<Subnet> = configs
+            .iter()
+            .filter_map(|c| c.subnet.as_deref())
+            .filter_map(|s| match s.parse() {
+                Ok(subnet) => Some(subnet),
+                Err(e) => {
+                    tracing::warn!(subnet = s, error = %e, "ignoring a Docker network subnet that does not parse");
+                    None
+                }
+            })
+            .collect();
+        // A gateway is a bare address; tolerate the `addr/len` form as well.
+        let mut gateways: Vec<IpAddr> = configs
+            .iter()
+            .filter_map(|c| c.gateway.as_deref())
+            .filter_map(|g| g.split('/').next()?.parse().ok())
+            .collect();
+        // Some engines (20.10) leave the default bridge's gateway out of its IPAM
+        // configuration; a bridge network's gateway is then its bridge's address on the host.
+        if n.driver.as_deref() == Some("bridge") {
+            let bridge = n
+                .options
+                .as_ref()
+                .and_then(|o| o.get("com.docker.network.bridge.name").cloned())
+                .unwrap_or_else(|| format!("br-{}", &id[..id.len().min(12)]));
+            let bare: Vec<Subnet> = subnets
+                .iter()
+                .copied()
+                .filter(|s| !gateways.iter().any(|g| s.contains(*g)))
+                .collect();
+            gateways.extend(
+                host.iter()
+                    .filter(|(name, ip)| *name == bridge && bare.iter().any(|s| s.contains(*ip)))
+                    .map(|(_, ip)| *ip),
+            );
+        }
+        Some(DockerNetwork {
+            id,
+            subnets,
+            gateways,
+        })
+    }
+}
+
+/// The host's interface addresses (interface name, address); none if they cannot be read.
+fn host_addresses() -> Vec<(String, IpAddr)> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    addrs
+        .filter_map(|ifa| {
+            let a = ifa.address?;
+            let ip = a
+                .as_sockaddr_in()
+                .map(|v4| IpAddr::V4(v4.ip()))
+                .or_else(|| a.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())))?;
+            Some((ifa.interface_name, ip))
+        })
+        .collect()
+}
+
+/// An address range in CIDR form (`172.17.0.0/16`, `fd00:dead:beef::/48`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Subnet {
+    base: IpAddr,
+    prefix: u8,
+}
+
+impl Subnet {
+    /// Whether `ip` lies in this range (never across families).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.base, ip) {
+            (IpAddr::V4(base), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(base) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(base), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(base) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Debug for Subnet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.base, self.prefix)
+    }
+}
+
+/// Why a subnet did not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubnetError {
+    /// No `/` between address and prefix length.
+    #[error("no prefix length")]
+    NoPrefix,
+    /// The address part is not an IP address.
+    #[error("invalid address")]
+    Address,
+    /// The prefix length is not a number within the family's width.
+    #[error("invalid prefix length")]
+    Prefix,
+}
+
+impl FromStr for Subnet {
+    type Err = SubnetError;
+
+    fn from_str(s: &str) -> Result<Subnet, SubnetError> {
+        let (base, prefix) = s.split_once('/').ok_or(SubnetError::NoPrefix)?;
+        let base: IpAddr = base.parse().map_err(|_| SubnetError::Address)?;
+        let prefix: u8 = prefix.parse().map_err(|_| SubnetError::Prefix)?;
+        let width = if base.is_ipv4() { 32 } else { 128 };
+        if prefix > width {
+            return Err(SubnetError::Prefix);
+        }
+        Ok(Subnet { base, prefix })
     }
 }
 
@@ -176,4 +402,134 @@ fn endpoint_ips<'a>(
 
 fn docker_error(e: bollard::errors::Error) -> LookupError {
     LookupError::Docker(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_subnet_holds_its_addresses_only() {
+        let v4: Subnet = "172.30.0.0/16".parse().unwrap();
+        assert!(v4.contains(ip("172.30.0.0")));
+        assert!(v4.contains(ip("172.30.255.255")));
+        assert!(!v4.contains(ip("172.31.0.1")));
+        assert!(
+            !v4.contains(ip("::ffff:172.30.0.1")),
+            "no match across families"
+        );
+        let v6: Subnet = "fd00:dead:beef::/48".parse().unwrap();
+        assert!(v6.contains(ip("fd00:dead:beef:1::2")));
+        assert!(!v6.contains(ip("fd00:dead:bef0::2")));
+        assert!(!v6.contains(ip("172.30.0.1")));
+        let odd: Subnet = "10.1.2.3/23".parse().unwrap();
+        assert!(odd.contains(ip("10.1.3.200")));
+        assert!(!odd.contains(ip("10.1.4.0")));
+        let all: Subnet = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains(ip("203.0.113.9")));
+        let one: Subnet = "fd00::1/128".parse().unwrap();
+        assert!(one.contains(ip("fd00::1")) && !one.contains(ip("fd00::2")));
+    }
+
+    #[test]
+    fn malformed_subnets_are_refused() {
+        assert_eq!("172.30.0.0".parse::<Subnet>(), Err(SubnetError::NoPrefix));
+        assert_eq!("nope/16".parse::<Subnet>(), Err(SubnetError::Address));
+        assert_eq!("172.30.0.0/33".parse::<Subnet>(), Err(SubnetError::Prefix));
+        assert_eq!("fd00::/129".parse::<Subnet>(), Err(SubnetError::Prefix));
+        assert_eq!("fd00::/x".parse::<Subnet>(), Err(SubnetError::Prefix));
+    }
+
+    #[test]
+    fn a_network_gives_its_ipam_subnets_and_gateways() {
+        use bollard::models::{Ipam, IpamConfig, Network};
+        let n = Network {
+            id: Some("net1".into()),
+            ipam: Some(Ipam {
+                config: Some(vec![
+                    IpamConfig {
+                        subnet: Some("172.30.5.0/24".into()),
+                        gateway: Some("172.30.5.1".into()),
+                        ..Default::default()
+                    },
+                    IpamConfig {
+                        subnet: Some("fd00:5::/64".into()),
+                        gateway: Some("fd00:5::1/64".into()),
+                        ..Default::default()
+                    },
+                    IpamConfig {
+                        subnet: Some("garbage".into()),
+                        ..Default::default()
+                    },
+                ]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let n = DockerNetwork::from_api(n, &[]).unwrap();
+        assert_eq!(n.id, "net1");
+        assert_eq!(
+            n.subnets,
+            [
+                "172.30.5.0/24".parse().unwrap(),
+                "fd00:5::/64".parse().unwrap()
+            ]
+        );
+        assert_eq!(n.gateways, [ip("172.30.5.1"), ip("fd00:5::1")]);
+        // `host` and `none` have no IPAM configuration.
+        let host = DockerNetwork::from_api(
+            Network {
+                id: Some("host".into()),
+                driver: Some("host".into()),
+                ..Default::default()
+            },
+            &[("lo".into(), ip("127.0.0.1"))],
+        )
+        .unwrap();
+        assert!(host.subnets.is_empty() && host.gateways.is_empty());
+    }
+
+    #[test]
+    fn a_bridge_without_an_ipam_gateway_has_its_interface_address_as_gateway() {
+        use bollard::models::{Ipam, IpamConfig, Network};
+        let bridge = |id: &str, name: Option<&str>, gateway: Option<&str>| Network {
+            id: Some(id.into()),
+            driver: Some("bridge".into()),
+            options: name.map(|n| {
+                [("com.docker.network.bridge.name".to_string(), n.to_string())]
+                    .into_iter()
+                    .collect()
+            }),
+            ipam: Some(Ipam {
+                config: Some(vec![IpamConfig {
+                    subnet: Some("172.17.0.0/16".into()),
+                    gateway: gateway.map(str::to_string),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let host = [
+            ("docker0".to_string(), ip("172.17.0.1")),
+            ("docker0".to_string(), ip("fe80::1")),
+            ("br-0123456789ab".to_string(), ip("172.17.9.9")),
+            ("eth0".to_string(), ip("172.17.5.5")),
+        ];
+        // Docker 20.10's default bridge.
+        let default = DockerNetwork::from_api(bridge("x", Some("docker0"), None), &host).unwrap();
+        assert_eq!(default.gateways, [ip("172.17.0.1")]);
+        // A user-defined bridge is named after its id.
+        let user = DockerNetwork::from_api(bridge("0123456789abcdef", None, None), &host).unwrap();
+        assert_eq!(user.gateways, [ip("172.17.9.9")]);
+        // With an IPAM gateway, the interface is not consulted.
+        let given =
+            DockerNetwork::from_api(bridge("x", Some("docker0"), Some("172.17.0.254")), &host)
+                .unwrap();
+        assert_eq!(given.gateways, [ip("172.17.0.254")]);
+    }
 }

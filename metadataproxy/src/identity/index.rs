@@ -1,30 +1,66 @@
 //! The container index: every running container by IP and by id, kept current by Docker's
 //! event stream, so that a lookup makes no Docker API call.
 //!
-//! - Start-up and every break of the event stream (dockerd restarted): a full sync (one list,
-//!   one inspect per container). The stream is opened `since` the sync began, so nothing that
-//!   happens during the sync is missed.
+//! - Start-up and every break of the event stream (dockerd restarted): a full sync (one network
+//!   list, one container list, one inspect per container). The stream is opened `since` the
+//!   sync began, so nothing that happens during the sync is missed.
 //! - `start`, `rename`, network `connect`/`disconnect`: the container is inspected again.
 //!   `die`, `destroy`: it is removed, and its addresses with it, so an address that moves to a
 //!   new container maps to the new one only.
+//! - Network `create` (the network is inspected) and `destroy`: the index keeps every Docker
+//!   network's IPAM subnets and gateways.
 //! - A periodic reconcile (full sync) is the safety net.
 //! - A miss (a lookup that races a start) falls back to a direct Docker lookup, whose answer is
 //!   added to the index: never a wrong answer, never a wait for the next event.
 //! - While dockerd is down, containers that kept running are still answered from the index.
 //!
+//! What a miss costs, so that callers that are no container cannot load Docker:
+//!
+//! - An address outside every Docker network's subnets, or equal to a network's gateway (the
+//!   host's side of a bridge), is no container: `by_ip` answers `None` at once, with no Docker
+//!   call, and [`ContainerLookup::may_be_container`] is false for it (handlers then skip the
+//!   retry window). Until the first network list succeeds, every address may be a container.
+//!
 //! Newly seen containers are sent on a channel, for credential prefetch.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use bollard::models::EventMessage;
 use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
+use super::docker::DockerNetwork;
 use super::{Container, ContainerLookup, DockerLookup, LookupError};
+
+/// What the index asks of Docker; [`DockerLookup`] in the agent, a fake in tests.
+pub(crate) trait DockerApi: Send + Sync + fmt::Debug {
+    /// The running container with `ip` on any network (one list, one inspect).
+    fn find(&self, ip: IpAddr) -> BoxFuture<'_, Result<Option<Container>, LookupError>>;
+    /// The container with this id, if it is running.
+    fn inspect<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Container>, LookupError>>;
+    /// The ids of the running containers.
+    fn running_ids(&self) -> BoxFuture<'_, Result<Vec<String>, LookupError>>;
+    /// Every network.
+    fn networks(&self) -> BoxFuture<'_, Result<Vec<DockerNetwork>, LookupError>>;
+    /// The network with this id, if it exists.
+    fn network<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<DockerNetwork>, LookupError>>;
+    /// Container and network events from `since` (seconds since the epoch) on.
+    #[allow(clippy::type_complexity)]
+    fn events(
+        &self,
+        since: i64,
+    ) -> BoxFuture<'_, Result<BoxStream<'_, Result<EventMessage, LookupError>>, LookupError>>;
+}
 
 #[derive(Debug, Default)]
 struct Maps {
@@ -55,6 +91,31 @@ impl Maps {
     }
 }
 
+/// Docker's networks: which addresses a container may have.
+#[derive(Debug, Default)]
+struct Networks {
+    /// False until the first network list: then every address may be a container.
+    known: bool,
+    by_id: HashMap<String, DockerNetwork>,
+}
+
+impl Networks {
+    /// Whether a container may have `ip`: inside some network's subnet and no gateway.
+    fn may_hold(&self, ip: IpAddr) -> bool {
+        if !self.known {
+            return true;
+        }
+        let mut inside = false;
+        for n in self.by_id.values() {
+            if n.gateways.contains(&ip) {
+                return false;
+            }
+            inside |= n.subnets.iter().any(|s| s.contains(ip));
+        }
+        inside
+    }
+}
+
 /// Counters for tests and telemetry.
 #[derive(Debug, Default)]
 pub struct IndexStats {
@@ -64,26 +125,47 @@ pub struct IndexStats {
     pub events: AtomicU64,
     /// Lookups that missed the index and asked Docker directly.
     pub direct_lookups: AtomicU64,
+    /// Lookups answered "no container" because the address is outside every Docker network's
+    /// subnets or is a gateway.
+    pub outside_networks: AtomicU64,
 }
 
 /// Running containers by IP and id.
-#[derive(Debug)]
 pub struct ContainerIndex {
-    docker: DockerLookup,
+    docker: Arc<dyn DockerApi>,
     maps: RwLock<Maps>,
+    networks: RwLock<Networks>,
     synced: AtomicBool,
     started: mpsc::UnboundedSender<Container>,
     /// Counters.
     pub stats: IndexStats,
 }
 
+impl fmt::Debug for ContainerIndex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ContainerIndex")
+            .field("docker", &self.docker)
+            .field("containers", &self.len())
+            .field("synced", &self.is_synced())
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
 impl ContainerIndex {
     /// An empty index over `docker`, and the channel on which newly seen containers arrive.
     pub fn new(docker: DockerLookup) -> (Arc<ContainerIndex>, mpsc::UnboundedReceiver<Container>) {
+        Self::over(Arc::new(docker))
+    }
+
+    fn over(
+        docker: Arc<dyn DockerApi>,
+    ) -> (Arc<ContainerIndex>, mpsc::UnboundedReceiver<Container>) {
         let (started, rx) = mpsc::unbounded_channel();
         let index = Arc::new(ContainerIndex {
             docker,
             maps: RwLock::new(Maps::default()),
+            networks: RwLock::new(Networks::default()),
             synced: AtomicBool::new(false),
             started,
             stats: IndexStats::default(),
@@ -135,6 +217,12 @@ impl ContainerIndex {
 
     /// Replaces the index with what Docker lists now.
     pub async fn full_sync(&self) -> Result<(), LookupError> {
+        let networks = self.docker.networks().await?;
+        {
+            let mut known = self.networks.write().expect("networks lock");
+            known.by_id = networks.into_iter().map(|n| (n.id.clone(), n)).collect();
+            known.known = true;
+        }
         let ids = self.docker.running_ids().await?;
         let inspections: Vec<BoxFuture<'_, Result<Option<Container>, LookupError>>> = ids
             .into_iter()
@@ -182,11 +270,45 @@ impl ContainerIndex {
         }
     }
 
-    async fn apply(&self, event: bollard::models::EventMessage) {
+    async fn refresh_network(&self, id: &str) {
+        match self.docker.network(id).await {
+            Ok(Some(n)) => {
+                let mut networks = self.networks.write().expect("networks lock");
+                networks.by_id.insert(n.id.clone(), n);
+            }
+            Ok(None) => self.remove_network(id),
+            Err(e) => {
+                tracing::warn!(network_id = id, error = %e, "could not inspect a network after its creation")
+            }
+        }
+    }
+
+    fn remove_network(&self, id: &str) {
+        self.networks
+            .write()
+            .expect("networks lock")
+            .by_id
+            .remove(id);
+    }
+
+    async fn apply(&self, event: EventMessage) {
         use bollard::models::EventMessageTypeEnum as Type;
         let Some(actor) = event.actor else { return };
         let action = event.action.unwrap_or_default();
+        if event.typ == Some(Type::NETWORK) && matches!(action.as_str(), "create" | "destroy") {
+            let Some(id) = actor.id else { return };
+            self.stats.events.fetch_add(1, Ordering::Relaxed);
+            crate::telemetry::metrics::docker_event(&action);
+            match action.as_str() {
+                "create" => self.refresh_network(&id).await,
+                _ => self.remove_network(&id),
+            }
+            return;
+        }
         let id = match event.typ {
+            // Passes the event filter for the networks' sake; a created container has no
+            // address until it starts.
+            Some(Type::CONTAINER) if action == "create" => None,
             Some(Type::CONTAINER) => actor.id,
             Some(Type::NETWORK) => actor.attributes.and_then(|mut a| a.remove("container")),
             _ => None,
@@ -218,7 +340,7 @@ impl ContainerIndex {
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
-            let events = match self.docker.events(since).await {
+            let mut events = match self.docker.events(since).await {
                 Ok(events) => events,
                 Err(e) => {
                     tracing::warn!(error = %e, "container index: cannot follow Docker events");
@@ -226,7 +348,6 @@ impl ContainerIndex {
                     continue;
                 }
             };
-            tokio::pin!(events);
             backoff = Duration::from_millis(250);
             self.synced.store(true, Ordering::SeqCst);
             tracing::info!(containers = self.len(), "container index synced");
@@ -254,6 +375,10 @@ impl ContainerIndex {
             }
             self.synced.store(false, Ordering::SeqCst);
         }
+    }
+
+    fn may_hold(&self, ip: IpAddr) -> bool {
+        self.networks.read().expect("networks lock").may_hold(ip)
     }
 
     fn lookup_ip(&self, ip: IpAddr) -> Result<Option<Container>, LookupError> {
@@ -286,6 +411,11 @@ impl ContainerLookup for ContainerIndex {
                 crate::telemetry::metrics::docker_lookup("index", "found");
                 return Ok(Some(c));
             }
+            if !self.may_hold(ip) {
+                self.stats.outside_networks.fetch_add(1, Ordering::Relaxed);
+                crate::telemetry::metrics::docker_lookup("networks", "not_found");
+                return Ok(None);
+            }
             self.stats.direct_lookups.fetch_add(1, Ordering::Relaxed);
             let found = self.docker.find(ip).await;
             count_direct(&found);
@@ -315,11 +445,267 @@ impl ContainerLookup for ContainerIndex {
     fn peek(&self, ip: IpAddr) -> Option<Container> {
         self.lookup_ip(ip).ok().flatten()
     }
+
+    fn may_be_container(&self, ip: IpAddr) -> bool {
+        !matches!(self.lookup_ip(ip), Ok(None)) || self.may_hold(ip)
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Mutex;
+
+    use bollard::models::{EventActor, EventMessageTypeEnum};
+
     use super::*;
+
+    /// A Docker daemon in memory that counts the calls made to it.
+    #[derive(Debug, Default)]
+    struct FakeDocker {
+        containers: Mutex<Vec<Container>>,
+        networks: Mutex<Vec<DockerNetwork>>,
+        finds: AtomicUsize,
+        inspects: AtomicUsize,
+        /// How long `find` takes (paused time in tests).
+        find_delay: Duration,
+        down: AtomicBool,
+    }
+
+    impl FakeDocker {
+        fn running(&self, c: Container) {
+            self.containers.lock().unwrap().push(c);
+        }
+
+        fn net(&self, id: &str, subnets: &[&str], gateways: &[&str]) -> DockerNetwork {
+            DockerNetwork {
+                id: id.into(),
+                subnets: subnets.iter().map(|s| s.parse().unwrap()).collect(),
+                gateways: gateways.iter().map(|g| g.parse().unwrap()).collect(),
+            }
+        }
+
+        fn result<T>(&self, v: T) -> Result<T, LookupError> {
+            if self.down.load(Ordering::SeqCst) {
+                Err(LookupError::Docker("connection refused".into()))
+            } else {
+                Ok(v)
+            }
+        }
+    }
+
+    impl DockerApi for FakeDocker {
+        fn find(&self, ip: IpAddr) -> BoxFuture<'_, Result<Option<Container>, LookupError>> {
+            Box::pin(async move {
+                self.finds.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(self.find_delay).await;
+                let found = self
+                    .containers
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .find(|c| c.ips.contains(&ip))
+                    .cloned();
+                self.result(found)
+            })
+        }
+
+        fn inspect<'a>(
+            &'a self,
+            id: &'a str,
+        ) -> BoxFuture<'a, Result<Option<Container>, LookupError>> {
+            Box::pin(async move {
+                self.inspects.fetch_add(1, Ordering::SeqCst);
+                let found = self
+                    .containers
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .find(|c| c.id == id)
+                    .cloned();
+                self.result(found)
+            })
+        }
+
+        fn running_ids(&self) -> BoxFuture<'_, Result<Vec<String>, LookupError>> {
+            Box::pin(async move {
+                let ids = self
+                    .containers
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .map(|c| c.id.clone())
+                    .collect();
+                self.result(ids)
+            })
+        }
+
+        fn networks(&self) -> BoxFuture<'_, Result<Vec<DockerNetwork>, LookupError>> {
+            Box::pin(async move { self.result(self.networks.lock().unwrap().clone()) })
+        }
+
+        fn network<'a>(
+            &'a self,
+            id: &'a str,
+        ) -> BoxFuture<'a, Result<Option<DockerNetwork>, LookupError>> {
+            Box::pin(async move {
+                let found = self
+                    .networks
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .find(|n| n.id == id)
+                    .cloned();
+                self.result(found)
+            })
+        }
+
+        fn events(
+            &self,
+            _since: i64,
+        ) -> BoxFuture<'_, Result<BoxStream<'_, Result<EventMessage, LookupError>>, LookupError>>
+        {
+            Box::pin(async { Ok(futures_util::stream::pending().boxed()) })
+        }
+    }
+
+    /// An index over a fake daemon that knows the bridge `172.17.0.0/16` (gateway
+    /// `172.17.0.1`) and a dual-stack network `172.30.9.0/24` + `fd00:9::/64`.
+    fn fake(find_delay: Duration) -> (Arc<ContainerIndex>, Arc<FakeDocker>) {
+        let docker = Arc::new(FakeDocker {
+            find_delay,
+            ..FakeDocker::default()
+        });
+        let networks = vec![
+            docker.net("bridge", &["172.17.0.0/16"], &["172.17.0.1"]),
+            docker.net(
+                "dual",
+                &["172.30.9.0/24", "fd00:9::/64"],
+                &["172.30.9.1", "fd00:9::1"],
+            ),
+            docker.net("host", &[], &[]),
+        ];
+        *docker.networks.lock().unwrap() = networks;
+        let (index, _rx) = ContainerIndex::over(docker.clone());
+        (index, docker)
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn event(typ: EventMessageTypeEnum, action: &str, id: &str) -> EventMessage {
+        EventMessage {
+            typ: Some(typ),
+            action: Some(action.into()),
+            actor: Some(EventActor {
+                id: Some(id.into()),
+                attributes: None,
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_address_outside_every_network_or_a_gateway_costs_no_docker_call() {
+        let (index, docker) = fake(Duration::ZERO);
+        index.full_sync().await.unwrap();
+        for outside in [
+            "10.1.2.3",
+            "172.17.0.1",
+            "172.30.9.1",
+            "fd00:9::1",
+            "fd00:8::5",
+        ] {
+            assert!(!index.may_be_container(ip(outside)), "{outside}");
+            assert!(index.by_ip(ip(outside)).await.unwrap().is_none());
+        }
+        assert_eq!(docker.finds.load(Ordering::SeqCst), 0);
+        assert_eq!(index.stats.outside_networks.load(Ordering::SeqCst), 5);
+        for inside in ["172.17.0.2", "172.30.9.200", "fd00:9::42"] {
+            assert!(index.may_be_container(ip(inside)), "{inside}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn before_the_first_network_list_every_address_may_be_a_container() {
+        let (index, docker) = fake(Duration::ZERO);
+        docker.down.store(true, Ordering::SeqCst);
+        assert!(index.full_sync().await.is_err());
+        assert!(index.may_be_container(ip("10.1.2.3")));
+        assert!(index.may_be_container(ip("172.17.0.1")));
+        assert!(index.by_ip(ip("10.1.2.3")).await.is_err());
+        assert_eq!(docker.finds.load(Ordering::SeqCst), 1, "asked Docker");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_container_that_starts_within_the_window_is_found_at_once() {
+        let (index, docker) = fake(Duration::ZERO);
+        index.full_sync().await.unwrap();
+        let addr = ip("172.30.9.77");
+        assert!(index.by_ip(addr).await.unwrap().is_none());
+        // It starts: its start event is applied while the miss is still remembered.
+        docker.running(c("late", &["172.30.9.77"]));
+        index
+            .apply(event(EventMessageTypeEnum::CONTAINER, "start", "late"))
+            .await;
+        assert_eq!(index.by_ip(addr).await.unwrap().unwrap().id, "late");
+        assert_eq!(docker.finds.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_container_found_directly_is_indexed_not_remembered_as_a_miss() {
+        let (index, docker) = fake(Duration::ZERO);
+        index.full_sync().await.unwrap();
+        // Running, but its start event has not been applied yet.
+        docker.running(c("racing", &["fd00:9::7"]));
+        let addr = ip("fd00:9::7");
+        assert_eq!(index.by_ip(addr).await.unwrap().unwrap().id, "racing");
+        assert_eq!(index.by_ip(addr).await.unwrap().unwrap().id, "racing");
+        assert_eq!(
+            docker.finds.load(Ordering::SeqCst),
+            1,
+            "the second is an index hit"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn network_events_teach_the_index_new_subnets_and_forget_destroyed_ones() {
+        let (index, docker) = fake(Duration::ZERO);
+        index.full_sync().await.unwrap();
+        let addr = ip("172.30.50.9");
+        assert!(!index.may_be_container(addr));
+        let fresh = docker.net("fresh", &["172.30.50.0/24"], &["172.30.50.1"]);
+        docker.networks.lock().unwrap().push(fresh);
+        index
+            .apply(event(EventMessageTypeEnum::NETWORK, "create", "fresh"))
+            .await;
+        assert!(index.may_be_container(addr));
+        assert!(!index.may_be_container(ip("172.30.50.1")), "its gateway");
+        docker.networks.lock().unwrap().retain(|n| n.id != "fresh");
+        index
+            .apply(event(EventMessageTypeEnum::NETWORK, "destroy", "fresh"))
+            .await;
+        assert!(!index.may_be_container(addr));
+        // A created container has no address yet: its create event costs no inspect.
+        index
+            .apply(event(EventMessageTypeEnum::CONTAINER, "create", "new"))
+            .await;
+        assert_eq!(docker.inspects.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_known_container_may_be_a_container_wherever_its_address_is() {
+        let (index, _docker) = fake(Duration::ZERO);
+        index.full_sync().await.unwrap();
+        // Indexed before its network was learned (e.g. the create event is still queued).
+        index.upsert(c("early", &["10.99.0.5"]), false);
+        assert!(index.may_be_container(ip("10.99.0.5")));
+        assert_eq!(
+            index.by_ip(ip("10.99.0.5")).await.unwrap().unwrap().id,
+            "early"
+        );
+    }
 
     fn c(id: &str, ips: &[&str]) -> Container {
         let mut c = Container::from_env(id.into(), id.into(), "img".into(), []);

@@ -161,10 +161,17 @@ pub trait ContainerLookup: Send + Sync + fmt::Debug {
     fn peek(&self, _ip: IpAddr) -> Option<Container> {
         None
     }
+
+    /// Whether a container may own `ip`: false only for addresses that no container can have
+    /// (outside every Docker network, or a network's gateway), which need no retry window.
+    fn may_be_container(&self, _ip: IpAddr) -> bool {
+        true
+    }
 }
 
 /// Runs `lookup` until it finds a container, for up to `window` (a container that has just
-/// started may not be listed yet). Used on credential routes only.
+/// started may not be listed yet). Used on credential routes only, and only for addresses
+/// that [`ContainerLookup::may_be_container`].
 pub async fn find_with_retry<F, Fut>(
     window: Duration,
     mut lookup: F,

@@ -37,8 +37,8 @@ pub const CREDENTIAL_PREFETCH: &str = "metadataproxy.credential_prefetch";
 pub const CREDENTIAL_REFRESH_AHEAD: &str = "metadataproxy.credential_refresh_ahead";
 /// Cached credential sets (`gauge`).
 pub const CREDENTIAL_CACHE_ENTRIES: &str = "metadataproxy.credential_cache_entries";
-/// Container lookups by source (`index`, `docker`) and result (`found`, `not_found`,
-/// `error`) (`counter`).
+/// Container lookups by source (`index`, `docker`; `networks`: the address is outside every
+/// Docker network or a gateway) and result (`found`, `not_found`, `error`) (`counter`).
 pub const DOCKER_LOOKUP: &str = "metadataproxy.docker_lookup";
 /// Containers in the index (`gauge`).
 pub const DOCKER_INDEX_CONTAINERS: &str = "metadataproxy.docker_index_containers";
@@ -346,6 +346,7 @@ pub fn index_sync() {
 /// Records an applied Docker event.
 pub fn docker_event(action: &str) {
     let action = match action {
+        "create" => "create",
         "start" => "start",
         "die" => "die",
         "destroy" => "destroy",
