@@ -20,6 +20,11 @@
 //!   host's side of a bridge), is no container: `by_ip` answers `None` at once, with no Docker
 //!   call, and [`ContainerLookup::may_be_container`] is false for it (handlers then skip the
 //!   retry window). Until the first network list succeeds, every address may be a container.
+//! - Any other address that misses the index costs at most one direct Docker lookup per
+//!   [`NEGATIVE_WINDOW`]: the answer (not found, or Docker's error) is remembered for that
+//!   long, for at most [`NEGATIVE_CAPACITY`] addresses, and concurrent misses for one address
+//!   share one lookup. The index is consulted first, so a container that starts within the
+//!   window is found as soon as its `start` event is applied.
 //!
 //! Newly seen containers are sent on a channel, for credential prefetch.
 
@@ -38,6 +43,13 @@ use tokio::sync::mpsc;
 
 use super::docker::DockerNetwork;
 use super::{Container, ContainerLookup, DockerLookup, LookupError};
+
+/// How long the answer of a direct Docker lookup that found no container is reused for the same
+/// address: at most one Docker call per address per window.
+pub const NEGATIVE_WINDOW: Duration = Duration::from_secs(1);
+
+/// How many addresses the negative cache remembers at most (a few hundred bytes each).
+pub const NEGATIVE_CAPACITY: u64 = 16_384;
 
 /// What the index asks of Docker; [`DockerLookup`] in the agent, a fake in tests.
 pub(crate) trait DockerApi: Send + Sync + fmt::Debug {
@@ -116,6 +128,36 @@ impl Networks {
     }
 }
 
+/// A miss remembered by the negative cache.
+#[derive(Debug, Clone)]
+struct Miss {
+    /// When Docker answered (tokio's clock, so that tests can pause it).
+    at: tokio::time::Instant,
+    /// Docker's error, or `None` for "no such container".
+    error: Option<LookupError>,
+}
+
+impl Miss {
+    fn is_fresh(&self) -> bool {
+        self.at.elapsed() < NEGATIVE_WINDOW
+    }
+
+    fn answer(&self) -> Result<Option<Container>, LookupError> {
+        match &self.error {
+            None => Ok(None),
+            Some(e) => Err(e.clone()),
+        }
+    }
+
+    fn result_label(&self) -> &'static str {
+        if self.error.is_some() {
+            "error"
+        } else {
+            "not_found"
+        }
+    }
+}
+
 /// Counters for tests and telemetry.
 #[derive(Debug, Default)]
 pub struct IndexStats {
@@ -125,6 +167,9 @@ pub struct IndexStats {
     pub events: AtomicU64,
     /// Lookups that missed the index and asked Docker directly.
     pub direct_lookups: AtomicU64,
+    /// Lookups that missed the index and were answered by the negative cache (or shared
+    /// another lookup's Docker call) instead of asking Docker.
+    pub suppressed_lookups: AtomicU64,
     /// Lookups answered "no container" because the address is outside every Docker network's
     /// subnets or is a gateway.
     pub outside_networks: AtomicU64,
@@ -135,6 +180,7 @@ pub struct ContainerIndex {
     docker: Arc<dyn DockerApi>,
     maps: RwLock<Maps>,
     networks: RwLock<Networks>,
+    negative: moka::future::Cache<IpAddr, Miss>,
     synced: AtomicBool,
     started: mpsc::UnboundedSender<Container>,
     /// Counters.
@@ -166,6 +212,12 @@ impl ContainerIndex {
             docker,
             maps: RwLock::new(Maps::default()),
             networks: RwLock::new(Networks::default()),
+            // Expiry is checked on tokio's clock (`Miss::is_fresh`); moka's own time to live
+            // only bounds how long a stale entry occupies memory.
+            negative: moka::future::Cache::builder()
+                .max_capacity(NEGATIVE_CAPACITY)
+                .time_to_live(NEGATIVE_WINDOW * 2)
+                .build(),
             synced: AtomicBool::new(false),
             started,
             stats: IndexStats::default(),
@@ -377,6 +429,53 @@ impl ContainerIndex {
         }
     }
 
+    /// A direct Docker lookup for an address that missed the index, at most one per address
+    /// per [`NEGATIVE_WINDOW`], shared by concurrent callers.
+    async fn find_direct(&self, ip: IpAddr) -> Result<Option<Container>, LookupError> {
+        if let Some(miss) = self.negative.get(&ip).await {
+            if miss.is_fresh() {
+                return self.suppressed(&miss);
+            }
+            self.negative.invalidate(&ip).await;
+        }
+        let asked = AtomicBool::new(false);
+        let outcome = self
+            .negative
+            .try_get_with(ip, async {
+                asked.store(true, Ordering::Relaxed);
+                self.stats.direct_lookups.fetch_add(1, Ordering::Relaxed);
+                let found = self.docker.find(ip).await;
+                count_direct(&found);
+                let error = match found {
+                    Ok(Some(c)) => {
+                        self.upsert(c.clone(), false);
+                        // Found: not remembered; the index holds it now.
+                        return Err(c);
+                    }
+                    Ok(None) => None,
+                    Err(e) => Some(e),
+                };
+                Ok(Miss {
+                    at: tokio::time::Instant::now(),
+                    error,
+                })
+            })
+            .await;
+        match outcome {
+            Err(found) => Ok(Some(Container::clone(&found))),
+            Ok(miss) if asked.load(Ordering::Relaxed) => miss.answer(),
+            Ok(miss) => self.suppressed(&miss),
+        }
+    }
+
+    fn suppressed(&self, miss: &Miss) -> Result<Option<Container>, LookupError> {
+        self.stats
+            .suppressed_lookups
+            .fetch_add(1, Ordering::Relaxed);
+        crate::telemetry::metrics::docker_lookup("negative_cache", miss.result_label());
+        miss.answer()
+    }
+
     fn may_hold(&self, ip: IpAddr) -> bool {
         self.networks.read().expect("networks lock").may_hold(ip)
     }
@@ -416,13 +515,7 @@ impl ContainerLookup for ContainerIndex {
                 crate::telemetry::metrics::docker_lookup("networks", "not_found");
                 return Ok(None);
             }
-            self.stats.direct_lookups.fetch_add(1, Ordering::Relaxed);
-            let found = self.docker.find(ip).await;
-            count_direct(&found);
-            if let Ok(Some(c)) = &found {
-                self.upsert(c.clone(), false);
-            }
-            found
+            self.find_direct(ip).await
         })
     }
 
@@ -636,6 +729,60 @@ mod tests {
         assert!(index.may_be_container(ip("172.17.0.1")));
         assert!(index.by_ip(ip("10.1.2.3")).await.is_err());
         assert_eq!(docker.finds.load(Ordering::SeqCst), 1, "asked Docker");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_miss_costs_one_docker_call_per_window_per_address() {
+        let (index, docker) = fake(Duration::ZERO);
+        index.full_sync().await.unwrap();
+        let nobody = ip("172.30.9.77");
+        for _ in 0..100 {
+            assert!(index.by_ip(nobody).await.unwrap().is_none());
+        }
+        assert_eq!(docker.finds.load(Ordering::SeqCst), 1);
+        assert_eq!(index.stats.suppressed_lookups.load(Ordering::SeqCst), 99);
+        // Another address has its own entry.
+        assert!(index.by_ip(ip("172.30.9.78")).await.unwrap().is_none());
+        assert_eq!(docker.finds.load(Ordering::SeqCst), 2);
+        // Just before the window ends, still remembered; at its end, asked again.
+        tokio::time::advance(NEGATIVE_WINDOW - Duration::from_millis(1)).await;
+        assert!(index.by_ip(nobody).await.unwrap().is_none());
+        assert_eq!(docker.finds.load(Ordering::SeqCst), 2);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(index.by_ip(nobody).await.unwrap().is_none());
+        assert_eq!(docker.finds.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn docker_errors_are_remembered_for_the_window_too() {
+        let (index, docker) = fake(Duration::ZERO);
+        index.full_sync().await.unwrap();
+        docker.down.store(true, Ordering::SeqCst);
+        let nobody = ip("172.30.9.77");
+        for _ in 0..10 {
+            assert!(matches!(
+                index.by_ip(nobody).await,
+                Err(LookupError::Docker(_))
+            ));
+        }
+        assert_eq!(docker.finds.load(Ordering::SeqCst), 1);
+        docker.down.store(false, Ordering::SeqCst);
+        tokio::time::advance(NEGATIVE_WINDOW).await;
+        assert!(index.by_ip(nobody).await.unwrap().is_none());
+        assert_eq!(docker.finds.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_misses_for_one_address_share_one_docker_call() {
+        let (index, docker) = fake(Duration::from_millis(50));
+        index.full_sync().await.unwrap();
+        let nobody = ip("172.30.9.77");
+        let lookups = (0..50).map(|_| index.by_ip(nobody));
+        let answers = futures_util::future::join_all(lookups).await;
+        assert!(answers.iter().all(|a| matches!(a, Ok(None))));
+        assert_eq!(docker.finds.load(Ordering::SeqCst), 1);
+        assert_eq!(index.stats.direct_lookups.load(Ordering::SeqCst), 1);
+        assert_eq!(index.stats.suppressed_lookups.load(Ordering::SeqCst), 49);
     }
 
     #[tokio::test(start_paused = true)]

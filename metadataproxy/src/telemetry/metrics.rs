@@ -38,7 +38,8 @@ pub const CREDENTIAL_REFRESH_AHEAD: &str = "metadataproxy.credential_refresh_ahe
 /// Cached credential sets (`gauge`).
 pub const CREDENTIAL_CACHE_ENTRIES: &str = "metadataproxy.credential_cache_entries";
 /// Container lookups by source (`index`, `docker`; `networks`: the address is outside every
-/// Docker network or a gateway) and result (`found`, `not_found`, `error`) (`counter`).
+/// Docker network or a gateway; `negative_cache`: a recent direct lookup's answer was reused)
+/// and result (`found`, `not_found`, `error`) (`counter`).
 pub const DOCKER_LOOKUP: &str = "metadataproxy.docker_lookup";
 /// Containers in the index (`gauge`).
 pub const DOCKER_INDEX_CONTAINERS: &str = "metadataproxy.docker_index_containers";
