@@ -99,12 +99,10 @@ pub struct Args {
     pub ebpf_redirect_addr: Option<String>,
 
     /// eBPF mode: comma list of cgroup directories (relative to the cgroup2 root) whose
-    /// sub-cgroups are containers.
-    #[arg(
-        long,
-        env = "EBPF_CONTAINER_CGROUPS",
-        default_value = "docker,docker.slice"
-    )]
+    /// sub-cgroups are redirected, or `auto`: from Docker's cgroup driver and the running
+    /// containers' cgroups (`docker` for cgroupfs; `system.slice` and `docker.slice` for
+    /// systemd, where host services in the same slice keep the instance's metadata).
+    #[arg(long, env = "EBPF_CONTAINER_CGROUPS", default_value = "auto")]
     pub ebpf_container_cgroups: String,
 
     /// eBPF mode: on a clean shutdown, `keep` the programs attached (containers' metadata
@@ -544,8 +542,9 @@ pub struct EbpfConfig {
     pub pin_path: std::path::PathBuf,
     /// Redirect target (`EBPF_REDIRECT_ADDR`); `None`: docker0's address.
     pub redirect_addr: Option<std::net::Ipv4Addr>,
-    /// Container parent cgroups (`EBPF_CONTAINER_CGROUPS`).
-    pub container_cgroups: Vec<String>,
+    /// Container parent cgroups (`EBPF_CONTAINER_CGROUPS`); `None`: `auto`, settled at start-up
+    /// by `identity::cgroup::container_parents`.
+    pub container_cgroups: Option<Vec<String>>,
     /// Clean-shutdown policy (`EBPF_ON_SHUTDOWN`).
     pub on_shutdown: OnShutdown,
 }
@@ -1161,24 +1160,25 @@ fn parse_ebpf(a: &Args) -> Result<EbpfConfig, ConfigError> {
         ),
         None => None,
     };
-    let container_cgroups = comma_list(
-        "EBPF_CONTAINER_CGROUPS",
-        &Some(a.ebpf_container_cgroups.clone()),
-    )?
-    .into_iter()
-    .map(|d| d.trim_matches('/').to_string())
-    .collect::<Vec<_>>();
-    if container_cgroups.is_empty()
-        || container_cgroups
-            .iter()
-            .any(|d| d.is_empty() || d.contains(".."))
-    {
-        return Err(invalid(
+    let container_cgroups = if a.ebpf_container_cgroups.trim() == "auto" {
+        None
+    } else {
+        let list = comma_list(
             "EBPF_CONTAINER_CGROUPS",
-            &a.ebpf_container_cgroups,
-            "expected a comma list of cgroup directories such as docker,docker.slice",
-        ));
-    }
+            &Some(a.ebpf_container_cgroups.clone()),
+        )?
+        .into_iter()
+        .map(|d| d.trim_matches('/').to_string())
+        .collect::<Vec<_>>();
+        if list.is_empty() || list.iter().any(|d| d.is_empty() || d.contains("..")) {
+            return Err(invalid(
+                "EBPF_CONTAINER_CGROUPS",
+                &a.ebpf_container_cgroups,
+                "expected auto or a comma list of cgroup directories such as docker,system.slice",
+            ));
+        }
+        Some(list)
+    };
     let on_shutdown = match a.ebpf_on_shutdown.trim().to_ascii_lowercase().as_str() {
         "keep" => OnShutdown::Keep,
         "detach" => OnShutdown::Detach,

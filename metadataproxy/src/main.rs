@@ -73,14 +73,24 @@ async fn run(config: Config) -> ExitCode {
     let mut nat_rules = None;
     match &config.intercept {
         Intercept::None => {}
-        Intercept::Ebpf(ebpf) => match KernelRedirect::install(ebpf, listen) {
-            Ok(k) => redirect = Some(Arc::new(k)),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot start eBPF mode");
-                eprintln!("metadataproxy: cannot start eBPF mode: {e}");
-                return ExitCode::FAILURE;
+        Intercept::Ebpf(ebpf) => {
+            match metadataproxy::identity::DockerLookup::new(config.docker.clone())
+                .settle_container_parents(
+                    ebpf.container_cgroups.as_deref(),
+                    std::time::Duration::from_secs(2),
+                )
+                .await
+                .map_err(metadataproxy::ebpf::EbpfError::from)
+                .and_then(|parents| KernelRedirect::install(ebpf, &parents, listen))
+            {
+                Ok(k) => redirect = Some(Arc::new(k)),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start eBPF mode");
+                    eprintln!("metadataproxy: cannot start eBPF mode: {e}");
+                    return ExitCode::FAILURE;
+                }
             }
-        },
+        }
         Intercept::Iptables(ipt) => match NatRules::install(ipt, listen) {
             Ok(r) => nat_rules = Some(Arc::new(r)),
             Err(e) => {

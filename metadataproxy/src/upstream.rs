@@ -51,6 +51,15 @@ pub trait Upstream: Send + Sync + fmt::Debug {
     /// Sends `req` (origin-form URI: path and query) and returns the whole answer, with an
     /// [`UpstreamTiming`] in its extensions when the round trip went over the network.
     fn send(&self, req: Request<Bytes>) -> BoxFuture<'_, Result<Response<Bytes>, UpstreamError>>;
+
+    /// Sends `req` as the caller made it: its own IMDSv2 headers, none of the agent's (a host
+    /// service's requests, which hold the instance's own tokens).
+    fn send_as_is(
+        &self,
+        req: Request<Bytes>,
+    ) -> BoxFuture<'_, Result<Response<Bytes>, UpstreamError>> {
+        self.send(req)
+    }
 }
 
 /// Headers that belong to one connection, never forwarded in either direction (RFC 9110 7.6.1).
@@ -365,6 +374,17 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 impl Upstream for HttpUpstream {
+    fn send_as_is(
+        &self,
+        req: Request<Bytes>,
+    ) -> BoxFuture<'_, Result<Response<Bytes>, UpstreamError>> {
+        Box::pin(async move {
+            tokio::time::timeout(self.timeout, self.round_trip(req))
+                .await
+                .map_err(|_| UpstreamError::Timeout(self.timeout))?
+        })
+    }
+
     fn send(&self, req: Request<Bytes>) -> BoxFuture<'_, Result<Response<Bytes>, UpstreamError>> {
         Box::pin(async move {
             tokio::time::timeout(self.timeout, async {

@@ -18,6 +18,7 @@ const MD: &str = "http://169.254.169.254/latest/meta-data";
 const EBPF_RUN_FLAGS: &[&str] = &[
     "--net=host",
     "--cgroupns=host",
+    "--pid=host",
     "--cap-add=SYS_ADMIN",
     "--cap-add=NET_ADMIN",
     "-v",

@@ -18,7 +18,9 @@ use aya::{Ebpf, EbpfLoader};
 use metadataproxy_common::{maps, programs, Config, ConnKey, ConnRecord};
 
 use crate::config::{EbpfConfig, OnShutdown};
-use crate::identity::cgroup::{cgroup_id, detect_cgroup2_root};
+use crate::identity::cgroup::{
+    cgroup_id, classify_path, detect_cgroup2_root, path_of_ancestors, CgroupKind,
+};
 use crate::identity::kernel::{is_fresh, monotonic_ns, CgroupResolver, KernelIdentity};
 
 /// The kernel object, built by `cargo xtask build-ebpf` and checked against the source in CI.
@@ -62,6 +64,9 @@ pub enum EbpfError {
     /// The pin directory is not on a bpffs.
     #[error("{0} is not on a bpf filesystem (mount -t bpf bpf /sys/fs/bpf)")]
     NotBpfFs(PathBuf),
+    /// Where containers live could not be settled (see `identity::cgroup::container_parents`).
+    #[error(transparent)]
+    Layout(#[from] crate::identity::cgroup::LayoutError),
     /// Loading or attaching failed (permissions, kernel support).
     #[error("{what}: {detail} (eBPF mode needs root or CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN, cgroup2 and BPF link support)")]
     Kernel {
@@ -103,6 +108,9 @@ pub struct KernelRedirect {
     resolver: CgroupResolver,
     pin_dir: PathBuf,
     on_shutdown: OnShutdown,
+    /// What each connecting cgroup is (by cgroup id): cgroups live as long as their
+    /// container or service, so a path is walked once per cgroup.
+    kinds: moka::sync::Cache<u64, CgroupKind>,
     /// Where containers' metadata connects go.
     pub redirect: SocketAddr,
     /// The cgroup2 directory the programs are attached to.
@@ -110,8 +118,14 @@ pub struct KernelRedirect {
 }
 
 impl KernelRedirect {
-    /// Loads, configures, attaches and pins the programs, taking over from a previous agent.
-    pub fn install(cfg: &EbpfConfig, listen: SocketAddr) -> Result<KernelRedirect, EbpfError> {
+    /// Loads, configures, attaches and pins the programs, taking over from a previous agent;
+    /// `container_parents` are the directories whose descendants are redirected (see
+    /// [`container_parents`](crate::identity::cgroup::container_parents)).
+    pub fn install(
+        cfg: &EbpfConfig,
+        container_parents: &[String],
+        listen: SocketAddr,
+    ) -> Result<KernelRedirect, EbpfError> {
         let cgroup_root = detect_cgroup2_root().ok_or(EbpfError::NoCgroup2)?;
         let attach_to = cfg
             .cgroup_path
@@ -133,7 +147,7 @@ impl KernelRedirect {
         let maps_dir = cfg.pin_path.join(MAPS_DIR);
         std::fs::create_dir_all(&maps_dir).map_err(io("create", &maps_dir))?;
 
-        let parents = container_parents(&cgroup_root, &cfg.container_cgroups)?;
+        let parents = parent_ids(&cgroup_root, container_parents)?;
         let own_cgroup = own_cgroup_id(&cgroup_root)?;
 
         let map_names = [
@@ -188,10 +202,10 @@ impl KernelRedirect {
             cgroup = %attach_to.display(),
             redirect = %redirect,
             pin_path = %cfg.pin_path.display(),
-            container_parents = parents.len(),
+            container_parents = %container_parents.join(","),
             "eBPF redirect attached"
         );
-        for dir in &cfg.container_cgroups {
+        for dir in container_parents {
             if !cgroup_root.join(dir).is_dir() {
                 tracing::warn!(
                     cgroup = %cgroup_root.join(dir).display(),
@@ -203,8 +217,12 @@ impl KernelRedirect {
             connections: Mutex::new(connections),
             parents: Mutex::new(parents_map),
             cgroup_root: cgroup_root.clone(),
-            parent_dirs: cfg.container_cgroups.clone(),
-            resolver: CgroupResolver::new(cgroup_root, cfg.container_cgroups.clone()),
+            parent_dirs: container_parents.to_vec(),
+            resolver: CgroupResolver::new(cgroup_root, container_parents.to_vec()),
+            kinds: moka::sync::Cache::builder()
+                .max_capacity(KNOWN_CGROUPS)
+                .time_to_idle(std::time::Duration::from_secs(600))
+                .build(),
             pin_dir: cfg.pin_path.clone(),
             on_shutdown: cfg.on_shutdown,
             redirect,
@@ -367,7 +385,30 @@ impl KernelIdentity for KernelRedirect {
     fn container_id(&self, record: &ConnRecord) -> Option<String> {
         self.resolver.container_id(record)
     }
+
+    fn cached_kind(&self, record: &ConnRecord) -> Option<CgroupKind> {
+        self.kinds.get(&record.cgroup_id)
+    }
+
+    fn kind(&self, record: &ConnRecord) -> CgroupKind {
+        if let Some(kind) = self.kinds.get(&record.cgroup_id) {
+            return kind;
+        }
+        // Deeper than the kernel records (MAX_CGROUP_LEVEL): the path's first levels decide.
+        match path_of_ancestors(&self.cgroup_root, &record.ancestors) {
+            Some(path) => {
+                let kind = classify_path(&path);
+                self.kinds.insert(record.cgroup_id, kind.clone());
+                kind
+            }
+            // Gone already: nothing to remember.
+            None => CgroupKind::Unknown,
+        }
+    }
 }
+
+/// cgroups whose kind is remembered at most.
+const KNOWN_CGROUPS: u64 = 16_384;
 
 /// The first IPv4 address of `name`.
 fn interface_ipv4(name: &str) -> Option<Ipv4Addr> {
@@ -418,7 +459,7 @@ fn ensure_bpffs(pin_path: &Path) -> Result<(), EbpfError> {
 /// The ids of the container parent cgroups; a missing `docker` directory (cgroupfs driver,
 /// no container started yet) is created so that its id is known before the first container.
 /// (systemd slices are left to systemd.)
-fn container_parents(root: &Path, dirs: &[String]) -> Result<Vec<u64>, EbpfError> {
+fn parent_ids(root: &Path, dirs: &[String]) -> Result<Vec<u64>, EbpfError> {
     for dir in dirs {
         let path = root.join(dir);
         if !path.exists() && !dir.ends_with(".slice") {

@@ -47,16 +47,38 @@ pub async fn forward(
     // own when the upstream wants one.
     parts.headers.remove(crate::imdsv2::TOKEN_HEADER);
     parts.headers.remove(crate::imdsv2::TTL_HEADER);
-    parts.headers.remove(http::header::CONTENT_LENGTH);
-    if !body.is_empty() || parts.method == http::Method::PUT || parts.method == http::Method::POST {
-        parts.headers.insert(
-            http::header::CONTENT_LENGTH,
-            http::HeaderValue::from(body.len()),
-        );
-    }
+    set_length(&mut parts, &body);
     state
         .upstream
         .send(Request::from_parts(parts, body))
+        .await
+        .map_err(Failure::Upstream)
+}
+
+/// eBPF mode, a host service (`system.slice/<name>.service`) redirected with the containers
+/// that share its slice: forwarded as it was sent, path, query and IMDSv2 headers included, as
+/// if the agent were not there. The host keeps the instance's own metadata and role; only
+/// hop-by-hop headers go, and bodies are held to the same limits.
+pub async fn forward_host(
+    state: &State,
+    req: Request<Incoming>,
+) -> Result<Response<Bytes>, Failure> {
+    if declared_length(req.headers()).is_some_and(|n| n > MAX_REQUEST_BODY as u64) {
+        return Err(Failure::BodyTooLarge);
+    }
+    let (mut parts, body) = req.into_parts();
+    let (body, _held) = read_body(state, body).await?;
+    let target = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    parts.uri = target.parse().map_err(|_| Failure::BadPath)?;
+    strip_hop_by_hop(&mut parts.headers);
+    set_length(&mut parts, &body);
+    state
+        .upstream
+        .send_as_is(Request::from_parts(parts, body))
         .await
         .map_err(Failure::Upstream)
 }
@@ -94,6 +116,17 @@ async fn read_body(
         buf.extend_from_slice(&data);
     }
     Ok((buf.freeze(), held))
+}
+
+/// The body's own `Content-Length` (bodies are forwarded whole, never chunked).
+fn set_length(parts: &mut http::request::Parts, body: &Bytes) {
+    parts.headers.remove(http::header::CONTENT_LENGTH);
+    if !body.is_empty() || parts.method == http::Method::PUT || parts.method == http::Method::POST {
+        parts.headers.insert(
+            http::header::CONTENT_LENGTH,
+            http::HeaderValue::from(body.len()),
+        );
+    }
 }
 
 /// The `Content-Length` a request declares; an unreadable one counts as too large (hyper has

@@ -4,6 +4,11 @@
 //! `/system.slice/docker-<id>.scope` (systemd driver, also under other slices); a container may
 //! create sub-cgroups below its own. A cgroup's id is the inode number of its directory in the
 //! cgroup2 mount.
+//!
+//! With the systemd driver, containers share `system.slice` with the host's services; the
+//! kernel redirects the whole slice and the agent tells them apart per connection by the
+//! shape of the cgroup's path ([`classify_path`]): a container's scope, a service, or
+//! neither.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -77,6 +82,176 @@ pub fn find_container_by_cgroup_id(root: &Path, parents: &[String], ids: &[u64])
     None
 }
 
+/// What a cgroup (path relative to the cgroup2 root) is, as far as the agent is concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CgroupKind {
+    /// A container's cgroup, or one below it.
+    Container(String),
+    /// A host service of systemd: `<slice>/…/<name>.service` and below (sshd, the SSM agent,
+    /// dockerd and its credential helpers). It keeps the instance's own metadata and role.
+    HostService,
+    /// Anything else: neither a container nor a service (a session scope, another engine's
+    /// scope, an unknown layout). Gets what an unidentified caller gets.
+    Unknown,
+}
+
+/// Classifies a cgroup path: a container by [`container_id_from_path`]; a host service when
+/// the path is one or more systemd slices (`*.slice`) followed by a unit named `*.service`.
+/// An allow-list: every other shape is [`CgroupKind::Unknown`].
+pub fn classify_path(path: &str) -> CgroupKind {
+    if let Some(id) = container_id_from_path(path) {
+        return CgroupKind::Container(id);
+    }
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let slices = segments
+        .iter()
+        .take_while(|s| is_unit_name(s, ".slice"))
+        .count();
+    match segments.get(slices) {
+        Some(unit) if slices > 0 && is_unit_name(unit, ".service") => CgroupKind::HostService,
+        _ => CgroupKind::Unknown,
+    }
+}
+
+/// A systemd unit name with `suffix`: a non-empty name of the characters systemd allows
+/// (letters, digits, `:-_.\@`).
+fn is_unit_name(s: &str, suffix: &str) -> bool {
+    s.strip_suffix(suffix).is_some_and(|name| {
+        !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b":-_.\\@".contains(&b))
+    })
+}
+
+/// The path (relative to `root`, with a leading `/`) of the cgroup whose ancestors, from the
+/// first level below the root down, have the ids `ancestors` (0 ends the list): one directory
+/// read per level. `None` when a level is not found (the cgroup is gone).
+pub fn path_of_ancestors(root: &Path, ancestors: &[u64]) -> Option<String> {
+    let mut dir = root.to_path_buf();
+    let mut path = String::new();
+    for id in ancestors.iter().copied().take_while(|id| *id != 0) {
+        let child = std::fs::read_dir(&dir)
+            .ok()?
+            .flatten()
+            .find(|e| e.metadata().is_ok_and(|m| m.is_dir() && m.ino() == id))?;
+        path.push('/');
+        path.push_str(&child.file_name().to_string_lossy());
+        dir = child.path();
+    }
+    Some(if path.is_empty() { "/".into() } else { path })
+}
+
+/// What the host says about where containers live, gathered at eBPF start-up.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LayoutFacts {
+    /// Docker's `CgroupDriver` (`cgroupfs`, `systemd`), when Docker answered.
+    pub driver: Option<String>,
+    /// Whether systemd is the init (`/run/systemd/system` exists): on such a host with pure
+    /// cgroup2, Docker's default driver is systemd.
+    pub systemd_init: bool,
+    /// Running containers: (name, cgroup path relative to the cgroup2 root).
+    pub containers: Vec<(String, String)>,
+}
+
+/// Why the container parents cannot be settled: eBPF mode does not start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LayoutError {
+    /// Running containers sit where no container parent covers them, or in cgroups that are
+    /// not a container's shape.
+    #[error(
+        "running containers are in cgroups that EBPF_CONTAINER_CGROUPS ({parents}) does not \
+         cover or that are not a Docker container's (docker/<id>, <slice>/docker-<id>.scope): \
+         {found}; set EBPF_CONTAINER_CGROUPS to their parent directories"
+    )]
+    Uncovered {
+        /// The parents in force.
+        parents: String,
+        /// `name in path`, for each container not covered.
+        found: String,
+    },
+    /// A cgroup driver this agent does not know.
+    #[error("Docker's cgroup driver is {0:?}; eBPF mode knows cgroupfs and systemd")]
+    UnknownDriver(String),
+}
+
+/// The directories (relative to the cgroup2 root) whose descendants the kernel redirects.
+///
+/// `configured` is `EBPF_CONTAINER_CGROUPS` (`None`: `auto`). With `auto`: `docker` for the
+/// cgroupfs driver; `system.slice` and `docker.slice` for the systemd driver (containers sit
+/// beside host services there: the agent tells them apart per connection, see
+/// [`classify_path`]); all of them when Docker did not answer (at boot) on a systemd host, and
+/// `docker` and `docker.slice` on others; plus the parent of every running container. Either
+/// way every running container must be a container's cgroup below one of them, else
+/// [`LayoutError::Uncovered`] naming each: the agent never leaves a container unredirected
+/// without saying so.
+pub fn container_parents(
+    configured: Option<&[String]>,
+    facts: &LayoutFacts,
+) -> Result<Vec<String>, LayoutError> {
+    let parents: Vec<String> = match configured {
+        Some(list) => list.to_vec(),
+        None => {
+            let mut parents: Vec<String> = match facts.driver.as_deref() {
+                Some("cgroupfs") => vec!["docker".into()],
+                Some("systemd") => vec!["system.slice".into(), "docker.slice".into()],
+                Some(other) => return Err(LayoutError::UnknownDriver(other.to_string())),
+                None if facts.systemd_init => vec![
+                    "docker".into(),
+                    "docker.slice".into(),
+                    "system.slice".into(),
+                ],
+                None => vec!["docker".into(), "docker.slice".into()],
+            };
+            for (_, path) in &facts.containers {
+                if let Some(parent) = parent_of_container(path) {
+                    if !parent.is_empty() && !parents.contains(&parent) {
+                        parents.push(parent);
+                    }
+                }
+            }
+            parents
+        }
+    };
+    let uncovered: Vec<String> = facts
+        .containers
+        .iter()
+        .filter(|(_, path)| {
+            !matches!(classify_path(path), CgroupKind::Container(_))
+                || !parents.iter().any(|parent| is_below(path, parent))
+        })
+        .map(|(name, path)| format!("{name} in {path}"))
+        .collect();
+    if !uncovered.is_empty() {
+        return Err(LayoutError::Uncovered {
+            parents: parents.join(","),
+            found: uncovered.join(", "),
+        });
+    }
+    Ok(parents)
+}
+
+/// The directory a container's cgroup sits in: `docker` for `/docker/<id>`, `system.slice`
+/// for `/system.slice/docker-<id>.scope`.
+fn parent_of_container(path: &str) -> Option<String> {
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let at = segments.iter().enumerate().position(|(i, s)| {
+        s.strip_prefix("docker-")
+            .and_then(|s| s.strip_suffix(".scope"))
+            .is_some_and(is_container_id)
+            || (i > 0 && segments[i - 1] == "docker" && is_container_id(s))
+    })?;
+    Some(segments[..at].join("/"))
+}
+
+/// Whether `path` is strictly below the directory `parent` (both relative to the root).
+fn is_below(path: &str, parent: &str) -> bool {
+    let parent = parent.trim_matches('/');
+    path.trim_start_matches('/')
+        .strip_prefix(parent)
+        .is_some_and(|rest| rest.starts_with('/') && rest.len() > 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,6 +312,123 @@ mod tests {
             find_container_by_cgroup_id(&root, &["other".into()], &[id]),
             None
         );
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn cgroups_classified_from_real_world_paths() {
+        use CgroupKind::*;
+        let c = || Container(ID.to_string());
+        let cases = [
+            (format!("/docker/{ID}"), c()),
+            (format!("/system.slice/docker-{ID}.scope"), c()),
+            (format!("/system.slice/docker-{ID}.scope/init"), c()),
+            (format!("/docker.slice/docker-{ID}.scope"), c()),
+            (format!("/a.slice/a-b.slice/docker-{ID}.scope"), c()),
+            ("/system.slice/sshd.service".into(), HostService),
+            ("/system.slice/docker.service".into(), HostService),
+            ("/system.slice/containerd.service".into(), HostService),
+            ("/system.slice/amazon-ssm-agent.service".into(), HostService),
+            (
+                "/system.slice/snap.amazon-ssm-agent.amazon-ssm-agent.service".into(),
+                HostService,
+            ),
+            (
+                "/system.slice/system-getty.slice/getty@tty1.service".into(),
+                HostService,
+            ),
+            (
+                "/system.slice/system-serial\\x2dgetty.slice/serial-getty@ttyS0.service".into(),
+                HostService,
+            ),
+            ("/system.slice/cloud-init.service/sub".into(), HostService),
+            ("/system.slice/metadataproxy.service".into(), HostService),
+            ("/system.slice/libpod-abc.scope".into(), Unknown),
+            (format!("/machine.slice/libpod-{ID}.scope"), Unknown),
+            ("/system.slice/run-r1234.scope".into(), Unknown),
+            ("/user.slice/user-0.slice/session-1.scope".into(), Unknown),
+            (
+                "/user.slice/user-1000.slice/user@1000.service".into(),
+                HostService,
+            ),
+            ("/init.scope".into(), Unknown),
+            ("/".into(), Unknown),
+            ("/sshd.service".into(), Unknown),
+            ("/system.slice/.service".into(), Unknown),
+            ("/system.slice/x y.service".into(), Unknown),
+            (format!("/other/{ID}"), Unknown),
+        ];
+        for (path, want) in cases {
+            assert_eq!(classify_path(&path), want, "{path}");
+        }
+    }
+
+    #[test]
+    fn container_parents_from_the_driver_and_the_containers() {
+        let facts = |driver: Option<&str>, systemd: bool, paths: &[&str]| LayoutFacts {
+            driver: driver.map(str::to_string),
+            systemd_init: systemd,
+            containers: paths
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (format!("c{i}"), p.to_string()))
+                .collect(),
+        };
+        let systemd = format!("/system.slice/docker-{ID}.scope");
+        let cgroupfs = format!("/docker/{ID}");
+        let nested = format!("/a.slice/a-b.slice/docker-{ID}.scope");
+        assert_eq!(
+            container_parents(None, &facts(Some("cgroupfs"), true, &[&cgroupfs])).unwrap(),
+            ["docker"]
+        );
+        assert_eq!(
+            container_parents(None, &facts(Some("systemd"), true, &[&systemd, &nested])).unwrap(),
+            ["system.slice", "docker.slice", "a.slice/a-b.slice"]
+        );
+        // Docker not up yet (boot): every default place.
+        assert_eq!(
+            container_parents(None, &facts(None, true, &[])).unwrap(),
+            ["docker", "docker.slice", "system.slice"]
+        );
+        assert_eq!(
+            container_parents(None, &facts(None, false, &[])).unwrap(),
+            ["docker", "docker.slice"]
+        );
+        // An explicit list that misses where containers are: refused, naming them.
+        let old_default = ["docker".to_string(), "docker.slice".to_string()];
+        let err = container_parents(
+            Some(&old_default),
+            &facts(Some("systemd"), true, &[&systemd]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains(&systemd), "{err}");
+        // A container in a cgroup of no known shape (a custom cgroupfs parent).
+        let odd = format!("/mycustom/{ID}");
+        let err = container_parents(None, &facts(Some("cgroupfs"), false, &[&odd])).unwrap_err();
+        assert!(err.to_string().contains(&odd), "{err}");
+        assert!(matches!(
+            container_parents(None, &facts(Some("none"), false, &[])),
+            Err(LayoutError::UnknownDriver(_))
+        ));
+    }
+
+    #[test]
+    fn a_path_is_found_level_by_level_from_its_ancestors() {
+        let root = std::env::temp_dir().join(format!("mp-cgroup-path-{}", std::process::id()));
+        let leaf = root.join("system.slice").join("sshd.service");
+        std::fs::create_dir_all(&leaf).unwrap();
+        std::fs::create_dir_all(root.join("system.slice").join("other.service")).unwrap();
+        let ids = [
+            cgroup_id(&root.join("system.slice")).unwrap(),
+            cgroup_id(&leaf).unwrap(),
+            0,
+        ];
+        assert_eq!(
+            path_of_ancestors(&root, &ids).as_deref(),
+            Some("/system.slice/sshd.service")
+        );
+        assert_eq!(path_of_ancestors(&root, &[0]).as_deref(), Some("/"));
+        assert_eq!(path_of_ancestors(&root, &[ids[0], 1]), None);
         std::fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -21,6 +21,7 @@ use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use tokio::sync::OnceCell;
 
+use super::cgroup::{container_parents, LayoutError, LayoutFacts};
 use super::index::DockerApi;
 use super::{Container, CopiedLabels, LookupError};
 use crate::config::DockerUrl;
@@ -109,6 +110,71 @@ impl DockerLookup {
             .await
             .map_err(docker_error)?;
         Ok(listed.into_iter().filter_map(|c| c.id).collect())
+    }
+
+    /// Where the running containers' cgroups are, and Docker's cgroup driver: the facts eBPF
+    /// mode settles its container parents on. A container whose process cannot be read (it
+    /// just stopped) is left out.
+    pub async fn layout_facts(&self) -> Result<LayoutFacts, LookupError> {
+        let docker = self.client().await?;
+        let info = docker.info().await.map_err(docker_error)?;
+        let driver = info.cgroup_driver.map(|d| d.to_string());
+        let mut containers = Vec::new();
+        for id in self.running_ids().await? {
+            let Ok(c) = docker
+                .inspect_container(&id, None::<InspectContainerOptions>)
+                .await
+            else {
+                continue;
+            };
+            let pid = c.state.and_then(|s| s.pid).unwrap_or(0);
+            let name = c.name.unwrap_or(id).trim_start_matches('/').to_string();
+            let Ok(cgroup) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+                continue;
+            };
+            if let Some(path) = cgroup.lines().find_map(|l| l.strip_prefix("0::")) {
+                containers.push((name, path.to_string()));
+            }
+        }
+        Ok(LayoutFacts {
+            driver,
+            systemd_init: false,
+            containers,
+        })
+    }
+
+    /// eBPF start-up: the directories whose descendants are redirected
+    /// ([`container_parents`]), from Docker's facts when it answers within `wait`, else from
+    /// the host alone (at boot Docker is not up yet; the defaults then cover every layout
+    /// Docker uses by default).
+    pub async fn settle_container_parents(
+        &self,
+        configured: Option<&[String]>,
+        wait: std::time::Duration,
+    ) -> Result<Vec<String>, LayoutError> {
+        let mut facts = match tokio::time::timeout(wait, self.layout_facts()).await {
+            Ok(Ok(facts)) => facts,
+            Ok(Err(e)) => {
+                tracing::info!(error = %e, "Docker not reachable: container cgroups from the host's layout alone");
+                LayoutFacts::default()
+            }
+            Err(_) => {
+                tracing::info!(
+                    "Docker did not answer: container cgroups from the host's layout alone"
+                );
+                LayoutFacts::default()
+            }
+        };
+        facts.systemd_init = std::path::Path::new("/run/systemd/system").is_dir();
+        let parents = container_parents(configured, &facts)?;
+        tracing::info!(
+            cgroup_driver = facts.driver.as_deref().unwrap_or("unknown"),
+            systemd_init = facts.systemd_init,
+            running_containers = facts.containers.len(),
+            container_parents = %parents.join(","),
+            "container cgroups settled"
+        );
+        Ok(parents)
     }
 
     /// The container with this id, if it is running.

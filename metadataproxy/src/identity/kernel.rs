@@ -13,6 +13,7 @@ use std::time::Duration;
 pub use metadataproxy_common::ConnRecord;
 
 use super::cgroup::find_container_by_cgroup_id;
+pub use super::cgroup::CgroupKind;
 
 /// A record older than this at accept time is not trusted (its tuple may have been reused).
 pub const RECORD_MAX_AGE: Duration = Duration::from_secs(30);
@@ -26,6 +27,20 @@ pub trait KernelIdentity: Send + Sync + fmt::Debug {
     /// The container whose cgroup (or an ancestor cgroup) made the connection, if any. May
     /// read the filesystem: call it off the async runtime.
     fn container_id(&self, record: &ConnRecord) -> Option<String>;
+
+    /// What the connecting cgroup is, when that is known without reading the filesystem.
+    fn cached_kind(&self, _record: &ConnRecord) -> Option<CgroupKind> {
+        None
+    }
+
+    /// What the connecting cgroup is: a container, a host service (which keeps the instance's
+    /// own metadata), or neither. May read the filesystem: call it off the async runtime.
+    fn kind(&self, record: &ConnRecord) -> CgroupKind {
+        match self.container_id(record) {
+            Some(id) => CgroupKind::Container(id),
+            None => CgroupKind::Unknown,
+        }
+    }
 }
 
 /// Resolves cgroup ids to containers by walking the cgroup2 hierarchy.

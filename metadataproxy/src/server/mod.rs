@@ -21,6 +21,7 @@ use crate::app::State;
 use crate::handlers::iam::{CallerInfo, Connection};
 use crate::handlers::{iam, passthrough, token, Failure};
 use crate::identity::canonical_ip;
+use crate::identity::kernel::CgroupKind;
 use crate::limits::{ConnectionGate, Peer, RateVerdict};
 use crate::telemetry::metrics;
 use router::Route;
@@ -156,6 +157,28 @@ fn parser_refusal(state: &State, e: &hyper::Error, ip: std::net::IpAddr, rate_ke
     );
 }
 
+/// eBPF mode: whether a redirected connection came from a host service (see
+/// `identity::cgroup::classify_path`). Known cgroups are answered from memory; a new one costs
+/// a walk of its path, off the runtime.
+async fn is_host_service(state: &State, conn: &Connection) -> bool {
+    let (Some(kernel), Some(record)) = (&state.kernel, conn.kernel) else {
+        return false;
+    };
+    if record.redirected == 0 {
+        return false;
+    }
+    let kind = match kernel.cached_kind(&record) {
+        Some(kind) => kind,
+        None => {
+            let kernel = kernel.clone();
+            tokio::task::spawn_blocking(move || kernel.kind(&record))
+                .await
+                .unwrap_or(CgroupKind::Unknown)
+        }
+    };
+    kind == CgroupKind::HostService
+}
+
 /// Answers one request.
 pub async fn handle(
     state: &State,
@@ -195,9 +218,13 @@ pub async fn handle(
             .authority()
             // Absolute-form (RFC 9112 3.2.2): the authority is the target's host.
             .is_none_or(|a| crate::limits::host_allowed(Some(a.as_str()), conn.local_port)));
+    let host_service = is_host_service(state, conn).await;
     let result: Result<Response<Bytes>, Failure> = match &route {
         _ if unidentified && !matches!(route, Route::Redirect(_)) => Err(Failure::NoKernelIdentity),
         _ if rate_limited => Err(Failure::RateLimited),
+        // A host service redirected with the containers of its slice: as if the agent were not
+        // there (the route was classified for the log line only).
+        _ if host_service => passthrough::forward_host(state, req).await,
         _ if duplicate.is_some() => Err(Failure::DuplicateHeader(duplicate.expect("checked"))),
         _ if host_refused => Err(Failure::HostNotAllowed),
         Route::Token => token::mint(state, conn, &method, req.headers()).await,
@@ -264,7 +291,9 @@ pub async fn handle(
     }
     let elapsed = started.elapsed();
     let duration_ms = elapsed.as_secs_f64() * 1000.0;
-    let handler = if exposition.is_some() {
+    let handler = if host_service {
+        "host-service"
+    } else if exposition.is_some() {
         "metrics"
     } else {
         route.handler_name()
