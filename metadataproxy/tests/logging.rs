@@ -254,3 +254,45 @@ async fn requests_the_http_parser_refuses_get_a_line_too() {
         assert_eq!(l["remote_addr"], "127.0.0.1");
     }
 }
+
+#[tokio::test]
+async fn a_request_whose_client_goes_away_still_gets_its_line() {
+    use tokio::io::AsyncWriteExt;
+    // An upstream that accepts and never answers: the agent waits on it.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let lines = json_lines_of(
+        &["--metadata-url", &url, "--metadata-timeout", "60s"],
+        |h| async move {
+            let mut s = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+            s.write_all(
+                b"GET /latest/meta-data/instance-id HTTP/1.1\r\nHost: 169.254.169.254\r\n\r\n",
+            )
+            .await
+            .unwrap();
+            // The request is in flight (its upstream never answers); the client gives up.
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            drop(s);
+            // The agent notices the closed connection and drops the request: wait for it.
+            for _ in 0..100 {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        },
+    )
+    .await;
+    let gone: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["error_description"] == "client_went_away")
+        .collect();
+    assert_eq!(gone.len(), 1, "{lines:?}");
+    assert_eq!(gone[0]["response_code"], 499);
+    assert_eq!(gone[0]["path"], "/latest/meta-data/instance-id");
+    assert_eq!(gone[0]["handler"], "passthrough");
+    assert_eq!(lines.len(), 1, "and no other line for it: {lines:?}");
+}

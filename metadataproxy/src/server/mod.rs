@@ -191,6 +191,18 @@ pub async fn handle(
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let route = router::classify(req.uri().path(), req.uri().query());
+    // Logs and counts the request if it is dropped before it is answered (the client went
+    // away while the agent waited on Docker, STS or the upstream).
+    let mut abandoned = Abandoned {
+        armed: true,
+        request_id,
+        ip,
+        method: bounded(method.as_str(), MAX_LOGGED_METHOD).to_string(),
+        path: bounded(&path, MAX_LOGGED_PATH).to_string(),
+        handler: route.handler_name(),
+        started,
+        label_names: &state.copied_label_names,
+    };
     let mut caller = CallerInfo::default();
     // METRICS_ON_PROXY_PORT: go-metadataproxy's /metrics, for operators who opted in.
     let exposition = state
@@ -384,7 +396,64 @@ pub async fn handle(
         RateVerdict::Allow if status.is_server_error() => request_line!(tracing::Level::WARN),
         RateVerdict::Allow => request_line!(tracing::Level::INFO),
     }
+    abandoned.armed = false;
     resp.map(Full::new)
+}
+
+/// The status logged for a request whose client went away before its answer (nginx's
+/// "client closed request"); no answer is sent.
+pub const CLIENT_WENT_AWAY: u16 = 499;
+
+/// A request in flight: dropped while armed, it writes the request's log line and count.
+struct Abandoned<'a> {
+    armed: bool,
+    request_id: uuid::Uuid,
+    ip: std::net::IpAddr,
+    method: String,
+    path: String,
+    handler: &'static str,
+    started: Instant,
+    /// The copied labels' names: blank for a caller never identified.
+    label_names: &'a [String],
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let elapsed = self.started.elapsed();
+        if metrics::enabled() {
+            let blank: Vec<(String, String)> = self
+                .label_names
+                .iter()
+                .map(|n| (n.clone(), String::new()))
+                .collect();
+            metrics::request(&metrics::RequestRecord {
+                path: &self.path,
+                handler_name: self.handler,
+                role_name: "",
+                remote_addr: self.ip,
+                response_code: CLIENT_WENT_AWAY,
+                error_description: "client_went_away",
+                copied: &blank,
+                duration: elapsed,
+            });
+        }
+        tracing::event!(
+            target: "metadataproxy::request",
+            tracing::Level::INFO,
+            request_id = %self.request_id,
+            remote_addr = %self.ip,
+            method = %self.method,
+            path = %self.path,
+            handler = self.handler,
+            response_code = CLIENT_WENT_AWAY,
+            error_description = "client_went_away",
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            "request"
+        );
+    }
 }
 
 /// Longest path written to a log line or a metric label, in bytes.
