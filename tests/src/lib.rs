@@ -933,6 +933,20 @@ pub fn catcher() -> &'static FakeUpstream {
     })
 }
 
+/// Nothing reached the catcher: no request escaped interception to the real metadata address.
+pub fn assert_no_escape() {
+    let escaped: Vec<String> = catcher()
+        .emulator
+        .recorded()
+        .iter()
+        .map(|r| format!("{} {} from {:?}", r.method, r.path_and_query, r.peer))
+        .collect();
+    assert!(
+        escaped.is_empty(),
+        "reached the real metadata address: {escaped:?}"
+    );
+}
+
 /// A bpffs pin directory for one test, removed (detaching what is pinned there) when dropped.
 #[derive(Debug)]
 pub struct PinDir(pub PathBuf);

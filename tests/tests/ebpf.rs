@@ -9,9 +9,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use metadataproxy_tests::{
-    attachments, catcher, cgroup2_root, docker0_gateway, error_descriptions, eventually,
-    map_entries, run, serial, test_env, Agent, AwsCounter, Container, FakeUpstream, Network,
-    PinDir, TestEnv,
+    assert_no_escape, attachments, catcher, cgroup2_root, docker0_gateway, error_descriptions,
+    eventually, map_entries, run, serial, test_env, Agent, AwsCounter, Container, FakeUpstream,
+    Network, PinDir, TestEnv,
 };
 
 const MD: &str = "http://169.254.169.254/latest/meta-data";
@@ -74,20 +74,6 @@ fn forwarded(rec: &[metadataproxy::builtin::Recorded]) -> Vec<metadataproxy::bui
         .filter(|r| !(r.method == "PUT" && r.path_and_query == "/latest/api/token"))
         .cloned()
         .collect()
-}
-
-/// Nothing a container sent reached the catcher (the real metadata service's stand-in).
-fn assert_no_escape() {
-    let escaped: Vec<String> = catcher()
-        .emulator
-        .recorded()
-        .iter()
-        .map(|r| format!("{} {} from {:?}", r.method, r.path_and_query, r.peer))
-        .collect();
-    assert!(
-        escaped.is_empty(),
-        "reached the real metadata address: {escaped:?}"
-    );
 }
 
 /// The status of a GET from this (host) process, by curl.

@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use metadataproxy_tests::{
-    agent_binary, catcher, cgroup2_root, run, serial, test_env, Agent, AwsCounter, Container,
-    FakeUpstream, PinDir, TestEnv,
+    agent_binary, assert_no_escape, catcher, cgroup2_root, run, serial, test_env, Agent,
+    AwsCounter, Container, FakeUpstream, PinDir, TestEnv,
 };
 
 /// A cgroup directory made for the test (or already there), removed at the end if the test
@@ -122,19 +122,6 @@ fn curl_in(dir: &Path, args: &[&str]) -> String {
     let mut all = vec!["-s", "--noproxy", "*", "-m", "5"];
     all.extend_from_slice(args);
     in_cgroup(dir, "curl", &all)
-}
-
-fn assert_no_escape() {
-    let escaped: Vec<String> = catcher()
-        .emulator
-        .recorded()
-        .iter()
-        .map(|r| format!("{} {} from {:?}", r.method, r.path_and_query, r.peer))
-        .collect();
-    assert!(
-        escaped.is_empty(),
-        "reached the real metadata address: {escaped:?}"
-    );
 }
 
 const MD: &str = "http://169.254.169.254/latest/meta-data";
