@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 
 use crate::app::State;
 use crate::ebpf::KernelRedirect;
+use crate::leftovers::LeftoverCheck;
 use crate::netfilter::{self, NatRules};
 
 /// What puts containers' metadata traffic in front of the agent, for `/readyz`.
@@ -45,6 +46,7 @@ pub struct Admin {
     state: Arc<State>,
     prometheus: Option<PrometheusHandle>,
     interception: Interception,
+    leftovers: LeftoverCheck,
     last_credentials_ok: Mutex<Option<Instant>>,
 }
 
@@ -52,18 +54,38 @@ pub struct Admin {
 type Check = Result<String, String>;
 
 impl Admin {
-    /// The admin routes over the agent's state.
+    /// The admin routes over the agent's state; `leftovers` says where other interception
+    /// modes' leftovers are looked for.
     pub fn new(
         state: Arc<State>,
         prometheus: Option<PrometheusHandle>,
         interception: Interception,
+        leftovers: LeftoverCheck,
     ) -> Arc<Admin> {
         Arc::new(Admin {
             state,
             prometheus,
             interception,
+            leftovers,
             last_credentials_ok: Mutex::new(None),
         })
+    }
+
+    /// Another mode's programs or table act on containers' connections before this agent's
+    /// interception (or instead of the operator's rules): not ready until they are removed.
+    async fn leftovers(&self) -> Check {
+        let check = self.leftovers.clone();
+        let found = tokio::task::spawn_blocking(move || check.find())
+            .await
+            .map_err(|e| e.to_string())??;
+        if found.is_empty() {
+            return Ok("none".into());
+        }
+        Err(found
+            .iter()
+            .map(|l| l.to_string())
+            .collect::<Vec<_>>()
+            .join("; "))
     }
 
     fn docker(&self) -> Check {
@@ -128,6 +150,7 @@ impl Admin {
             ("docker", self.docker()),
             ("aws_credentials", self.credentials().await),
             ("interception", self.interception().await),
+            ("leftovers", self.leftovers().await),
         ];
         let ready = checks.iter().all(|(_, c)| c.is_ok());
         let mut body = serde_json::Map::new();

@@ -40,6 +40,10 @@ pub struct Args {
     #[arg(long)]
     pub healthcheck: bool,
 
+    /// A maintenance command instead of the agent (`ebpf detach`, `iptables remove`).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Address to listen on.
     #[arg(long, env = "HOST", default_value = "0.0.0.0")]
     pub host: String,
@@ -352,6 +356,45 @@ pub struct Args {
     pub builtin_account_id: String,
 }
 
+/// Maintenance commands: each removes what an earlier agent left in the kernel (an agent of
+/// another mode reports it at start and in `/readyz`), says what it removed or that there was
+/// nothing, and exits 0; non-zero with the reason when it could not.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// eBPF mode's pinned programs and maps.
+    Ebpf {
+        #[command(subcommand)]
+        /// What to do with them.
+        action: EbpfCommand,
+    },
+    /// The agent's nf_tables table (`INTERCEPT=iptables`).
+    Iptables {
+        #[command(subcommand)]
+        /// What to do with it.
+        action: IptablesCommand,
+    },
+}
+
+/// `metadataproxy ebpf ...`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum EbpfCommand {
+    /// Detach the programs pinned under the pin directory and remove the pins (links and
+    /// maps). Containers' metadata connects are no longer redirected to an agent.
+    Detach {
+        /// The pin directory (a bpffs directory). Default: EBPF_PIN_PATH, else
+        /// /sys/fs/bpf/metadataproxy.
+        #[arg(long)]
+        pin_path: Option<String>,
+    },
+}
+
+/// `metadataproxy iptables ...`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum IptablesCommand {
+    /// Delete the agent's nf_tables table (`ip metadataproxy`), whoever left it.
+    Remove,
+}
+
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -405,6 +448,10 @@ pub struct Config {
     pub audit_log_file: Option<std::path::PathBuf>,
     /// Connection, rate and request-size limits.
     pub limits: crate::limits::Limits,
+    /// `EBPF_PIN_PATH` in every mode, where the agent looks for an earlier eBPF-mode run's
+    /// pins when it is not in eBPF mode itself; `None` when the value is not an absolute path
+    /// (only eBPF mode refuses that).
+    pub ebpf_pin_path: Option<std::path::PathBuf>,
 }
 
 /// Where passthrough requests go.
@@ -912,6 +959,8 @@ impl TryFrom<Args> for Config {
         };
 
         let limits = parse_limits(&a)?;
+        let ebpf_pin_path =
+            Some(std::path::PathBuf::from(a.ebpf_pin_path.trim())).filter(|p| p.is_absolute());
 
         Ok(Config {
             listen: SocketAddr::new(host, port),
@@ -939,6 +988,7 @@ impl TryFrom<Args> for Config {
             roles,
             audit_log_file,
             limits,
+            ebpf_pin_path,
         })
     }
 }
@@ -1685,5 +1735,55 @@ mod tests {
     fn new_relic_license_value_never_appears_in_errors() {
         let e = err(&[("newrelic-license", "secret-license-key")]);
         assert!(!e.to_string().contains("secret-license-key"));
+    }
+
+    #[test]
+    fn maintenance_commands_parse_beside_the_agents_flags() {
+        let a = Args::try_parse_from(["metadataproxy", "--port=9000"]).unwrap();
+        assert!(a.command.is_none());
+        let a = Args::try_parse_from(["metadataproxy", "ebpf", "detach"]).unwrap();
+        assert!(matches!(
+            a.command,
+            Some(Command::Ebpf {
+                action: EbpfCommand::Detach { pin_path: None }
+            })
+        ));
+        let a = Args::try_parse_from([
+            "metadataproxy",
+            "--ebpf-pin-path=/sys/fs/bpf/a",
+            "ebpf",
+            "detach",
+            "--pin-path",
+            "/sys/fs/bpf/b",
+        ])
+        .unwrap();
+        assert_eq!(a.ebpf_pin_path, "/sys/fs/bpf/a");
+        match a.command {
+            Some(Command::Ebpf {
+                action: EbpfCommand::Detach { pin_path },
+            }) => assert_eq!(pin_path.as_deref(), Some("/sys/fs/bpf/b")),
+            other => panic!("{other:?}"),
+        }
+        let a = Args::try_parse_from(["metadataproxy", "iptables", "remove"]).unwrap();
+        assert!(matches!(
+            a.command,
+            Some(Command::Iptables {
+                action: IptablesCommand::Remove
+            })
+        ));
+        assert!(Args::try_parse_from(["metadataproxy", "ebpf"]).is_err());
+        assert!(Args::try_parse_from(["metadataproxy", "iptables", "install"]).is_err());
+    }
+
+    #[test]
+    fn the_pin_path_is_known_in_every_mode_for_leftover_checks() {
+        let c = Config::try_from(args(&[("intercept", "iptables")])).unwrap();
+        assert_eq!(
+            c.ebpf_pin_path.as_deref(),
+            Some(std::path::Path::new("/sys/fs/bpf/metadataproxy"))
+        );
+        // Only eBPF mode refuses a relative pin path; the others skip the check.
+        let c = Config::try_from(args(&[("ebpf-pin-path", "relative")])).unwrap();
+        assert_eq!(c.ebpf_pin_path, None);
     }
 }

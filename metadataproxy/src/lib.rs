@@ -17,6 +17,7 @@ pub mod ebpf;
 pub mod handlers;
 pub mod identity;
 pub mod imdsv2;
+pub mod leftovers;
 pub mod limits;
 pub mod netfilter;
 pub mod policy;

@@ -6,8 +6,11 @@ use std::sync::Arc;
 use clap::Parser;
 use metadataproxy::admin::{self, Admin, Interception};
 use metadataproxy::app::State;
-use metadataproxy::config::{Args, Config, Intercept, EXIT_CONFIG};
+use metadataproxy::config::{
+    Args, Command, Config, EbpfCommand, Intercept, IptablesCommand, EXIT_CONFIG,
+};
 use metadataproxy::ebpf::KernelRedirect;
+use metadataproxy::leftovers::LeftoverCheck;
 use metadataproxy::netfilter::NatRules;
 use metadataproxy::{server, telemetry};
 
@@ -22,6 +25,9 @@ fn main() -> ExitCode {
     };
     if args.healthcheck {
         return healthcheck(&args.admin_addr);
+    }
+    if let Some(command) = &args.command {
+        return maintenance(command, &args);
     }
     let config = match Config::try_from(args) {
         Ok(c) => c,
@@ -125,6 +131,8 @@ async fn run(config: Config) -> ExitCode {
             }
         });
     }
+    let leftovers = LeftoverCheck::for_config(&config);
+    leftovers.warn();
     let kernel = redirect
         .clone()
         .map(|k| k as Arc<dyn metadataproxy::identity::kernel::KernelIdentity>);
@@ -151,12 +159,18 @@ async fn run(config: Config) -> ExitCode {
                 (None, Some(r)) => Interception::Iptables(r.clone()),
                 (None, None) => Interception::External,
             };
-            let admin = Admin::new(state.clone(), exporters.prometheus.clone(), interception);
+            let admin = Admin::new(
+                state.clone(),
+                exporters.prometheus.clone(),
+                interception,
+                leftovers,
+            );
             tokio::spawn(admin::serve(l, admin));
             bound
         }
         None => None,
     };
+    let shutdown = shutdown_signal();
     tracing::info!(
         listen = %listen,
         admin = admin_addr.map(|a| a.to_string()),
@@ -170,7 +184,7 @@ async fn run(config: Config) -> ExitCode {
         version = env!("CARGO_PKG_VERSION"),
         "metadataproxy ready"
     );
-    server::serve(listener, state, shutdown_signal(), config.shutdown_grace).await;
+    server::serve(listener, state, shutdown, config.shutdown_grace).await;
     if let Some(redirect) = redirect {
         redirect.shutdown();
     }
@@ -179,6 +193,76 @@ async fn run(config: Config) -> ExitCode {
         let _ = tokio::task::spawn_blocking(move || rules.shutdown()).await;
     }
     ExitCode::SUCCESS
+}
+
+/// `metadataproxy ebpf detach`, `metadataproxy iptables remove`: 0 once removed or when there
+/// was nothing to remove, 1 with the reason otherwise.
+fn maintenance(command: &Command, args: &Args) -> ExitCode {
+    let result = match command {
+        Command::Ebpf {
+            action: EbpfCommand::Detach { pin_path },
+        } => {
+            let pin_path = std::path::PathBuf::from(
+                pin_path
+                    .as_deref()
+                    .unwrap_or(args.ebpf_pin_path.as_str())
+                    .trim(),
+            );
+            if !pin_path.is_absolute() {
+                eprintln!(
+                    "metadataproxy: ebpf detach: the pin path must be absolute, got {}",
+                    pin_path.display()
+                );
+                return ExitCode::from(EXIT_CONFIG as u8);
+            }
+            metadataproxy::ebpf::remove_pins(&pin_path)
+                .map(|removed| match removed {
+                    None => format!(
+                        "nothing to remove: no pin directory at {}",
+                        pin_path.display()
+                    ),
+                    Some(links) if links.is_empty() => format!(
+                        "no program was attached from {}; removed what was pinned there",
+                        pin_path.display()
+                    ),
+                    Some(links) => format!(
+                        "detached and unpinned {} link(s) from {}: {}",
+                        links.len(),
+                        pin_path.display(),
+                        links
+                            .iter()
+                            .filter_map(|l| l.file_name().map(|n| n.to_string_lossy().into_owned()))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                })
+                .map_err(|e| format!("ebpf detach: {e}"))
+        }
+        Command::Iptables {
+            action: IptablesCommand::Remove,
+        } => metadataproxy::netfilter::leftover::remove()
+            .map(|removed| {
+                if removed.is_empty() {
+                    format!(
+                        "nothing to remove: no table {} (ip or ip6)",
+                        metadataproxy::netfilter::TABLE
+                    )
+                } else {
+                    format!("removed table {}", removed.join(", table "))
+                }
+            })
+            .map_err(|e| format!("iptables remove: {e}")),
+    };
+    match result {
+        Ok(message) => {
+            println!("metadataproxy: {message}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("metadataproxy: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// `--healthcheck`: `GET /readyz` on the admin listener, 0 when it answers 200.
@@ -236,13 +320,17 @@ fn raise_open_files_limit(max_connections: usize) {
     }
 }
 
-async fn shutdown_signal() {
+/// The handlers are installed when this is called, not when the future is first polled: a
+/// SIGTERM that arrives right after "ready" (and `READY=1`) drains instead of killing.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    let name = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    };
-    tracing::info!(signal = name, "shutdown requested");
+    async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::info!(signal = name, "shutdown requested");
+    }
 }

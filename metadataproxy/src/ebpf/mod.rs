@@ -287,6 +287,37 @@ pub fn detach(pin_dir: &Path) -> std::io::Result<()> {
     }
 }
 
+/// The link pins under `pin_dir`: an eBPF-mode agent's programs, which stay attached as long
+/// as these exist (a leftover when no eBPF-mode agent runs).
+pub fn pinned_links(pin_dir: &Path) -> Vec<PathBuf> {
+    [programs::CONNECT4, programs::CONNECT6, programs::SOCKOPS]
+        .iter()
+        .flat_map(|p| link_pins(pin_dir, p))
+        .filter(|pin| pin.exists())
+        .collect()
+}
+
+/// `metadataproxy ebpf detach`: detaches and unpins what an earlier agent left under
+/// `pin_dir`. Returns the link pins it removed, `None` when there was no pin directory.
+/// Refuses a directory that is not on a bpffs (a mistyped path is never deleted).
+pub fn remove_pins(pin_dir: &Path) -> Result<Option<Vec<PathBuf>>, EbpfError> {
+    if !pin_dir.exists() {
+        return Ok(None);
+    }
+    if !on_bpffs(pin_dir) {
+        return Err(EbpfError::NotBpfFs(pin_dir.to_path_buf()));
+    }
+    let links = pinned_links(pin_dir);
+    detach(pin_dir).map_err(io("remove", pin_dir))?;
+    Ok(Some(links))
+}
+
+fn on_bpffs(p: &Path) -> bool {
+    nix::sys::statfs::statfs(p)
+        .map(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
+        .unwrap_or(false)
+}
+
 /// The two pin names a program's link alternates between across restarts (bpffs refuses
 /// dots in names).
 fn link_pins(pin_dir: &Path, program: &str) -> [PathBuf; 2] {

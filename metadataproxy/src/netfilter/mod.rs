@@ -34,6 +34,7 @@
 //! rules (Docker's included): `iptables-save` never shows it; `nft list table ip
 //! metadataproxy` does.
 
+pub mod leftover;
 pub mod netlink;
 
 use std::fmt;
