@@ -20,6 +20,7 @@ pub mod imdsv2;
 pub mod leftovers;
 pub mod limits;
 pub mod netfilter;
+pub mod notify;
 pub mod policy;
 pub mod roles;
 pub mod server;

@@ -12,7 +12,7 @@ use metadataproxy::config::{
 use metadataproxy::ebpf::KernelRedirect;
 use metadataproxy::leftovers::LeftoverCheck;
 use metadataproxy::netfilter::NatRules;
-use metadataproxy::{server, telemetry};
+use metadataproxy::{notify, server, telemetry};
 
 fn main() -> ExitCode {
     let args = match Args::try_parse() {
@@ -107,6 +107,18 @@ async fn run(config: Config) -> ExitCode {
         },
     }
     if let Some(redirect) = &redirect {
+        // Started before Docker: docker0 gets its address when dockerd starts, just before it
+        // starts containers with restart policies.
+        let redirect = redirect.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+            while {
+                tick.tick().await;
+                redirect.follow_docker0()
+            } {}
+        });
+    }
+    if let Some(redirect) = &redirect {
         // Container parents can appear or be recreated after start-up (systemd slices).
         let redirect = redirect.clone();
         tokio::spawn(async move {
@@ -184,6 +196,13 @@ async fn run(config: Config) -> ExitCode {
         version = env!("CARGO_PKG_VERSION"),
         "metadataproxy ready"
     );
+    // Interception is in place (and Docker need not be up): a `Type=notify` unit ordered
+    // `Before=docker.service` lets Docker start its containers only now.
+    match notify::notify_from_env(notify::READY) {
+        Ok(true) => tracing::info!("readiness sent to the service manager (NOTIFY_SOCKET)"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot notify the service manager (NOTIFY_SOCKET)"),
+    }
     server::serve(listener, state, shutdown, config.shutdown_grace).await;
     if let Some(redirect) = redirect {
         redirect.shutdown();

@@ -101,6 +101,10 @@ fn kernel<E: std::error::Error>(what: &'static str) -> impl FnOnce(E) -> EbpfErr
 /// The attached kernel programs and the agent's handle on their connection records.
 #[derive(Debug)]
 pub struct KernelRedirect {
+    /// The kernel's settings, and what was last written there.
+    config: Mutex<ConfigMap>,
+    /// Started before docker0 had an address: the redirect is written in once it has one.
+    awaiting_docker0: std::sync::atomic::AtomicBool,
     connections: Mutex<HashMap<MapData, ConnKey, ConnRecord>>,
     parents: Mutex<HashMap<MapData, u64, u8>>,
     cgroup_root: PathBuf,
@@ -111,10 +115,20 @@ pub struct KernelRedirect {
     /// What each connecting cgroup is (by cgroup id): cgroups live as long as their
     /// container or service, so a path is walked once per cgroup.
     kinds: moka::sync::Cache<u64, CgroupKind>,
-    /// Where containers' metadata connects go.
+    /// Where containers' metadata connects go (at start-up: loopback until docker0 has an
+    /// address, see [`KernelRedirect::follow_docker0`]).
     pub redirect: SocketAddr,
     /// The cgroup2 directory the programs are attached to.
     pub cgroup: PathBuf,
+}
+
+/// The kernel's settings map and the value last written to it.
+struct ConfigMap(Array<MapData, Config>, Config);
+
+impl std::fmt::Debug for ConfigMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("ConfigMap").field(&self.1).finish()
+    }
 }
 
 impl KernelRedirect {
@@ -131,9 +145,17 @@ impl KernelRedirect {
             .cgroup_path
             .clone()
             .unwrap_or_else(|| cgroup_root.clone());
-        let redirect_ip = match cfg.redirect_addr {
-            Some(ip) => ip,
-            None => interface_ipv4("docker0").ok_or(EbpfError::NoRedirectAddress)?,
+        // Before Docker (at boot, the agent ordered before it) docker0 does not exist yet:
+        // the programs attach all the same, pointing containers at the loopback address of
+        // their own network namespace (refused: fail closed) until docker0 has an address,
+        // which `follow_docker0` then writes in. No container runs before Docker anyway.
+        let (redirect_ip, awaiting_docker0) = match cfg.redirect_addr {
+            Some(ip) => (ip, false),
+            None => match interface_ipv4("docker0") {
+                Some(ip) => (ip, false),
+                None if listen.ip().is_unspecified() => (Ipv4Addr::LOCALHOST, true),
+                None => return Err(EbpfError::NoRedirectAddress),
+            },
         };
         if !listen.ip().is_unspecified() && listen.ip() != IpAddr::V4(redirect_ip) {
             return Err(EbpfError::NotListening {
@@ -172,23 +194,21 @@ impl KernelRedirect {
         .map_err(kernel("open the container parents map"))?;
         sync_parents(&mut parents_map, &parents)
             .map_err(kernel("write the container parents map"))?;
-        {
-            let mut config_map: Array<_, Config> =
-                Array::try_from(bpf.map_mut(maps::CONFIG).expect("map in object"))
-                    .map_err(kernel("open the config map"))?;
-            let config = Config {
-                redirect_ip4: u32::from_ne_bytes(redirect_ip.octets()),
-                redirect_port: u32::from(listen.port().to_be()),
-                agent_port: u32::from(listen.port()),
-                agent_tgid: std::process::id(),
-                agent_cgroup: own_cgroup,
-                enabled: 1,
-                _pad: 0,
-            };
-            config_map
-                .set(0, config, 0)
-                .map_err(kernel("write the config map"))?;
-        }
+        let mut config_map: Array<MapData, Config> =
+            Array::try_from(bpf.take_map(maps::CONFIG).expect("map in object"))
+                .map_err(kernel("open the config map"))?;
+        let config = Config {
+            redirect_ip4: u32::from_ne_bytes(redirect_ip.octets()),
+            redirect_port: u32::from(listen.port().to_be()),
+            agent_port: u32::from(listen.port()),
+            agent_tgid: std::process::id(),
+            agent_cgroup: own_cgroup,
+            enabled: 1,
+            _pad: 0,
+        };
+        config_map
+            .set(0, config, 0)
+            .map_err(kernel("write the config map"))?;
 
         let cgroup_dir = std::fs::File::open(&attach_to).map_err(io("open cgroup", &attach_to))?;
         attach_pinned::<CgroupSockAddr>(&mut bpf, programs::CONNECT4, &cgroup_dir, &cfg.pin_path)?;
@@ -205,6 +225,11 @@ impl KernelRedirect {
             container_parents = %container_parents.join(","),
             "eBPF redirect attached"
         );
+        if awaiting_docker0 {
+            tracing::warn!(
+                "docker0 has no IPv4 address yet (Docker not started): containers' metadata connects are refused until it has one, then redirected to it"
+            );
+        }
         for dir in container_parents {
             if !cgroup_root.join(dir).is_dir() {
                 tracing::warn!(
@@ -214,6 +239,8 @@ impl KernelRedirect {
             }
         }
         Ok(KernelRedirect {
+            config: Mutex::new(ConfigMap(config_map, config)),
+            awaiting_docker0: std::sync::atomic::AtomicBool::new(awaiting_docker0),
             connections: Mutex::new(connections),
             parents: Mutex::new(parents_map),
             cgroup_root: cgroup_root.clone(),
@@ -247,6 +274,33 @@ impl KernelRedirect {
             );
         }
         ids.len()
+    }
+
+    /// Started before Docker: once docker0 has an IPv4 address, makes it the redirect target.
+    /// Returns whether the agent is still waiting for it.
+    pub fn follow_docker0(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        if !self.awaiting_docker0.load(Ordering::Relaxed) {
+            return false;
+        }
+        let Some(ip) = interface_ipv4("docker0") else {
+            return true;
+        };
+        let mut guard = self.config.lock().expect("config map lock");
+        let ConfigMap(map, config) = &mut *guard;
+        let mut updated = *config;
+        updated.redirect_ip4 = u32::from_ne_bytes(ip.octets());
+        if let Err(e) = map.set(0, updated, 0) {
+            tracing::error!(error = %e, "could not write docker0's address in the config map");
+            return true;
+        }
+        *config = updated;
+        self.awaiting_docker0.store(false, Ordering::Relaxed);
+        tracing::info!(
+            redirect = %SocketAddr::new(IpAddr::V4(ip), self.redirect.port()),
+            "docker0 has an address: containers' metadata connects are redirected to it"
+        );
+        false
     }
 
     /// Whether each program still has a pinned link (a newer agent's takeover counts: the
