@@ -42,6 +42,8 @@ const NLMSG_HDRLEN: usize = 16;
 
 /// The IPv4 family (`NFPROTO_IPV4`).
 pub const NFPROTO_IPV4: u8 = 2;
+/// The IPv6 family (`NFPROTO_IPV6`).
+pub const NFPROTO_IPV6: u8 = 10;
 
 // attributes
 const NFTA_TABLE_NAME: u16 = 1;
@@ -65,7 +67,7 @@ const NFTA_DATA_VERDICT: u16 = 2;
 const NFTA_VERDICT_CODE: u16 = 1;
 const NF_ACCEPT: u32 = 1;
 
-/// A netfilter hook of the IPv4 family.
+/// A netfilter hook of the IPv4 and IPv6 families (the same numbers in both).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hook {
     /// `NF_INET_PRE_ROUTING`.
@@ -704,6 +706,98 @@ fn find_attr(mut attrs: &[u8], ty: u16) -> Option<&[u8]> {
         attrs = &attrs[advance.min(attrs.len())..];
     }
     None
+}
+
+/// The attributes at one level, as `(type without the nested flag, payload)`.
+#[cfg(test)]
+fn attrs_of(mut attrs: &[u8]) -> Vec<(u16, &[u8])> {
+    let mut out = Vec::new();
+    while attrs.len() >= 4 {
+        let len = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
+        let t = u16::from_ne_bytes([attrs[2], attrs[3]]) & !NLA_F_NESTED;
+        if len < 4 || len > attrs.len() {
+            break;
+        }
+        out.push((t, &attrs[4..len]));
+        let advance = (len + 3) & !3;
+        attrs = &attrs[advance.min(attrs.len())..];
+    }
+    out
+}
+
+#[cfg(test)]
+impl Message {
+    /// The message decoded back, in a compact `nft`-like form, for tests of what a batch
+    /// asks of the kernel: `create table 10 metadataproxy`, `add chain 10 metadataproxy input
+    /// filter hook 1 priority -10`, `add rule 10 metadataproxy input: meta 1 6 | cmp 0
+    /// 646f636b65723000 | ...` (each expression by name, then its attributes in order: numbers
+    /// in decimal, data in hex).
+    pub(crate) fn render(&self) -> String {
+        fn text(v: &[u8]) -> String {
+            String::from_utf8_lossy(v.strip_suffix(&[0]).unwrap_or(v)).into_owned()
+        }
+        fn be32(v: &[u8]) -> u32 {
+            u32::from_be_bytes(v.try_into().expect("4 bytes"))
+        }
+        fn hex(v: &[u8]) -> String {
+            v.iter().map(|b| format!("{b:02x}")).collect()
+        }
+        let a = attrs_of(&self.attrs.0);
+        let get = |ty| find_attr(&self.attrs.0, ty).unwrap_or_default();
+        let f = self.family;
+        match self.ty & 0xff {
+            NFT_MSG_NEWTABLE if self.flags & NLM_F_EXCL != 0 => {
+                format!("create table {f} {}", text(get(NFTA_TABLE_NAME)))
+            }
+            NFT_MSG_NEWTABLE => format!("add table {f} {}", text(get(NFTA_TABLE_NAME))),
+            NFT_MSG_DELTABLE => {
+                let handle = find_attr(&self.attrs.0, NFTA_TABLE_HANDLE)
+                    .map(|h| format!(" handle {}", u64::from_be_bytes(h.try_into().expect("8"))))
+                    .unwrap_or_default();
+                format!("delete table {f} {}{handle}", text(get(NFTA_TABLE_NAME)))
+            }
+            NFT_MSG_NEWCHAIN => {
+                let hook = get(NFTA_CHAIN_HOOK);
+                format!(
+                    "add chain {f} {} {} {} hook {} priority {}",
+                    text(get(NFTA_CHAIN_TABLE)),
+                    text(get(NFTA_CHAIN_NAME)),
+                    text(get(NFTA_CHAIN_TYPE)),
+                    be32(find_attr(hook, NFTA_HOOK_HOOKNUM).unwrap_or_default()),
+                    be32(find_attr(hook, NFTA_HOOK_PRIORITY).unwrap_or_default()) as i32
+                )
+            }
+            NFT_MSG_NEWRULE => {
+                let exprs: Vec<String> = attrs_of(get(NFTA_RULE_EXPRESSIONS))
+                    .into_iter()
+                    .map(|(_, elem)| {
+                        let name = text(find_attr(elem, NFTA_EXPR_NAME).unwrap_or_default());
+                        let data = find_attr(elem, NFTA_EXPR_DATA).unwrap_or_default();
+                        let mut parts = vec![name];
+                        for (_, v) in attrs_of(data) {
+                            parts.push(match attrs_of(v).as_slice() {
+                                // Nested data (NFTA_DATA_VALUE, or a verdict).
+                                [(NFTA_DATA_VALUE, d)] if v.len() >= 4 => hex(d),
+                                [(NFTA_DATA_VERDICT, verdict)] => {
+                                    format!("verdict {}", hex(verdict))
+                                }
+                                _ if v.len() == 4 => be32(v).to_string(),
+                                _ => hex(v),
+                            });
+                        }
+                        parts.join(" ")
+                    })
+                    .collect();
+                format!(
+                    "add rule {f} {} {}: {}",
+                    text(get(NFTA_RULE_TABLE)),
+                    text(get(NFTA_RULE_CHAIN)),
+                    exprs.join(" | ")
+                )
+            }
+            other => format!("message {other} {a:?}"),
+        }
+    }
 }
 
 #[cfg(test)]
