@@ -1140,3 +1140,141 @@ pub fn assert_same_netfilter(before: &(String, String), after: &(String, String)
         );
     }
 }
+
+/// `ip6tables-save` without comments or counters, like the first half of
+/// [`netfilter_snapshot`] (which `nft list ruleset` covers for the nf_tables side).
+pub fn ip6tables_snapshot() -> String {
+    run("ip6tables-save", &[])
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| match (l.starts_with(':'), l.find(" [")) {
+            (true, Some(i)) => &l[..i],
+            _ => l,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Whether the agent's IPv6 netfilter table (`ip6 metadataproxy`) exists.
+pub fn agent_ipv6_table_exists() -> bool {
+    Command::new("nft")
+        .args(["list", "table", "ip6", "metadataproxy"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// Deletes the agent's IPv6 netfilter table when dropped (see [`AgentTableCleanup`]).
+#[derive(Debug)]
+pub struct AgentIpv6TableCleanup;
+
+impl Drop for AgentIpv6TableCleanup {
+    fn drop(&mut self) {
+        let _ = Command::new("nft")
+            .args(["delete", "table", "ip6", "metadataproxy"])
+            .output();
+    }
+}
+
+/// An ip6tables rule that is deleted when dropped (the IPv6 twin of [`Rule`]).
+#[derive(Debug)]
+pub struct Rule6 {
+    table: String,
+    spec: Vec<String>,
+}
+
+impl Rule6 {
+    /// Inserts `spec` at the top of `chain` in `table`.
+    pub fn insert(table: &str, chain: &str, spec: &[&str]) -> Rule6 {
+        let mut args = vec!["-w", "-t", table, "-I", chain];
+        args.extend_from_slice(spec);
+        run("ip6tables", &args);
+        let mut kept = vec![chain.to_string()];
+        kept.extend(spec.iter().map(|s| s.to_string()));
+        Rule6 {
+            table: table.into(),
+            spec: kept,
+        }
+    }
+}
+
+impl Drop for Rule6 {
+    fn drop(&mut self) {
+        let mut args = vec![
+            "-w".to_string(),
+            "-t".into(),
+            self.table.clone(),
+            "-D".into(),
+        ];
+        args.extend(self.spec.iter().cloned());
+        let _ = Command::new("ip6tables").args(&args).output();
+    }
+}
+
+/// An IPv6 address put on loopback for a test (`ip -6 addr add ADDR/128 dev lo nodad`),
+/// removed when dropped unless it was there before.
+#[derive(Debug)]
+pub struct LoopbackAddress6 {
+    cidr: String,
+    added: bool,
+}
+
+impl LoopbackAddress6 {
+    /// Puts `addr` (e.g. `fd00:ec2::254`) on `lo`.
+    pub fn add(addr: &str) -> LoopbackAddress6 {
+        let cidr = format!("{addr}/128");
+        let present = run("ip", &["-6", "addr", "show", "dev", "lo"])
+            .split_whitespace()
+            .any(|w| w == cidr);
+        if !present {
+            run("ip", &["-6", "addr", "add", &cidr, "dev", "lo", "nodad"]);
+        }
+        LoopbackAddress6 {
+            cidr,
+            added: !present,
+        }
+    }
+}
+
+impl Drop for LoopbackAddress6 {
+    fn drop(&mut self) {
+        if self.added {
+            let _ = Command::new("ip")
+                .args(["-6", "addr", "del", &self.cidr, "dev", "lo"])
+                .output();
+        }
+    }
+}
+
+impl Network {
+    /// Creates `mp-test-{name}` on `172.30.{octet}.0/24` and the IPv6 subnet `subnet6`
+    /// (`fd00:dead:beef::/64`; its `::1` is the bridge's address), with `--ipv6`.
+    pub fn create_dual_stack(name: &str, octet: u8, subnet6: &str) -> Network {
+        let name = format!("mp-test-{name}");
+        let subnet = format!("172.30.{octet}.0/24");
+        let gateway = format!("172.30.{octet}.1");
+        let _ = Command::new("docker")
+            .args(["network", "rm", &name])
+            .output();
+        run(
+            "docker",
+            &[
+                "network",
+                "create",
+                "--ipv6",
+                "--subnet",
+                &subnet,
+                "--gateway",
+                &gateway,
+                "--subnet",
+                subnet6,
+                &name,
+            ],
+        );
+        Network {
+            name,
+            subnet,
+            gateway,
+        }
+    }
+}
