@@ -48,9 +48,10 @@
 //! }
 //! ```
 //!
-//! Refused rather than redirected: the agent listens on IPv4 (`HOST` may not be IPv6 in this
-//! mode) and identifies callers by their IPv4 address, and SDKs use the IPv4 endpoint unless
-//! told otherwise; a reset makes one told otherwise fail at once instead of timing out. Both
+//! Refused rather than redirected: the agent listens on one address, IPv4 in this mode (`HOST`
+//! may not be IPv6), so a redirect would have nowhere to land, and SDKs use the IPv4 endpoint
+//! unless told otherwise; a reset makes one told otherwise fail at once instead of timing out.
+//! Both
 //! tables are installed in one batch, and kept, removed (each by its handle) and repaired
 //! alike. On a kernel without IPv6 (`ipv6.disable=1`) there is no endpoint to reach and no
 //! `ip6` table: the agent says so in its log and in `/readyz`, and runs.
