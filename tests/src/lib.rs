@@ -1113,16 +1113,19 @@ pub fn agent_table_exists() -> bool {
         .unwrap_or(false)
 }
 
-/// Deletes the agent's netfilter table when dropped, so that a test that fails with an agent
-/// in iptables mode does not leave later tests' metadata traffic redirected to a dead port.
+/// Deletes the agent's netfilter tables (`ip` and `ip6 metadataproxy`) when dropped, so that
+/// a test that fails with an agent in iptables mode, or ends with a kept table, does not leave
+/// later tests' metadata traffic redirected to a dead port or their "before" state different.
 #[derive(Debug)]
 pub struct AgentTableCleanup;
 
 impl Drop for AgentTableCleanup {
     fn drop(&mut self) {
-        let _ = Command::new("nft")
-            .args(["delete", "table", "ip", "metadataproxy"])
-            .output();
+        for family in ["ip", "ip6"] {
+            let _ = Command::new("nft")
+                .args(["delete", "table", family, "metadataproxy"])
+                .output();
+        }
     }
 }
 
@@ -1162,18 +1165,6 @@ pub fn agent_ipv6_table_exists() -> bool {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false)
-}
-
-/// Deletes the agent's IPv6 netfilter table when dropped (see [`AgentTableCleanup`]).
-#[derive(Debug)]
-pub struct AgentIpv6TableCleanup;
-
-impl Drop for AgentIpv6TableCleanup {
-    fn drop(&mut self) {
-        let _ = Command::new("nft")
-            .args(["delete", "table", "ip6", "metadataproxy"])
-            .output();
-    }
 }
 
 /// An ip6tables rule that is deleted when dropped (the IPv6 twin of [`Rule`]).

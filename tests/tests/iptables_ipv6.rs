@@ -17,9 +17,8 @@ use std::time::{Duration, Instant};
 use metadataproxy_tests::sinks::http_get;
 use metadataproxy_tests::{
     agent_ipv6_table_exists, agent_table_exists, assert_same_netfilter, catcher, eventually,
-    ip6tables_snapshot, netfilter_snapshot, run, serial, test_env, Agent, AgentIpv6TableCleanup,
-    AgentTableCleanup, AwsCounter, Container, FakeUpstream, Fetched, LoopbackAddress6, Network,
-    Rule6,
+    ip6tables_snapshot, netfilter_snapshot, run, serial, test_env, Agent, AgentTableCleanup,
+    AwsCounter, Container, FakeUpstream, Fetched, LoopbackAddress6, Network, Rule6,
 };
 
 const MD6: &str = "http://[fd00:ec2::254]/latest/meta-data";
@@ -36,14 +35,14 @@ struct Setup {
     _net: Network,
     _address: LoopbackAddress6,
     _guards: (Rule6, Rule6),
-    _cleanup: (AgentTableCleanup, AgentIpv6TableCleanup),
+    _cleanup: AgentTableCleanup,
     _serial: std::sync::MutexGuard<'static, ()>,
 }
 
 impl Setup {
     fn new(name: &str, octet: u8, subnet6: &str) -> Setup {
         let serial = serial();
-        let cleanup = (AgentTableCleanup, AgentIpv6TableCleanup);
+        let cleanup = AgentTableCleanup;
         assert!(
             !agent_table_exists() && !agent_ipv6_table_exists(),
             "a metadataproxy table is already there (left by another run?)"
