@@ -13,6 +13,7 @@ source scripts/test-env.sh
 cleanup() {
   rm -rf /sys/fs/bpf/mp-bench 2>/dev/null || true
   nft delete table ip metadataproxy 2>/dev/null || true
+  nft delete table ip6 metadataproxy 2>/dev/null || true
   mp_cleanup
 }
 

@@ -17,10 +17,11 @@ source scripts/test-env.sh
 # shellcheck source=scripts/ebpf-toolchain.sh
 source scripts/ebpf-toolchain.sh
 CATCHER_ADDED=0
-# iptables-mode tests make and remove the agent's own netfilter table; if one is left (a test
-# killed half-way) and was not there before, remove it too.
+# iptables-mode tests make and remove the agent's own netfilter tables (ip and ip6); if one is
+# left (a test killed half-way) and none was there before, remove them too.
 AGENT_TABLE_BEFORE=0
-if command -v nft >/dev/null && nft list table ip metadataproxy >/dev/null 2>&1; then
+if command -v nft >/dev/null && { nft list table ip metadataproxy >/dev/null 2>&1 ||
+  nft list table ip6 metadataproxy >/dev/null 2>&1; }; then
   AGENT_TABLE_BEFORE=1
 fi
 add_catcher_address() {
@@ -40,6 +41,7 @@ cleanup() {
   fi
   if [[ $AGENT_TABLE_BEFORE == 0 ]] && command -v nft >/dev/null; then
     nft delete table ip metadataproxy 2>/dev/null || true
+    nft delete table ip6 metadataproxy 2>/dev/null || true
   fi
   if [[ $CATCHER_ADDED == 1 ]]; then
     ip addr del 169.254.169.254/32 dev lo 2>/dev/null || true
