@@ -14,7 +14,7 @@ use crate::builtin::Emulator;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, UpstreamConfig};
 use crate::handlers::iam::{assume_role_request, credentials_for, role_of};
-use crate::identity::kernel::KernelIdentity;
+use crate::identity::kernel::{CgroupResolver, CgroupTree, KernelIdentity};
 use crate::identity::{Container, ContainerIndex, ContainerLookup, DockerLookup};
 use crate::roles::{
     AssumeRole, CacheSettings, CredentialCache, GetRole, Partition, RoleResolver, RoleSpec, SdkIam,
@@ -174,9 +174,21 @@ impl State {
             )),
             UpstreamConfig::Builtin(values) => Arc::new(Emulator::new(values.clone())),
         };
+        // eBPF mode: the index also maps cgroup ids to containers (the kernel's records name
+        // cgroups).
+        let cgroups = match (&config.intercept, &kernel) {
+            (crate::config::Intercept::Ebpf(_), Some(kernel)) => {
+                let parents = kernel.container_parents();
+                crate::identity::cgroup::detect_cgroup2_root().map(|root| {
+                    Arc::new(CgroupResolver::new(root, parents)) as Arc<dyn CgroupTree>
+                })
+            }
+            _ => None,
+        };
         let (index, started) = ContainerIndex::new(
             DockerLookup::new(config.docker.clone())
                 .with_copied_labels(config.telemetry.copied_labels()),
+            cgroups,
         );
         tokio::spawn(index.clone().run(config.docker_reconcile_interval));
         let index_handle = index.clone();

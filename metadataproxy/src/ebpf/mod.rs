@@ -471,6 +471,10 @@ impl KernelIdentity for KernelRedirect {
         self.resolver.container_id(record)
     }
 
+    fn container_parents(&self) -> Vec<String> {
+        self.parent_dirs.clone()
+    }
+
     fn cached_kind(&self, record: &ConnRecord) -> Option<CgroupKind> {
         self.kinds.get(&record.cgroup_id)
     }

@@ -115,10 +115,9 @@ async fn container_verified(
     conn: &Connection,
 ) -> Result<Container, Failure> {
     let record = conn.kernel.ok_or(Failure::NoKernelIdentity)?;
-    // The cgroup lookup reads the cgroup filesystem: off the async runtime.
-    let by_cgroup = tokio::task::spawn_blocking(move || kernel.container_id(&record))
-        .await
-        .unwrap_or(None);
+    // The index's cgroup map (O(1)); a walk of the cgroup filesystem only on a miss.
+    let by_cgroup =
+        crate::identity::kernel::container_of(&kernel, state.index.as_deref(), record).await;
     let by_ip = state.lookup.by_ip(conn.ip).await.map_err(lookup_failure)?;
     let mismatch = |by_ip: &Container, by_cgroup: Option<&str>| {
         let by_cgroup = by_cgroup

@@ -15,11 +15,9 @@ use crate::imdsv2::{parse_ttl, Binding, TokenError, TOKEN_HEADER, TTL_HEADER};
 /// mode, by address in classic mode), else its address. Loopback callers are never looked up.
 pub async fn binding(state: &State, conn: &Connection) -> Binding {
     if let (Some(kernel), Some(record)) = (&state.kernel, conn.kernel) {
-        let kernel = kernel.clone();
-        // The cgroup lookup reads the cgroup filesystem: off the async runtime.
-        let by_cgroup = tokio::task::spawn_blocking(move || kernel.container_id(&record))
-            .await
-            .unwrap_or(None);
+        // The index's cgroup map (O(1)); a walk of the cgroup filesystem only on a miss.
+        let by_cgroup =
+            crate::identity::kernel::container_of(kernel, state.index.as_deref(), record).await;
         return match by_cgroup {
             Some(id) => Binding::Container(id),
             None => Binding::Ip(conn.ip),

@@ -3,7 +3,13 @@
 //! Docker puts a container's processes in `/docker/<id>` (cgroupfs driver) or
 //! `/system.slice/docker-<id>.scope` (systemd driver, also under other slices); a container may
 //! create sub-cgroups below its own. A cgroup's id is the inode number of its directory in the
-//! cgroup2 mount.
+//! cgroup2 mount (64-bit kernfs ids: not reused while the system runs).
+//!
+//! Two ways from a container to its cgroup id, used when it is indexed: its main process's
+//! `/proc/<pid>/cgroup` (any layout; the path must name the container, so a reused pid or
+//! another pid namespace cannot mislead it), else the driver layouts under the container
+//! parents. One way back, for a cgroup id no indexed container has: a walk of the parents'
+//! children (a directory read plus one `stat` per container).
 //!
 //! With the systemd driver, containers share `system.slice` with the host's services; the
 //! kernel redirects the whole slice and the agent tells them apart per connection by the
@@ -61,9 +67,65 @@ pub fn cgroup_id(dir: &Path) -> std::io::Result<u64> {
     Ok(std::fs::metadata(dir)?.ino())
 }
 
+/// The cgroup2 path (relative to the mount) in a `/proc/<pid>/cgroup` text: its `0::` line.
+pub fn unified_path(proc_cgroup: &str) -> Option<&str> {
+    proc_cgroup
+        .lines()
+        .find_map(|line| line.strip_prefix("0::"))
+        .map(str::trim_end)
+}
+
+/// The container's own cgroup in `path` (a cgroup2 path of one of its processes): the path up
+/// to its first segment that names container `id` (`<id>`, `docker-<id>.scope`,
+/// `libpod-<id>.scope`), so that a process in a child cgroup (`docker exec` in some setups,
+/// systemd inside the container) still gives the container's cgroup. `None` when no segment
+/// names it, or for a path outside the reader's cgroup namespace (`/..`).
+pub fn container_cgroup_in_path(path: &str, id: &str) -> Option<String> {
+    if !is_container_id(id) || !path.starts_with('/') {
+        return None;
+    }
+    let mut out = String::new();
+    for segment in path.split('/').filter(|s| !s.is_empty()) {
+        if segment == ".." || segment == "." {
+            return None;
+        }
+        out.push('/');
+        out.push_str(segment);
+        let names_it = segment == id
+            || segment
+                .strip_suffix(".scope")
+                .and_then(|s| s.strip_suffix(id))
+                .is_some_and(|prefix| prefix.ends_with('-'));
+        if names_it {
+            return Some(out);
+        }
+    }
+    None
+}
+
+/// The id of container `id`'s cgroup by the driver layouts under `parents` (relative to
+/// `root`): `<parent>/<id>` (cgroupfs) or `<parent>/docker-<id>.scope` (systemd), whichever
+/// exists.
+pub fn container_cgroup_by_layout(root: &Path, parents: &[String], id: &str) -> Option<u64> {
+    if !is_container_id(id) {
+        return None;
+    }
+    parents.iter().find_map(|parent| {
+        let parent = root.join(parent.trim_matches('/'));
+        [parent.join(id), parent.join(format!("docker-{id}.scope"))]
+            .iter()
+            .find_map(|dir| cgroup_id(dir).ok())
+    })
+}
+
 /// Finds the container whose cgroup has one of the ids in `ids` (a cgroup and its ancestors),
-/// by walking the container parent directories `parents` (relative to `root`).
-pub fn find_container_by_cgroup_id(root: &Path, parents: &[String], ids: &[u64]) -> Option<String> {
+/// by walking the container parent directories `parents` (relative to `root`). Returns the
+/// container's cgroup id (the one of `ids` that matched) and the container id.
+pub fn find_container_by_cgroup_id(
+    root: &Path,
+    parents: &[String],
+    ids: &[u64],
+) -> Option<(u64, String)> {
     for parent in parents {
         let Ok(entries) = std::fs::read_dir(root.join(parent)) else {
             continue;
@@ -75,7 +137,7 @@ pub fn find_container_by_cgroup_id(root: &Path, parents: &[String], ids: &[u64])
             }
             let rel = format!("/{parent}/{}", entry.file_name().to_string_lossy());
             if let Some(id) = container_id_from_path(&rel) {
-                return Some(id);
+                return Some((meta.ino(), id));
             }
         }
     }
@@ -303,8 +365,8 @@ mod tests {
         let id = cgroup_id(&dir).unwrap();
         let parents = ["docker".to_string()];
         assert_eq!(
-            find_container_by_cgroup_id(&root, &parents, &[1, id]).as_deref(),
-            Some(ID)
+            find_container_by_cgroup_id(&root, &parents, &[1, id]),
+            Some((id, ID.to_string()))
         );
         assert_eq!(find_container_by_cgroup_id(&root, &parents, &[1]), None);
         // Only the configured parents are searched.
@@ -429,6 +491,89 @@ mod tests {
         );
         assert_eq!(path_of_ancestors(&root, &[0]).as_deref(), Some("/"));
         assert_eq!(path_of_ancestors(&root, &[ids[0], 1]), None);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn the_unified_line_of_proc_cgroup_on_hybrid_and_pure_hosts() {
+        let hybrid =
+            format!("12:pids:/docker/{ID}\n1:name=systemd:/docker/{ID}\n0::/docker/{ID}\n");
+        assert_eq!(
+            unified_path(&hybrid),
+            Some(format!("/docker/{ID}").as_str())
+        );
+        let pure = format!("0::/system.slice/docker-{ID}.scope\n");
+        assert_eq!(
+            unified_path(&pure),
+            Some(format!("/system.slice/docker-{ID}.scope").as_str())
+        );
+        assert_eq!(unified_path("4:memory:/x\n"), None, "cgroup v1 only");
+    }
+
+    #[test]
+    fn a_containers_own_cgroup_from_its_process_path_in_every_layout() {
+        let cases = [
+            (format!("/docker/{ID}"), Some(format!("/docker/{ID}"))),
+            // A process in a child cgroup of the container (systemd inside, docker exec).
+            (
+                format!("/docker/{ID}/init.scope"),
+                Some(format!("/docker/{ID}")),
+            ),
+            (
+                format!("/system.slice/docker-{ID}.scope"),
+                Some(format!("/system.slice/docker-{ID}.scope")),
+            ),
+            (
+                format!("/a.slice/a-b.slice/docker-{ID}.scope/sub/deeper"),
+                Some(format!("/a.slice/a-b.slice/docker-{ID}.scope")),
+            ),
+            (
+                format!("/custom-parent/{ID}"),
+                Some(format!("/custom-parent/{ID}")),
+            ),
+            (
+                format!("/machine.slice/libpod-{ID}.scope"),
+                Some(format!("/machine.slice/libpod-{ID}.scope")),
+            ),
+            // Another container's path (a reused pid, another pid namespace): not this one.
+            (format!("/docker/{}", "a".repeat(64)), None),
+            ("/system.slice/sshd.service".to_string(), None),
+            ("/".to_string(), None),
+            // Outside the reader's cgroup namespace.
+            (format!("/../docker/{ID}"), None),
+            (format!("/docker/x{ID}"), None),
+            (format!("/docker/docker{ID}.scope"), None),
+        ];
+        for (path, want) in cases {
+            assert_eq!(container_cgroup_in_path(&path, ID), want, "{path}");
+        }
+        assert_eq!(container_cgroup_in_path("/docker/abc", "abc"), None);
+    }
+
+    #[test]
+    fn layout_finds_the_cgroupfs_and_systemd_directories() {
+        let root = std::env::temp_dir().join(format!("mp-cgroup-layout-{}", std::process::id()));
+        let other = "b".repeat(64);
+        let cgroupfs = root.join("docker").join(ID);
+        let systemd = root
+            .join("system.slice")
+            .join(format!("docker-{other}.scope"));
+        std::fs::create_dir_all(&cgroupfs).unwrap();
+        std::fs::create_dir_all(&systemd).unwrap();
+        let parents = ["docker".to_string(), "system.slice".to_string()];
+        assert_eq!(
+            container_cgroup_by_layout(&root, &parents, ID),
+            Some(cgroup_id(&cgroupfs).unwrap())
+        );
+        assert_eq!(
+            container_cgroup_by_layout(&root, &parents, &other),
+            Some(cgroup_id(&systemd).unwrap())
+        );
+        assert_eq!(container_cgroup_by_layout(&root, &parents[1..], ID), None);
+        assert_eq!(
+            container_cgroup_by_layout(&root, &parents, &"c".repeat(64)),
+            None
+        );
         std::fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -192,6 +192,12 @@ impl DockerLookup {
             Err(e) => return Err(docker_error(e)),
         };
         let running = info.state.as_ref().and_then(|s| s.running).unwrap_or(false);
+        let pid = info
+            .state
+            .as_ref()
+            .and_then(|s| s.pid)
+            .and_then(|p| u32::try_from(p).ok())
+            .filter(|p| *p > 0);
         if !running {
             return Ok(None);
         }
@@ -210,6 +216,7 @@ impl DockerLookup {
             env.iter().map(String::as_str),
         );
         container.ips = ips;
+        container.pid = pid;
         let labels = config.labels.unwrap_or_default();
         container.labels = self.copied.extract(&labels, env.iter().map(String::as_str));
         container.docker_labels = std::sync::Arc::new(labels.into_iter().collect());

@@ -26,6 +26,22 @@
 //!   share one lookup. The index is consulted first, so a container that starts within the
 //!   window is found as soon as its `start` event is applied.
 //!
+//! eBPF mode (the index is given a [`CgroupTree`]): cgroup id → container, so that a
+//! connection's cgroup names its container in O(1).
+//!
+//! - Each container's own cgroup id is recorded when it is indexed (full sync, events, direct
+//!   lookups): from its main process's `/proc/<pid>/cgroup` (any layout; the path must name the
+//!   container), else from the driver layouts under the container parents. It is removed with
+//!   the container.
+//! - A lookup tries the connection's cgroup, then its ancestors from the deepest up (the kernel
+//!   records levels 1 to 6), so a process in a child cgroup of a container (`docker exec` in
+//!   some setups, systemd inside it) is that container, as with the walk.
+//! - A cgroup that no indexed container has (racing a start) is looked for by a walk of the
+//!   container parents; what it finds is recorded if the container is indexed. A walk that
+//!   finds nothing is remembered for [`NEGATIVE_WINDOW`] per cgroup, for at most
+//!   [`NEGATIVE_CAPACITY`] cgroups, and concurrent misses for one cgroup share one walk. The
+//!   map is consulted first, so a container indexed within the window is found at once.
+//!
 //! Newly seen containers are sent on a channel, for credential prefetch.
 
 use std::collections::HashMap;
@@ -42,6 +58,7 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use super::docker::DockerNetwork;
+use super::kernel::{record_cgroups, CgroupTree, ConnRecord};
 use super::{Container, ContainerLookup, DockerLookup, LookupError};
 
 /// How long the answer of a direct Docker lookup that found no container is reused for the same
@@ -78,18 +95,57 @@ pub(crate) trait DockerApi: Send + Sync + fmt::Debug {
 struct Maps {
     by_id: HashMap<String, Container>,
     by_ip: HashMap<IpAddr, Vec<String>>,
+    /// eBPF mode: cgroup id → container id, for indexed containers only.
+    by_cgroup: HashMap<u64, String>,
+    /// The keys of `by_cgroup` of each container (one, or two when a walk found another).
+    cgroups_of: HashMap<String, Vec<u64>>,
 }
 
 impl Maps {
-    fn insert(&mut self, c: Container) {
+    /// Adds or replaces `c`, with its cgroup id if known.
+    fn insert(&mut self, c: Container, cgroup: Option<u64>) {
         self.remove(&c.id);
         for ip in &c.ips {
             self.by_ip.entry(*ip).or_default().push(c.id.clone());
         }
+        let id = c.id.clone();
         self.by_id.insert(c.id.clone(), c);
+        if let Some(cgroup) = cgroup {
+            self.learn(cgroup, &id);
+        }
+    }
+
+    /// Records that `cgroup` is container `id`'s, if it is indexed.
+    fn learn(&mut self, cgroup: u64, id: &str) -> bool {
+        if !self.by_id.contains_key(id) {
+            return false;
+        }
+        if let Some(previous) = self.by_cgroup.insert(cgroup, id.to_string()) {
+            if previous != id {
+                if let Some(ids) = self.cgroups_of.get_mut(&previous) {
+                    ids.retain(|c| *c != cgroup);
+                }
+            }
+        }
+        let ids = self.cgroups_of.entry(id.to_string()).or_default();
+        if !ids.contains(&cgroup) {
+            ids.push(cgroup);
+        }
+        true
+    }
+
+    /// The container of the first of `cgroups` that one has.
+    fn by_cgroups(&self, cgroups: &[u64]) -> Option<&str> {
+        cgroups
+            .iter()
+            .find_map(|c| self.by_cgroup.get(c))
+            .map(String::as_str)
     }
 
     fn remove(&mut self, id: &str) -> Option<Container> {
+        for cgroup in self.cgroups_of.remove(id).unwrap_or_default() {
+            self.by_cgroup.remove(&cgroup);
+        }
         let old = self.by_id.remove(id)?;
         for ip in &old.ips {
             if let Some(ids) = self.by_ip.get_mut(ip) {
@@ -173,6 +229,13 @@ pub struct IndexStats {
     /// Lookups answered "no container" because the address is outside every Docker network's
     /// subnets or is a gateway.
     pub outside_networks: AtomicU64,
+    /// eBPF mode: cgroup lookups answered from the cgroup map.
+    pub cgroup_hits: AtomicU64,
+    /// eBPF mode: cgroup lookups that missed the map and walked the cgroup filesystem.
+    pub cgroup_walks: AtomicU64,
+    /// eBPF mode: cgroup lookups that missed the map and were answered by the negative cache
+    /// (or shared another lookup's walk) instead of walking.
+    pub suppressed_walks: AtomicU64,
 }
 
 /// Running containers by IP and id.
@@ -181,6 +244,10 @@ pub struct ContainerIndex {
     maps: RwLock<Maps>,
     networks: RwLock<Networks>,
     negative: moka::future::Cache<IpAddr, Miss>,
+    /// eBPF mode: the cgroup filesystem, for containers' cgroup ids and walks on a miss.
+    cgroups: Option<Arc<dyn CgroupTree>>,
+    /// cgroup ids that a walk did not find, and when (tokio's clock).
+    cgroup_misses: moka::future::Cache<u64, tokio::time::Instant>,
     synced: AtomicBool,
     started: mpsc::UnboundedSender<Container>,
     /// Counters.
@@ -200,12 +267,17 @@ impl fmt::Debug for ContainerIndex {
 
 impl ContainerIndex {
     /// An empty index over `docker`, and the channel on which newly seen containers arrive.
-    pub fn new(docker: DockerLookup) -> (Arc<ContainerIndex>, mpsc::UnboundedReceiver<Container>) {
-        Self::over(Arc::new(docker))
+    /// With `cgroups` (eBPF mode) it also maps cgroup ids to containers.
+    pub fn new(
+        docker: DockerLookup,
+        cgroups: Option<Arc<dyn CgroupTree>>,
+    ) -> (Arc<ContainerIndex>, mpsc::UnboundedReceiver<Container>) {
+        Self::over(Arc::new(docker), cgroups)
     }
 
     fn over(
         docker: Arc<dyn DockerApi>,
+        cgroups: Option<Arc<dyn CgroupTree>>,
     ) -> (Arc<ContainerIndex>, mpsc::UnboundedReceiver<Container>) {
         let (started, rx) = mpsc::unbounded_channel();
         let index = Arc::new(ContainerIndex {
@@ -215,6 +287,11 @@ impl ContainerIndex {
             // Expiry is checked on tokio's clock (`Miss::is_fresh`); moka's own time to live
             // only bounds how long a stale entry occupies memory.
             negative: moka::future::Cache::builder()
+                .max_capacity(NEGATIVE_CAPACITY)
+                .time_to_live(NEGATIVE_WINDOW * 2)
+                .build(),
+            cgroups,
+            cgroup_misses: moka::future::Cache::builder()
                 .max_capacity(NEGATIVE_CAPACITY)
                 .time_to_live(NEGATIVE_WINDOW * 2)
                 .build(),
@@ -251,16 +328,118 @@ impl ContainerIndex {
         self.len() == 0
     }
 
-    fn upsert(&self, c: Container, announce: bool) {
+    /// Adds or replaces `c`, with its cgroup id in eBPF mode.
+    async fn upsert(&self, c: Container, announce: bool) {
+        let cgroup = self
+            .cgroups_of(std::slice::from_ref(&c))
+            .await
+            .pop()
+            .flatten();
+        self.insert(c, cgroup, announce);
+    }
+
+    fn insert(&self, c: Container, cgroup: Option<u64>, announce: bool) {
         let is_new = {
             let mut maps = self.maps.write().expect("index lock");
             let is_new = !maps.by_id.contains_key(&c.id);
-            maps.insert(c.clone());
+            maps.insert(c.clone(), cgroup);
             is_new
         };
         if announce && is_new {
             let _ = self.started.send(c);
         }
+    }
+
+    /// Each container's own cgroup id (eBPF mode; all `None` otherwise), read off the async
+    /// runtime.
+    async fn cgroups_of(&self, containers: &[Container]) -> Vec<Option<u64>> {
+        let Some(tree) = self.cgroups.clone() else {
+            return vec![None; containers.len()];
+        };
+        let containers = containers.to_vec();
+        let n = containers.len();
+        tokio::task::spawn_blocking(move || {
+            containers
+                .iter()
+                .map(|c| {
+                    let cgroup = tree.container_cgroup(c);
+                    if cgroup.is_none() {
+                        tracing::debug!(container_id = %c.id, pid = ?c.pid, "container index: no cgroup found for a container; its connections are found by a walk");
+                    }
+                    cgroup
+                })
+                .collect()
+        })
+        .await
+        .unwrap_or_else(|_| vec![None; n])
+    }
+
+    /// Whether the index maps cgroup ids to containers (eBPF mode).
+    pub fn maps_cgroups(&self) -> bool {
+        self.cgroups.is_some()
+    }
+
+    /// eBPF mode: the container whose cgroup made the connection of `record` (its cgroup, or
+    /// the deepest ancestor that is a container's). The map first; on a miss one walk of the
+    /// cgroup filesystem per cgroup per [`NEGATIVE_WINDOW`], shared by concurrent callers.
+    pub async fn container_by_cgroup(&self, record: &ConnRecord) -> Option<String> {
+        let cgroups = record_cgroups(record);
+        if let Some(id) = self.lookup_cgroups(&cgroups) {
+            self.stats.cgroup_hits.fetch_add(1, Ordering::Relaxed);
+            return Some(id);
+        }
+        let tree = self.cgroups.clone()?;
+        let key = record.cgroup_id;
+        if let Some(at) = self.cgroup_misses.get(&key).await {
+            if at.elapsed() < NEGATIVE_WINDOW {
+                self.stats.suppressed_walks.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+            self.cgroup_misses.invalidate(&key).await;
+        }
+        let walked = AtomicBool::new(false);
+        let outcome = self
+            .cgroup_misses
+            .try_get_with(key, async {
+                walked.store(true, Ordering::Relaxed);
+                self.stats.cgroup_walks.fetch_add(1, Ordering::Relaxed);
+                let ids = cgroups.clone();
+                let found = tokio::task::spawn_blocking(move || tree.walk(&ids))
+                    .await
+                    .unwrap_or(None);
+                match found {
+                    Some((cgroup, id)) => {
+                        let learned = self
+                            .maps
+                            .write()
+                            .expect("index lock")
+                            .learn(cgroup, &id);
+                        tracing::debug!(cgroup_id = cgroup, container_id = %id, learned, "container index: a walk found a cgroup's container");
+                        // Found: not remembered as a miss.
+                        Err(id)
+                    }
+                    None => Ok(tokio::time::Instant::now()),
+                }
+            })
+            .await;
+        match outcome {
+            Err(id) => Some(String::clone(&id)),
+            Ok(_) => {
+                if !walked.load(Ordering::Relaxed) {
+                    self.stats.suppressed_walks.fetch_add(1, Ordering::Relaxed);
+                }
+                // Indexed while the walk ran (its start event)?
+                self.lookup_cgroups(&cgroups)
+            }
+        }
+    }
+
+    fn lookup_cgroups(&self, cgroups: &[u64]) -> Option<String> {
+        self.maps
+            .read()
+            .expect("index lock")
+            .by_cgroups(cgroups)
+            .map(str::to_string)
     }
 
     fn remove(&self, id: &str) {
@@ -287,11 +466,16 @@ impl ContainerIndex {
                 .buffer_unordered(8)
                 .collect()
                 .await;
-        let mut fresh = Maps::default();
+        let mut running = Vec::new();
         for c in inspected {
             if let Some(c) = c? {
-                fresh.insert(c);
+                running.push(c);
             }
+        }
+        let cgroups = self.cgroups_of(&running).await;
+        let mut fresh = Maps::default();
+        for (c, cgroup) in running.into_iter().zip(cgroups) {
+            fresh.insert(c, cgroup);
         }
         let new: Vec<Container> = {
             let mut maps = self.maps.write().expect("index lock");
@@ -314,7 +498,7 @@ impl ContainerIndex {
 
     async fn refresh(&self, id: &str, announce: bool) {
         match self.docker.inspect(id).await {
-            Ok(Some(c)) => self.upsert(c, announce),
+            Ok(Some(c)) => self.upsert(c, announce).await,
             Ok(None) => self.remove(id),
             Err(e) => {
                 tracing::warn!(container_id = id, error = %e, "could not inspect a container after an event")
@@ -448,7 +632,7 @@ impl ContainerIndex {
                 count_direct(&found);
                 let error = match found {
                     Ok(Some(c)) => {
-                        self.upsert(c.clone(), false);
+                        self.upsert(c.clone(), false).await;
                         // Found: not remembered; the index holds it now.
                         return Err(c);
                     }
@@ -529,7 +713,7 @@ impl ContainerLookup for ContainerIndex {
             let found = self.docker.inspect(id).await;
             count_direct(&found);
             if let Ok(Some(c)) = &found {
-                self.upsert(c.clone(), false);
+                self.upsert(c.clone(), false).await;
             }
             found
         })
@@ -679,7 +863,7 @@ mod tests {
             docker.net("host", &[], &[]),
         ];
         *docker.networks.lock().unwrap() = networks;
-        let (index, _rx) = ContainerIndex::over(docker.clone());
+        let (index, _rx) = ContainerIndex::over(docker.clone(), None);
         (index, docker)
     }
 
@@ -846,12 +1030,263 @@ mod tests {
         let (index, _docker) = fake(Duration::ZERO);
         index.full_sync().await.unwrap();
         // Indexed before its network was learned (e.g. the create event is still queued).
-        index.upsert(c("early", &["10.99.0.5"]), false);
+        index.insert(c("early", &["10.99.0.5"]), None, false);
         assert!(index.may_be_container(ip("10.99.0.5")));
         assert_eq!(
             index.by_ip(ip("10.99.0.5")).await.unwrap().unwrap().id,
             "early"
         );
+    }
+
+    /// The cgroup filesystem in memory: each container's cgroup, and what a walk finds.
+    #[derive(Debug, Default)]
+    struct FakeTree {
+        /// container id → its cgroup id (as read when it is indexed).
+        own: Mutex<HashMap<String, u64>>,
+        /// cgroup id → container id (what a walk of the parents finds).
+        on_disk: Mutex<HashMap<u64, String>>,
+        walks: AtomicUsize,
+        /// How long a walk takes (real time: it runs on a blocking thread).
+        walk_delay: Duration,
+    }
+
+    impl CgroupTree for FakeTree {
+        fn container_cgroup(&self, container: &Container) -> Option<u64> {
+            self.own.lock().unwrap().get(&container.id).copied()
+        }
+
+        fn walk(&self, ids: &[u64]) -> Option<(u64, String)> {
+            self.walks.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(self.walk_delay);
+            let on_disk = self.on_disk.lock().unwrap();
+            ids.iter()
+                .find_map(|i| on_disk.get(i).map(|id| (*i, id.clone())))
+        }
+    }
+
+    impl FakeTree {
+        /// A container whose cgroup is `cgroup`, readable when indexed and found by a walk.
+        fn container(&self, id: &str, cgroup: u64) {
+            self.own.lock().unwrap().insert(id.into(), cgroup);
+            self.on_disk.lock().unwrap().insert(cgroup, id.into());
+        }
+    }
+
+    /// An index in eBPF mode over a fake daemon (as [`fake`]) and a fake cgroup tree.
+    fn fake_ebpf(walk_delay: Duration) -> (Arc<ContainerIndex>, Arc<FakeDocker>, Arc<FakeTree>) {
+        let (plain, docker) = fake(Duration::ZERO);
+        drop(plain);
+        let tree = Arc::new(FakeTree {
+            walk_delay,
+            ..FakeTree::default()
+        });
+        let (index, _rx) = ContainerIndex::over(docker.clone(), Some(tree.clone()));
+        (index, docker, tree)
+    }
+
+    /// A kernel record: the connecting cgroup and its ancestors (levels 1..).
+    fn record(cgroup: u64, ancestors: &[u64]) -> ConnRecord {
+        let mut r = ConnRecord {
+            cgroup_id: cgroup,
+            ..ConnRecord::default()
+        };
+        r.ancestors[..ancestors.len()].copy_from_slice(ancestors);
+        r
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_cgroup_map_follows_syncs_events_and_removals() {
+        let (index, docker, tree) = fake_ebpf(Duration::ZERO);
+        docker.running(c("a", &["172.17.0.2"]));
+        tree.container("a", 100);
+        index.full_sync().await.unwrap();
+        assert_eq!(
+            index
+                .container_by_cgroup(&record(100, &[1, 100]))
+                .await
+                .as_deref(),
+            Some("a")
+        );
+        // Started later: its start event records its cgroup.
+        docker.running(c("b", &["172.17.0.3"]));
+        tree.container("b", 200);
+        index
+            .apply(event(EventMessageTypeEnum::CONTAINER, "start", "b"))
+            .await;
+        assert_eq!(
+            index
+                .container_by_cgroup(&record(200, &[]))
+                .await
+                .as_deref(),
+            Some("b")
+        );
+        assert_eq!(tree.walks.load(Ordering::SeqCst), 0, "all from the map");
+        // Removed with the container.
+        docker.containers.lock().unwrap().retain(|c| c.id != "a");
+        tree.on_disk.lock().unwrap().remove(&100);
+        index
+            .apply(event(EventMessageTypeEnum::CONTAINER, "die", "a"))
+            .await;
+        assert_eq!(index.container_by_cgroup(&record(100, &[])).await, None);
+        assert_eq!(tree.walks.load(Ordering::SeqCst), 1, "a miss now");
+        {
+            let maps = index.maps.read().unwrap();
+            assert!(!maps.by_cgroup.contains_key(&100));
+            assert!(!maps.cgroups_of.contains_key("a"));
+        }
+        // A full sync rebuilds the map from what runs.
+        docker.containers.lock().unwrap().clear();
+        index.full_sync().await.unwrap();
+        assert!(index.maps.read().unwrap().by_cgroup.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_child_cgroup_is_its_containers_and_the_deepest_container_wins() {
+        let (index, docker, tree) = fake_ebpf(Duration::ZERO);
+        docker.running(c("outer", &["172.17.0.2"]));
+        docker.running(c("inner", &["172.17.0.3"]));
+        tree.container("outer", 10);
+        tree.container("inner", 30);
+        index.full_sync().await.unwrap();
+        // A process in a child cgroup (11) of "outer"'s cgroup (10).
+        assert_eq!(
+            index
+                .container_by_cgroup(&record(11, &[5, 10, 11]))
+                .await
+                .as_deref(),
+            Some("outer")
+        );
+        // "inner" sits below "outer" (docker in docker): the deeper one is the caller.
+        assert_eq!(
+            index
+                .container_by_cgroup(&record(31, &[5, 10, 20, 30, 31]))
+                .await
+                .as_deref(),
+            Some("inner")
+        );
+        // Neither the container parent (5) nor the root maps to anyone.
+        assert_eq!(tree.walks.load(Ordering::SeqCst), 0);
+        assert_eq!(index.stats.cgroup_hits.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cgroup_miss_walks_once_per_window_and_a_walk_is_recorded() {
+        let (index, docker, tree) = fake_ebpf(Duration::ZERO);
+        index.full_sync().await.unwrap();
+        // A host process's cgroup: no container; walked once per window.
+        for _ in 0..100 {
+            assert_eq!(index.container_by_cgroup(&record(7, &[7])).await, None);
+        }
+        assert_eq!(tree.walks.load(Ordering::SeqCst), 1);
+        assert_eq!(index.stats.suppressed_walks.load(Ordering::SeqCst), 99);
+        tokio::time::advance(NEGATIVE_WINDOW - Duration::from_millis(1)).await;
+        assert_eq!(index.container_by_cgroup(&record(7, &[])).await, None);
+        assert_eq!(tree.walks.load(Ordering::SeqCst), 1);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(index.container_by_cgroup(&record(7, &[])).await, None);
+        assert_eq!(tree.walks.load(Ordering::SeqCst), 2);
+
+        // A container whose cgroup was not found when it was indexed (no pid, unknown layout):
+        // the walk finds it, and the map keeps the answer.
+        docker.running(c("nopid", &["172.17.0.9"]));
+        index.full_sync().await.unwrap();
+        tree.on_disk.lock().unwrap().insert(40, "nopid".into());
+        for _ in 0..3 {
+            assert_eq!(
+                index
+                    .container_by_cgroup(&record(41, &[1, 40, 41]))
+                    .await
+                    .as_deref(),
+                Some("nopid")
+            );
+        }
+        assert_eq!(
+            tree.walks.load(Ordering::SeqCst),
+            3,
+            "one walk, then the map"
+        );
+        assert_eq!(
+            index
+                .maps
+                .read()
+                .unwrap()
+                .by_cgroup
+                .get(&40)
+                .map(String::as_str),
+            Some("nopid")
+        );
+        // ...and forgets it with the container.
+        index.remove("nopid");
+        assert!(index.maps.read().unwrap().by_cgroup.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_walk_racing_a_start_answers_but_records_only_indexed_containers() {
+        let (index, docker, tree) = fake_ebpf(Duration::ZERO);
+        index.full_sync().await.unwrap();
+        // Its cgroup exists, its start event has not been applied yet.
+        tree.container("racing", 50);
+        for _ in 0..2 {
+            assert_eq!(
+                index.container_by_cgroup(&record(50, &[])).await.as_deref(),
+                Some("racing")
+            );
+        }
+        assert_eq!(
+            tree.walks.load(Ordering::SeqCst),
+            2,
+            "not recorded: not indexed"
+        );
+        assert!(index.maps.read().unwrap().by_cgroup.is_empty());
+        docker.running(c("racing", &["172.17.0.5"]));
+        index
+            .apply(event(EventMessageTypeEnum::CONTAINER, "start", "racing"))
+            .await;
+        assert_eq!(
+            index.container_by_cgroup(&record(50, &[])).await.as_deref(),
+            Some("racing")
+        );
+        assert_eq!(tree.walks.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_container_indexed_within_the_negative_window_is_found_at_once() {
+        let (index, docker, tree) = fake_ebpf(Duration::ZERO);
+        index.full_sync().await.unwrap();
+        // Its cgroup is outside the parents the walk reads (unknown to the walk), but its
+        // process names it.
+        assert_eq!(index.container_by_cgroup(&record(60, &[])).await, None);
+        tree.own.lock().unwrap().insert("late".into(), 60);
+        docker.running(c("late", &["172.17.0.6"]));
+        index
+            .apply(event(EventMessageTypeEnum::CONTAINER, "start", "late"))
+            .await;
+        assert_eq!(
+            index.container_by_cgroup(&record(60, &[])).await.as_deref(),
+            Some("late")
+        );
+        assert_eq!(tree.walks.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn concurrent_cgroup_misses_share_one_walk() {
+        let (index, _docker, tree) = fake_ebpf(Duration::from_millis(100));
+        index.full_sync().await.unwrap();
+        let miss = record(9, &[]);
+        let lookups = (0..20).map(|_| index.container_by_cgroup(&miss));
+        let answers = futures_util::future::join_all(lookups).await;
+        assert!(answers.iter().all(Option::is_none));
+        assert_eq!(tree.walks.load(Ordering::SeqCst), 1);
+        assert_eq!(index.stats.suppressed_walks.load(Ordering::SeqCst), 19);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_cgroup_tree_the_index_maps_no_cgroup() {
+        let (index, docker) = fake(Duration::ZERO);
+        docker.running(c("a", &["172.17.0.2"]));
+        index.full_sync().await.unwrap();
+        assert!(!index.maps_cgroups());
+        assert_eq!(index.container_by_cgroup(&record(100, &[])).await, None);
     }
 
     fn c(id: &str, ips: &[&str]) -> Container {
@@ -863,25 +1298,44 @@ mod tests {
     #[test]
     fn an_address_moves_with_its_container() {
         let mut m = Maps::default();
-        m.insert(c("a", &["172.30.0.5", "fd00::5"]));
+        m.insert(c("a", &["172.30.0.5", "fd00::5"]), None);
         assert_eq!(m.by_ip[&"172.30.0.5".parse().unwrap()], ["a"]);
         m.remove("a");
         assert!(m.by_ip.is_empty());
-        m.insert(c("b", &["172.30.0.5"]));
+        m.insert(c("b", &["172.30.0.5"]), None);
         assert_eq!(m.by_ip[&"172.30.0.5".parse().unwrap()], ["b"]);
         // Re-inserting (network disconnect) drops addresses it no longer has.
-        m.insert(c("b", &["172.31.0.9"]));
+        m.insert(c("b", &["172.31.0.9"]), None);
         assert!(!m.by_ip.contains_key(&"172.30.0.5".parse().unwrap()));
         assert_eq!(m.by_id.len(), 1);
     }
 
     #[test]
+    fn a_cgroup_moves_with_its_container_and_only_indexed_ones_are_learned() {
+        let mut m = Maps::default();
+        m.insert(c("a", &[]), Some(1));
+        assert!(!m.learn(2, "nobody"), "not indexed");
+        assert!(m.learn(3, "a"), "a second cgroup found by a walk");
+        assert_eq!(m.by_cgroups(&[9, 3]), Some("a"));
+        // The same cgroup id now another container's (a stale entry): it moves.
+        m.insert(c("b", &[]), Some(3));
+        assert_eq!(m.by_cgroups(&[3]), Some("b"));
+        assert_eq!(m.cgroups_of["a"], [1]);
+        m.remove("a");
+        assert_eq!(m.by_cgroups(&[1]), None);
+        assert_eq!(m.by_cgroups(&[3]), Some("b"));
+        m.remove("b");
+        assert!(m.by_cgroup.is_empty() && m.cgroups_of.is_empty());
+    }
+
+    #[test]
     fn two_containers_claiming_one_address_are_ambiguous() {
-        let (index, _rx) = ContainerIndex::new(DockerLookup::new(crate::config::DockerUrl::Unix(
-            "/nonexistent".into(),
-        )));
-        index.upsert(c("a", &["10.0.0.1"]), false);
-        index.upsert(c("b", &["10.0.0.1"]), false);
+        let (index, _rx) = ContainerIndex::new(
+            DockerLookup::new(crate::config::DockerUrl::Unix("/nonexistent".into())),
+            None,
+        );
+        index.insert(c("a", &["10.0.0.1"]), None, false);
+        index.insert(c("b", &["10.0.0.1"]), None, false);
         assert!(matches!(
             index.lookup_ip("10.0.0.1".parse().unwrap()),
             Err(LookupError::Ambiguous { count: 2, .. })

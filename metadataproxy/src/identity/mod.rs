@@ -36,6 +36,9 @@ pub struct Container {
     pub labels: Vec<(String, String)>,
     /// Its Docker labels, for the role policy.
     pub docker_labels: std::sync::Arc<std::collections::BTreeMap<String, String>>,
+    /// Its main process in the host's pid namespace (`State.Pid`), from which eBPF mode reads
+    /// its cgroup when it is indexed; `None` when Docker did not say.
+    pub pid: Option<u32>,
 }
 
 impl fmt::Debug for Container {
@@ -49,6 +52,7 @@ impl fmt::Debug for Container {
             .field("ips", &self.ips)
             .field("labels", &self.labels)
             .field("docker_labels", &self.docker_labels.len())
+            .field("pid", &self.pid)
             .finish()
     }
 }
@@ -79,6 +83,7 @@ impl Container {
             ips: Vec::new(),
             labels: Vec::new(),
             docker_labels: Default::default(),
+            pid: None,
         }
     }
 
