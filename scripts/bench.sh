@@ -11,7 +11,13 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=scripts/test-env.sh
 source scripts/test-env.sh
 cleanup() {
-  rm -rf /sys/fs/bpf/mp-bench 2>/dev/null || true
+  rm -rf /sys/fs/bpf/mp-bench /sys/fs/bpf/mp-bench-lookup-* 2>/dev/null || true
+  # The eBPF lookup scenario's synthetic container cgroups (empty: rmdir removes them).
+  for d in /sys/fs/cgroup/mp-bench-*.slice /sys/fs/cgroup/unified/mp-bench-*.slice; do
+    [[ -d "$d" ]] || continue
+    find "$d" -mindepth 1 -maxdepth 1 -type d -exec rmdir {} + 2>/dev/null || true
+    rmdir "$d" 2>/dev/null || true
+  done
   nft delete table ip metadataproxy 2>/dev/null || true
   nft delete table ip6 metadataproxy 2>/dev/null || true
   mp_cleanup

@@ -9,7 +9,7 @@ tasks:
   build-ebpf [--check]  build the kernel program and ship it as metadataproxy/ebpf/metadataproxy.bpf.o
                         (--check: build it and fail if it differs from the shipped object)
   test                  run the whole test suite (scripts/test.sh; needs root on Debian 12)
-  bench [--profile] [--seconds N]
+  bench [--profile] [--seconds N] [--only SCENARIO,...]
                         run the benchmarks (scripts/bench.sh; needs root on Debian 12): a table,
                         docs/bench/results.md and results.svg (--profile: docs/bench/profile.txt)";
 

@@ -122,6 +122,8 @@ pub struct FakeContainer {
     pub ip: String,
     /// Its `IAM_ROLE`.
     pub role: String,
+    /// Its `State.Pid` (0: none, as Docker reports for a stopped container).
+    pub pid: u32,
 }
 
 impl FakeContainer {
@@ -132,6 +134,7 @@ impl FakeContainer {
             name: format!("synthetic-{n}"),
             ip: format!("10.200.{}.{}", n / 250, 1 + n % 250),
             role: format!("bench-role-{}", n % roles.max(1)),
+            pid: 0,
         }
     }
 
@@ -153,7 +156,7 @@ impl FakeContainer {
         serde_json::json!({
             "Id": self.id,
             "Name": format!("/{}", self.name),
-            "State": {"Running": true, "Status": "running"},
+            "State": {"Running": true, "Status": "running", "Pid": self.pid},
             "Config": {
                 "Image": "bench/image",
                 "Env": [format!("IAM_ROLE={}", self.role), "PATH=/bin".to_string()],

@@ -5,7 +5,8 @@
 //!
 //! Flags: `--out DIR` (default `docs/bench`), `--seconds N` per load (default 5),
 //! `--profile` (perf record of the agent under the cached-credentials load, to
-//! `DIR/profile.txt`).
+//! `DIR/profile.txt`), `--only SCENARIO[,SCENARIO...]` (of `hot`, `lookup`, `lookup-ebpf`,
+//! `first`, `interception`, `startup`: only those run, and the table is printed, not written).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -25,6 +26,15 @@ const ACCOUNT: &str = "123456789012";
 const CONNECTIONS: [u32; 4] = [1, 16, 64, 256];
 /// Interleaved runs behind each targeted ratio.
 const ROUNDS: u32 = 3;
+/// The scenarios, in the order they run, as `--only` names them.
+const SCENARIOS: [&str; 6] = [
+    "hot",
+    "lookup",
+    "lookup-ebpf",
+    "first",
+    "interception",
+    "startup",
+];
 
 struct Bench {
     env: TestEnv,
@@ -83,6 +93,74 @@ fn interleaved(from: &Container, urls: &[&str], c: u32, seconds: u32, rounds: u3
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
+}
+
+/// The load's container as the Docker stand-in reports it (its real id and pid).
+fn real_container(from: &Container) -> FakeContainer {
+    FakeContainer {
+        id: run("docker", &["inspect", "--format", "{{.Id}}", &from.name]),
+        name: from.name.clone(),
+        ip: from.ip.clone(),
+        role: role_arn("bench-role"),
+        pid: run(
+            "docker",
+            &["inspect", "--format", "{{.State.Pid}}", &from.name],
+        )
+        .parse()
+        .unwrap_or(0),
+    }
+}
+
+/// Empty cgroups `<parent>/docker-<id>.scope` for synthetic containers, removed on drop.
+struct SyntheticCgroups {
+    parent: PathBuf,
+    dirs: Vec<PathBuf>,
+}
+
+impl SyntheticCgroups {
+    fn create(parent: &Path, ids: impl Iterator<Item = String>) -> SyntheticCgroups {
+        // Left over from an interrupted run.
+        drop(SyntheticCgroups::existing(parent));
+        std::fs::create_dir(parent)
+            .unwrap_or_else(|e| panic!("create cgroup {}: {e}", parent.display()));
+        let mut made = SyntheticCgroups {
+            parent: parent.to_path_buf(),
+            dirs: Vec::new(),
+        };
+        for id in ids {
+            let dir = parent.join(format!("docker-{id}.scope"));
+            std::fs::create_dir(&dir)
+                .unwrap_or_else(|e| panic!("create cgroup {}: {e}", dir.display()));
+            made.dirs.push(dir);
+        }
+        made
+    }
+
+    fn existing(parent: &Path) -> SyntheticCgroups {
+        let dirs = std::fs::read_dir(parent)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.is_dir())
+                    .collect()
+            })
+            .unwrap_or_default();
+        SyntheticCgroups {
+            parent: parent.to_path_buf(),
+            dirs,
+        }
+    }
+}
+
+impl Drop for SyntheticCgroups {
+    fn drop(&mut self) {
+        // cgroups are removed with rmdir, one at a time (they hold no process).
+        for dir in &self.dirs {
+            let _ = std::fs::remove_dir(dir);
+        }
+        let _ = std::fs::remove_dir(&self.parent);
+    }
 }
 
 impl Bench {
@@ -419,23 +497,20 @@ impl Bench {
         let _ = std::fs::remove_dir_all(pins);
     }
 
-    /// Cached credentials at 64 connections with 10, 100 and 500 containers known (a Docker
-    /// API stand-in); resident memory with 500 containers and 100 roles cached.
-    fn lookup_cost(&mut self, from: &Container) -> (Vec<String>, usize) {
-        let path = "/latest/meta-data/iam/security-credentials/bench-role";
-        let real = FakeContainer {
-            id: run("docker", &["inspect", "--format", "{{.Id}}", &from.name]),
-            name: from.name.clone(),
-            ip: from.ip.clone(),
-            role: role_arn("bench-role"),
-        };
-        // Three agents side by side, each with its own stand-in, measured in interleaved
-        // rounds.
-        let sizes = [10usize, 100, 500];
+    /// Agents side by side, one per size `n`, each with its own Docker stand-in that lists
+    /// `n - 1` synthetic containers and `real`, and `vars(n)`; returned once each one's
+    /// prefetch has settled, with how many roles each cached.
+    fn lookup_agents(
+        &mut self,
+        name: &str,
+        real: &FakeContainer,
+        sizes: &[usize],
+        vars: impl Fn(usize) -> Vec<(&'static str, String)>,
+    ) -> (Vec<DockerStandIn>, Vec<BenchAgent>, Vec<usize>) {
         let mut stand_ins = Vec::new();
         let mut agents = Vec::new();
         let mut roles_cached = Vec::new();
-        for n in sizes {
+        for &n in sizes {
             let roles = n.min(100);
             let mut containers: Vec<FakeContainer> = (0..n - 1)
                 .map(|i| {
@@ -445,10 +520,10 @@ impl Bench {
                 })
                 .collect();
             containers.push(real.clone());
-            let socket = self.work.join(format!("docker-{n}.sock"));
+            let socket = self.work.join(format!("docker-{name}-{n}.sock"));
             let docker = DockerStandIn::start(&socket, containers);
             let before = self.aws.count("AssumeRole");
-            let agent = self.agent(&format!("lookup-{n}"), &docker.url(), &[]);
+            let agent = self.agent(&format!("{name}-{n}"), &docker.url(), &vars(n));
             // Prefetch: one AssumeRole per distinct role; wait until it has settled.
             let mut last = (self.aws.count("AssumeRole"), Instant::now());
             let settle = Instant::now();
@@ -465,6 +540,18 @@ impl Bench {
             stand_ins.push(docker);
             agents.push(agent);
         }
+        (stand_ins, agents, roles_cached)
+    }
+
+    /// Cached credentials at 64 connections from `from`, to each of `agents` in interleaved
+    /// rounds; the Docker calls their stand-ins saw and the STS calls made meanwhile.
+    fn lookup_loads(
+        &self,
+        from: &Container,
+        stand_ins: &[DockerStandIn],
+        agents: &[BenchAgent],
+    ) -> (Vec<Load>, Vec<String>, usize) {
+        let path = "/latest/meta-data/iam/security-credentials/bench-role";
         let urls: Vec<String> = agents.iter().map(|a| self.url(a.port, path)).collect();
         for u in &urls {
             wrk::run(from, u, 16, 1, false);
@@ -477,7 +564,19 @@ impl Bench {
         for (d, before) in stand_ins.iter().zip(d0) {
             docker_calls.extend(d.requests().into_iter().skip(before));
         }
-        let sts_calls = self.aws.count("AssumeRole") - s0;
+        (loads, docker_calls, self.aws.count("AssumeRole") - s0)
+    }
+
+    /// Cached credentials at 64 connections with 10, 100 and 500 containers known (a Docker
+    /// API stand-in); resident memory with 500 containers and 100 roles cached.
+    fn lookup_cost(&mut self, from: &Container) -> (Vec<String>, usize) {
+        let real = real_container(from);
+        // Three agents side by side, each with its own stand-in, measured in interleaved
+        // rounds.
+        let sizes = [10usize, 100, 500];
+        let (stand_ins, agents, roles_cached) =
+            self.lookup_agents("lookup", &real, &sizes, |_| Vec::new());
+        let (loads, docker_calls, sts_calls) = self.lookup_loads(from, &stand_ins, &agents);
         let base = loads[0].rps;
         for (i, n) in sizes.into_iter().enumerate() {
             let rss = agents[i].rss_kib() as f64 / 1024.0;
@@ -520,6 +619,74 @@ impl Bench {
         for agent in agents {
             agent.stop();
         }
+        (docker_calls, sts_calls)
+    }
+
+    /// eBPF mode: cached credentials at 64 connections with 10 and 500 containers known.
+    /// Each container has its cgroup under a container parent (the synthetic ones an empty
+    /// `docker-<id>.scope`, one parent per agent), so a request pays what a host running that
+    /// many containers makes it pay: the kernel's record, the cgroup-to-container lookup and
+    /// the IP check. The load connects to each agent's redirect address directly (recorded by
+    /// the kernel program like a redirected connect), so both agents run side by side.
+    fn lookup_cost_ebpf(&mut self, from: &Container) -> (Vec<String>, usize) {
+        let real = real_container(from);
+        let root = metadataproxy_tests::cgroup2_root();
+        let sizes = [10usize, 500];
+        let cgroups: Vec<SyntheticCgroups> = sizes
+            .iter()
+            .map(|&n| {
+                SyntheticCgroups::create(
+                    &root.join(format!("mp-bench-{n}.slice")),
+                    (0..n - 1).map(|i| FakeContainer::synthetic(i, 1).id),
+                )
+            })
+            .collect();
+        let pins = |n: usize| format!("/sys/fs/bpf/mp-bench-lookup-{n}");
+        for &n in &sizes {
+            let _ = std::fs::remove_dir_all(pins(n));
+        }
+        let (stand_ins, agents, _) = self.lookup_agents("lookup-ebpf", &real, &sizes, |n| {
+            vec![
+                ("INTERCEPT", "ebpf".into()),
+                ("EBPF_PIN_PATH", pins(n)),
+                ("EBPF_ON_SHUTDOWN", "detach".into()),
+                (
+                    "EBPF_CONTAINER_CGROUPS",
+                    format!("docker,mp-bench-{n}.slice"),
+                ),
+            ]
+        });
+        let (loads, docker_calls, sts_calls) = self.lookup_loads(from, &stand_ins, &agents);
+        for (i, n) in sizes.into_iter().enumerate() {
+            let scenario = format!(
+                "eBPF mode: cached credentials, 64 connections, {n} containers known (median of {ROUNDS} interleaved runs)"
+            );
+            let l = line(
+                &scenario,
+                "metadataproxy (Docker API stand-in, a cgroup per container)",
+                &loads[i],
+            );
+            assert_eq!(l.other, "", "{scenario}: {:?}", loads[i]);
+            self.report.lines.push(l);
+        }
+        let cost = loads[0].rps / loads[1].rps;
+        self.report.ratios.push(Ratio {
+            label: "eBPF lookup cost, 500 vs 10 containers".into(),
+            value: cost,
+            target: Some((1.1, false)),
+        });
+        self.report.verdicts.push(Verdict {
+            target: "eBPF mode: lookup cost flat from 10 to 500 containers (ratio ≤ 1.1)".into(),
+            measured: format!("{cost:.2}"),
+            met: cost <= 1.1,
+        });
+        for agent in agents {
+            agent.stop();
+        }
+        for &n in &sizes {
+            let _ = std::fs::remove_dir_all(pins(n));
+        }
+        drop(cgroups);
         (docker_calls, sts_calls)
     }
 
@@ -606,6 +773,7 @@ fn main() {
     let mut out = PathBuf::from("docs/bench");
     let mut seconds = 5;
     let mut profile = false;
+    let mut only: Option<Vec<String>> = None;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--out" => out = PathBuf::from(args.next().expect("--out DIR")),
@@ -616,9 +784,28 @@ fn main() {
                     .expect("--seconds N")
             }
             "--profile" => profile = true,
-            other => panic!("unknown flag {other} (--out DIR, --seconds N, --profile)"),
+            "--only" => {
+                let names: Vec<String> = args
+                    .next()
+                    .expect("--only SCENARIO[,SCENARIO...]")
+                    .split(',')
+                    .map(str::to_string)
+                    .collect();
+                for n in &names {
+                    assert!(
+                        SCENARIOS.contains(&n.as_str()),
+                        "unknown scenario {n} (one of {})",
+                        SCENARIOS.join(", ")
+                    );
+                }
+                only = Some(names);
+            }
+            other => panic!(
+                "unknown flag {other} (--out DIR, --seconds N, --profile, --only SCENARIO,...)"
+            ),
         }
     }
+    let wants = |name: &str| only.as_ref().is_none_or(|o| o.iter().any(|n| n == name));
     std::fs::create_dir_all(&out).expect("output directory");
     let began = Instant::now();
     let env = test_env();
@@ -646,21 +833,34 @@ fn main() {
     // The upstream for passthrough, reachable from the container (0.0.0.0).
     let upstream = FakeUpstream::start_on("0.0.0.0:0".parse().expect("addr"));
 
-    eprintln!("[bench] hot paths");
-    let (d1, s1) = b.hot_paths(&from, &upstream);
-    eprintln!("[bench] lookup cost and memory");
-    let (d2, s2) = b.lookup_cost(&from);
+    let (mut d1, mut s1) = (Vec::new(), 0);
+    if wants("hot") {
+        eprintln!("[bench] hot paths");
+        (d1, s1) = b.hot_paths(&from, &upstream);
+    }
+    let (mut d2, mut s2) = (Vec::new(), 0);
+    if wants("lookup") {
+        eprintln!("[bench] lookup cost and memory");
+        (d2, s2) = b.lookup_cost(&from);
+    }
+    if wants("lookup-ebpf") {
+        eprintln!("[bench] lookup cost in eBPF mode");
+        let (d, s) = b.lookup_cost_ebpf(&from);
+        d2.extend(d);
+        s2 += s;
+    }
     // The lookup-cost agents live less than a minute, so their index's background reconcile
     // (a full sync every DOCKER_RECONCILE_INTERVAL, 60 s) never runs during their loads: every
     // Docker call there would be on the request path. The hot-path agent runs longer; its
     // calls are reported as seen (a reconcile is a list plus an inspect per container).
+    let loaded = ["hot", "lookup", "lookup-ebpf"].into_iter().any(wants);
     b.report.verdicts.push(Verdict {
         target: "zero Docker and STS calls on the hot path (during every cached-credentials load)"
             .into(),
         measured: format!(
-            "{} Docker calls during the 10/100/500-container loads; {} STS calls during all \
-             loads (the long-running hot-path agent's 60 s background reconcile made {} lists \
-             and {} inspects)",
+            "{} Docker calls during the 10/100/500-container loads (classic and eBPF mode); \
+             {} STS calls during all loads (the long-running hot-path agent's 60 s background \
+             reconcile made {} lists and {} inspects)",
             d2.len(),
             s1 + s2,
             d1.iter().filter(|c| c.contains("/containers/json")).count(),
@@ -670,25 +870,39 @@ fn main() {
         ),
         met: d2.is_empty() && s1 + s2 == 0,
     });
-    eprintln!("[bench] first request of a new container");
-    b.first_request();
-    eprintln!("[bench] interception");
-    b.interception(&from);
-    eprintln!("[bench] start-up");
-    b.start_up();
+    if !loaded {
+        b.report.verdicts.pop();
+    }
+    if wants("first") {
+        eprintln!("[bench] first request of a new container");
+        b.first_request();
+    }
+    if wants("interception") {
+        eprintln!("[bench] interception");
+        b.interception(&from);
+    }
+    if wants("startup") {
+        eprintln!("[bench] start-up");
+        b.start_up();
+    }
     b.report.environment.push((
         "benchmark duration".into(),
         format!("{:.0} s", began.elapsed().as_secs_f64()),
     ));
 
     print!("{}", b.report.text());
-    write(&out.join("results.md"), &b.report.markdown());
-    write(&out.join("results.svg"), &b.report.svg());
-    eprintln!(
-        "[bench] wrote {} and {}",
-        out.join("results.md").display(),
-        out.join("results.svg").display()
-    );
+    if only.is_some() {
+        // A partial run's table is not the benchmark's.
+        eprintln!("[bench] --only: {} not written", out.display());
+    } else {
+        write(&out.join("results.md"), &b.report.markdown());
+        write(&out.join("results.svg"), &b.report.svg());
+        eprintln!(
+            "[bench] wrote {} and {}",
+            out.join("results.md").display(),
+            out.join("results.svg").display()
+        );
+    }
     drop(upstream);
     drop(from);
 }
