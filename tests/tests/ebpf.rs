@@ -226,6 +226,55 @@ fn a_host_network_container_gets_its_own_role() {
 }
 
 #[test]
+fn a_process_in_a_child_cgroup_of_a_container_is_that_container() {
+    let s = Setup::start("child-cgroup", &[]);
+    let c = s.container("ebpf-child", None, &[("IAM_ROLE", "child-role")]);
+    // Indexed (with its cgroup) by the time it answers from its own cgroup.
+    assert_eq!(
+        c.wget(&format!("{MD}/iam/security-credentials/")).body,
+        "child-role"
+    );
+    // A child cgroup of the container's own (as systemd inside a container, or `docker exec`
+    // in some setups, make), holding a process in the container's network namespace.
+    let pid = run(
+        "docker",
+        &["inspect", "--format", "{{.State.Pid}}", &c.name],
+    );
+    let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .expect("container cgroup")
+        .lines()
+        .find_map(|l| l.strip_prefix("0::").map(str::to_string))
+        .expect("a cgroup2 line");
+    let child = cgroup2_root()
+        .join(own.trim_start_matches('/'))
+        .join("mp-test-child");
+    std::fs::create_dir(&child).expect("create the child cgroup");
+    let procs = child.join("cgroup.procs");
+    let out = std::process::Command::new("sh")
+        .args([
+            "-c",
+            "echo $$ > \"$1\" && grep '^0::' /proc/self/cgroup && \
+             exec nsenter -t \"$2\" -n -- curl -s --max-time 5 \"$3\"",
+            "sh",
+            procs.to_str().expect("path"),
+            &pid,
+            &format!("{MD}/iam/security-credentials/"),
+        ])
+        .output()
+        .expect("run in the child cgroup");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let _ = std::fs::remove_dir(&child);
+    let (cgroup, body) = text.split_once('\n').unwrap_or((&text, ""));
+    assert!(
+        cgroup.ends_with("/mp-test-child"),
+        "ran in {cgroup}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(body, "child-role", "{text}");
+    assert_no_escape();
+}
+
+#[test]
 fn a_host_process_is_not_redirected_and_gets_no_container_credentials() {
     let s = Setup::start("hostproc", &[]);
     // This test process is a host process: its connect is not redirected, so it reaches the
