@@ -250,6 +250,19 @@ impl Drop for DockerStandIn {
 
 type AnyBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
+/// The stand-in's network, as Docker's network list and inspect show it.
+fn bench_network() -> serde_json::Value {
+    serde_json::json!({
+        "Id": "bench",
+        "Name": "bench",
+        "Driver": "bridge",
+        "IPAM": {"Config": [
+            {"Subnet": "10.200.0.0/16", "Gateway": "10.200.255.254"},
+            {"Subnet": "172.17.0.0/16", "Gateway": "172.17.0.1"},
+        ]},
+    })
+}
+
 fn answer(containers: &[FakeContainer], path: &str) -> Response<AnyBody> {
     // With or without the `/v1.41` prefix.
     let path = match path.strip_prefix("/v") {
@@ -273,6 +286,10 @@ fn answer(containers: &[FakeContainer], path: &str) -> Response<AnyBody> {
             StatusCode::OK,
             serde_json::json!({"ApiVersion": "1.41", "MinAPIVersion": "1.12", "Version": "20.10.24"}),
         ),
+        // One network holding every container: the synthetic ones' 10.200.0.0/16 and the
+        // default bridge, where the load's real container is.
+        "/networks" => json(StatusCode::OK, serde_json::json!([bench_network()])),
+        "/networks/bench" => json(StatusCode::OK, bench_network()),
         "/containers/json" => json(
             StatusCode::OK,
             serde_json::Value::Array(containers.iter().map(FakeContainer::summary).collect()),
