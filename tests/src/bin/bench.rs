@@ -650,9 +650,11 @@ impl Bench {
                 ("INTERCEPT", "ebpf".into()),
                 ("EBPF_PIN_PATH", pins(n)),
                 ("EBPF_ON_SHUTDOWN", "detach".into()),
+                // The synthetic parent first: a walk stats every synthetic container before it
+                // finds the load's (under `docker`), as on a host where all n share a parent.
                 (
                     "EBPF_CONTAINER_CGROUPS",
-                    format!("docker,mp-bench-{n}.slice"),
+                    format!("mp-bench-{n}.slice,docker"),
                 ),
             ]
         });
