@@ -179,9 +179,8 @@ impl State {
         let cgroups = match (&config.intercept, &kernel) {
             (crate::config::Intercept::Ebpf(_), Some(kernel)) => {
                 let parents = kernel.container_parents();
-                crate::identity::cgroup::detect_cgroup2_root().map(|root| {
-                    Arc::new(CgroupResolver::new(root, parents)) as Arc<dyn CgroupTree>
-                })
+                crate::identity::cgroup::detect_cgroup2_root()
+                    .map(|root| Arc::new(CgroupResolver::new(root, parents)) as Arc<dyn CgroupTree>)
             }
             _ => None,
         };

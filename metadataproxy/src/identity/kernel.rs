@@ -18,12 +18,12 @@ use std::time::Duration;
 
 pub use metadataproxy_common::ConnRecord;
 
+pub use super::cgroup::CgroupKind;
 use super::cgroup::{
     cgroup_id, container_cgroup_by_layout, container_cgroup_in_path, find_container_by_cgroup_id,
     unified_path,
 };
 use super::{Container, ContainerIndex};
-pub use super::cgroup::CgroupKind;
 
 /// A record older than this at accept time is not trusted (its tuple may have been reused).
 pub const RECORD_MAX_AGE: Duration = Duration::from_secs(30);
