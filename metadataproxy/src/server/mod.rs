@@ -347,6 +347,17 @@ pub async fn handle(
             .collect::<Vec<_>>()
             .join(",")
     });
+    // A caller over its rate gets one line a second, with the count of those it did not.
+    let refusals_not_logged = match rate {
+        RateVerdict::Refuse { log: None } => {
+            abandoned.armed = false;
+            return resp.map(Full::new);
+        }
+        RateVerdict::Refuse {
+            log: Some(unlogged),
+        } => Some(unlogged),
+        RateVerdict::Allow => None,
+    };
     macro_rules! request_line {
         ($level:expr) => {
             tracing::event!(
@@ -366,35 +377,16 @@ pub async fn handle(
                 response_code = status.as_u16(),
                 error_description = error_description,
                 error = error.as_deref(),
+                refusals_not_logged = refusals_not_logged,
                 duration_ms = duration_ms,
                 "request"
             )
         };
     }
-    match rate {
-        // A caller over its rate gets one line a second, with the count of those it did not.
-        RateVerdict::Refuse { log: None } => {}
-        RateVerdict::Refuse {
-            log: Some(unlogged),
-        } => tracing::event!(
-            target: "metadataproxy::request",
-            tracing::Level::INFO,
-            request_id = %request_id,
-            remote_addr = %ip,
-            method = %logged_method,
-            path = %logged_path,
-            path_bytes = path_bytes,
-            handler = handler,
-            container_id = caller.container_id.as_deref(),
-            container_name = caller.container_name.as_deref(),
-            response_code = status.as_u16(),
-            error_description = error_description,
-            refusals_not_logged = unlogged,
-            duration_ms = duration_ms,
-            "request"
-        ),
-        RateVerdict::Allow if status.is_server_error() => request_line!(tracing::Level::WARN),
-        RateVerdict::Allow => request_line!(tracing::Level::INFO),
+    if status.is_server_error() {
+        request_line!(tracing::Level::WARN);
+    } else {
+        request_line!(tracing::Level::INFO);
     }
     abandoned.armed = false;
     resp.map(Full::new)
