@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use metadataproxy_tests::sinks::http_get;
 use metadataproxy_tests::{
-    agent_binary, agent_table_exists, attachments, catcher, eventually, serial, test_env, Agent,
-    AgentTableCleanup, AwsCounter, Container, FakeUpstream, PinDir,
+    agent_binary, agent_ipv6_table_exists, agent_table_exists, attachments, catcher, eventually,
+    serial, test_env, Agent, AgentTableCleanup, AwsCounter, Container, FakeUpstream, PinDir,
 };
 
 const MD: &str = "http://169.254.169.254/latest/meta-data";
@@ -193,10 +193,21 @@ fn a_table_kept_under_an_ebpf_agent_is_reported_and_removed_by_the_command() {
             ("EBPF_ON_SHUTDOWN", "detach"),
         ],
     );
+    // Both of the iptables agent's tables, ip and ip6, are reported.
     let warnings = leftover_warnings(&agent, "nftables_table");
-    assert_eq!(warnings.len(), 1, "{}", agent.raw_logs());
-    assert_eq!(warnings[0]["location"], "table ip metadataproxy");
-    assert_eq!(warnings[0]["remove_with"], "metadataproxy iptables remove");
+    let locations: Vec<&str> = warnings
+        .iter()
+        .map(|w| w["location"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        locations,
+        ["table ip metadataproxy", "table ip6 metadataproxy"],
+        "{}",
+        agent.raw_logs()
+    );
+    assert!(warnings
+        .iter()
+        .all(|w| w["remove_with"] == "metadataproxy iptables remove"));
     let (status, ready) = readyz(&agent);
     assert_eq!(status, 503, "{ready}");
     assert_eq!(ready["checks"]["leftovers"]["ok"], false, "{ready}");
@@ -205,10 +216,11 @@ fn a_table_kept_under_an_ebpf_agent_is_reported_and_removed_by_the_command() {
     let (code, stdout, stderr) = command(&["iptables", "remove"]);
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(
-        stdout.contains("removed table ip metadataproxy"),
+        stdout.contains("removed table ip metadataproxy, table ip6 metadataproxy"),
         "{stdout}"
     );
-    assert!(!agent_table_exists(), "the table is still there");
+    assert!(!agent_table_exists(), "the ip table is still there");
+    assert!(!agent_ipv6_table_exists(), "the ip6 table is still there");
     let (code, stdout, _) = command(&["iptables", "remove"]);
     assert_eq!(code, 0);
     assert!(stdout.contains("nothing to remove"), "{stdout}");
