@@ -299,12 +299,13 @@ fn a_host_process_is_not_redirected_and_gets_no_container_credentials() {
         s.agent_url()
     ));
     assert_eq!(direct, "404");
-    assert_eq!(
-        error_descriptions(&s.agent).get("could_not_find_container"),
-        Some(&1),
-        "{}",
-        s.agent.raw_logs()
-    );
+    // The agent's log reaches the test through a pipe and a reader thread: wait for the line.
+    let found = eventually(Duration::from_secs(5), || {
+        error_descriptions(&s.agent)
+            .get("could_not_find_container")
+            .copied()
+    });
+    assert_eq!(found, Some(1), "{}", s.agent.raw_logs());
 }
 
 #[test]

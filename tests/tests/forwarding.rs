@@ -72,14 +72,17 @@ fn disguised_paths_from_a_container_never_reach_the_upstream() {
         .map(|r| format!("{} {}", r.method, r.path_and_query))
         .collect();
     assert!(arrived.is_empty(), "reached the upstream: {arrived:?}");
-    // The agent answered each of them itself.
-    let not_canonical = s
-        .agent
-        .logs()
-        .iter()
-        .filter(|l| l["error_description"] == "path_not_canonical")
-        .count();
-    assert!(not_canonical >= DISGUISES.len(), "{}", s.agent.raw_logs());
+    // The agent answered each of them itself (its log reaches the test through a pipe: wait).
+    let answered = eventually(Duration::from_secs(5), || {
+        let not_canonical = s
+            .agent
+            .logs()
+            .iter()
+            .filter(|l| l["error_description"] == "path_not_canonical")
+            .count();
+        (not_canonical >= DISGUISES.len()).then_some(())
+    });
+    assert!(answered.is_some(), "{}", s.agent.raw_logs());
     // And the recorder does see what is forwarded: the canonical form.
     let (status, _, _) = c.curl(&[
         "--path-as-is",
@@ -238,13 +241,18 @@ fn the_default_rate_stops_a_flooding_container_and_spares_the_others() {
     assert!(refused > 0, "no 429 at the default rate: {codes}");
     // Another container is served meanwhile.
     assert_eq!(other.wget(url).status, 200);
-    // Refusals are counted, but logged at most once a second each.
-    let logged = s
-        .agent
-        .logs()
-        .iter()
-        .filter(|l| l["response_code"] == 429)
-        .count();
+    // Refusals are counted, but logged at most once a second each (the lines reach the test
+    // through a pipe: wait for the first).
+    let logged = eventually(Duration::from_secs(5), || {
+        let n = s
+            .agent
+            .logs()
+            .iter()
+            .filter(|l| l["response_code"] == 429)
+            .count();
+        (n > 0).then_some(n)
+    })
+    .unwrap_or(0);
     assert!(
         logged >= 1 && logged * 10 < refused,
         "{logged} lines for {refused} refusals"

@@ -11,10 +11,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use metadataproxy_tests::{
-    agent_binary, assert_no_escape, catcher, cgroup2_root, run, serial, test_env, Agent,
-    AwsCounter, Container, FakeUpstream, PinDir, TestEnv,
+    agent_binary, assert_no_escape, catcher, cgroup2_root, eventually, run, serial, test_env,
+    Agent, AwsCounter, Container, FakeUpstream, PinDir, TestEnv,
 };
 
 /// A cgroup directory made for the test (or already there), removed at the end if the test
@@ -222,12 +223,16 @@ fn containers_in_system_slice_are_redirected_and_host_services_keep_the_instance
             "{want} did not reach the instance: {reached:?}"
         );
     }
-    let host_lines = agent
-        .logs()
-        .iter()
-        .filter(|l| l["handler"] == "host-service")
-        .count();
-    assert_eq!(host_lines, 3, "{}", agent.raw_logs());
+    // The log reaches the test through a pipe: wait for the three lines.
+    let host_lines = eventually(Duration::from_secs(5), || {
+        let n = agent
+            .logs()
+            .iter()
+            .filter(|l| l["handler"] == "host-service")
+            .count();
+        (n >= 3).then_some(n)
+    });
+    assert_eq!(host_lines, Some(3), "{}", agent.raw_logs());
 
     // A cgroup in the slice that is neither a container's scope nor a service: no one's
     // credentials, and its IAM requests never reach the instance.
