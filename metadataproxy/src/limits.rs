@@ -122,7 +122,7 @@ impl Drop for ConnectionPermit {
 pub struct RequestRate {
     rate: f64,
     burst: f64,
-    buckets: Mutex<HashMap<String, Bucket>>,
+    buckets: Mutex<HashMap<Peer, Bucket>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -165,14 +165,14 @@ impl RequestRate {
     }
 
     /// Takes a token for `caller` at `now`; `false` when it has none left.
-    pub fn allow(&self, caller: &str, now: Instant) -> bool {
+    pub fn allow(&self, caller: Peer, now: Instant) -> bool {
         self.check(caller, now) == RateVerdict::Allow
     }
 
     /// Takes a token for `caller` at `now`, and says whether a refusal is logged.
-    pub fn check(&self, caller: &str, now: Instant) -> RateVerdict {
+    pub fn check(&self, caller: Peer, now: Instant) -> RateVerdict {
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        if buckets.len() >= MAX_CALLERS && !buckets.contains_key(caller) {
+        if buckets.len() >= MAX_CALLERS && !buckets.contains_key(&caller) {
             // Forget callers whose bucket has refilled (they lose nothing); if every caller
             // is active, forget them all rather than grow without bound.
             let (rate, burst) = (self.rate, self.burst);
@@ -183,7 +183,7 @@ impl RequestRate {
                 buckets.clear();
             }
         }
-        let b = buckets.entry(caller.to_string()).or_insert(Bucket {
+        let b = buckets.entry(caller).or_insert(Bucket {
             tokens: self.burst,
             at: now,
             logged: None,
@@ -302,35 +302,37 @@ mod tests {
     #[test]
     fn rate_allows_a_burst_then_the_rate() {
         let r = RequestRate::new(2, 3);
+        let (a, b) = (Peer::Cgroup(1), Peer::Cgroup(2));
         let t0 = Instant::now();
-        assert!((0..3).all(|_| r.allow("a", t0)));
-        assert!(!r.allow("a", t0));
-        assert!(r.allow("b", t0), "callers have their own buckets");
-        assert!(r.allow("a", t0 + Duration::from_millis(500)));
-        assert!(!r.allow("a", t0 + Duration::from_millis(600)));
+        assert!((0..3).all(|_| r.allow(a, t0)));
+        assert!(!r.allow(a, t0));
+        assert!(r.allow(b, t0), "callers have their own buckets");
+        assert!(r.allow(a, t0 + Duration::from_millis(500)));
+        assert!(!r.allow(a, t0 + Duration::from_millis(600)));
     }
 
     #[test]
     fn refusals_are_logged_once_a_second_with_the_count_between() {
         let r = RequestRate::new(2, 1);
+        let (a, b) = (Peer::Cgroup(1), Peer::Cgroup(2));
         let t0 = Instant::now();
-        assert_eq!(r.check("a", t0), RateVerdict::Allow);
-        assert_eq!(r.check("a", t0), RateVerdict::Refuse { log: Some(0) });
+        assert_eq!(r.check(a, t0), RateVerdict::Allow);
+        assert_eq!(r.check(a, t0), RateVerdict::Refuse { log: Some(0) });
         for _ in 0..5 {
-            assert_eq!(r.check("a", t0), RateVerdict::Refuse { log: None });
+            assert_eq!(r.check(a, t0), RateVerdict::Refuse { log: None });
         }
         assert_eq!(
-            r.check("b", t0),
+            r.check(b, t0),
             RateVerdict::Allow,
             "callers have their own buckets"
         );
         // Refilled a token by 500 ms: served; the next refusal is within the second.
         let t1 = t0 + Duration::from_millis(500);
-        assert_eq!(r.check("a", t1), RateVerdict::Allow);
-        assert_eq!(r.check("a", t1), RateVerdict::Refuse { log: None });
+        assert_eq!(r.check(a, t1), RateVerdict::Allow);
+        assert_eq!(r.check(a, t1), RateVerdict::Refuse { log: None });
         let t2 = t0 + Duration::from_millis(1000);
-        assert_eq!(r.check("a", t2), RateVerdict::Allow);
-        assert_eq!(r.check("a", t2), RateVerdict::Refuse { log: Some(6) });
+        assert_eq!(r.check(a, t2), RateVerdict::Allow);
+        assert_eq!(r.check(a, t2), RateVerdict::Refuse { log: Some(6) });
     }
 
     #[test]

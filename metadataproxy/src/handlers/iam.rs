@@ -53,10 +53,10 @@ pub struct Connection {
 
 impl Connection {
     /// The key of the caller's request rate: its cgroup in eBPF mode, else its address.
-    pub fn rate_key(&self) -> String {
+    pub fn rate_key(&self) -> crate::limits::Peer {
         match &self.kernel {
-            Some(r) => format!("cg:{}", r.cgroup_id),
-            None => format!("ip:{}", self.ip),
+            Some(r) => crate::limits::Peer::Cgroup(r.cgroup_id),
+            None => crate::limits::Peer::Ip(self.ip),
         }
     }
 }

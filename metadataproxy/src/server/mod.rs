@@ -97,7 +97,7 @@ pub async fn serve(
                     let _permit = permit;
                     if let Err(e) = conn.await {
                         if e.is_parse() {
-                            parser_refusal(&state, &e, ip, &rate_key);
+                            parser_refusal(&state, &e, ip, rate_key);
                         } else {
                             tracing::debug!(error = %e, %peer, "connection ended with an error");
                         }
@@ -122,7 +122,7 @@ pub async fn serve(
 /// header, obs-fold, a head over `MAX_HEADER_BYTES`): hyper has already answered it (400, 414
 /// or 431) with headers of its own, so it gets no `X-Request-ID`; it gets its log line and its
 /// count like every other refusal, bounded by the caller's request rate like its requests.
-fn parser_refusal(state: &State, e: &hyper::Error, ip: std::net::IpAddr, rate_key: &str) {
+fn parser_refusal(state: &State, e: &hyper::Error, ip: std::net::IpAddr, rate_key: Peer) {
     // What hyper sent (`hyper::proto::h1::role::Server::on_error`); nothing for an HTTP/2
     // preface.
     let status: Option<u16> = if e.is_parse_version_h2() {
@@ -215,7 +215,7 @@ pub async fn handle(
     // (another host, a raw socket) and gets nothing, passthrough included.
     let unidentified = state.kernel.is_some() && conn.kernel.is_none();
     let rate = state.request_rate.as_ref().map_or(RateVerdict::Allow, |r| {
-        r.check(&conn.rate_key(), Instant::now())
+        r.check(conn.rate_key(), Instant::now())
     });
     let rate_limited = rate != RateVerdict::Allow;
     let duplicate = crate::limits::duplicate_header(req.headers());
