@@ -706,22 +706,33 @@ impl Drop for Container {
     }
 }
 
-/// An iptables rule that is deleted when dropped.
+/// An iptables (or ip6tables) rule that is deleted when dropped.
 #[derive(Debug)]
 pub struct Rule {
+    program: &'static str,
     table: String,
     spec: Vec<String>,
 }
 
 impl Rule {
-    /// Inserts `spec` at the top of `chain` in `table`.
+    /// Inserts `spec` at the top of `chain` in `table` (iptables).
     pub fn insert(table: &str, chain: &str, spec: &[&str]) -> Rule {
+        Self::insert_with("iptables", table, chain, spec)
+    }
+
+    /// Inserts `spec` at the top of `chain` in `table` (ip6tables).
+    pub fn insert6(table: &str, chain: &str, spec: &[&str]) -> Rule {
+        Self::insert_with("ip6tables", table, chain, spec)
+    }
+
+    fn insert_with(program: &'static str, table: &str, chain: &str, spec: &[&str]) -> Rule {
         let mut args = vec!["-w", "-t", table, "-I", chain];
         args.extend_from_slice(spec);
-        run("iptables", &args);
+        run(program, &args);
         let mut kept = vec![chain.to_string()];
         kept.extend(spec.iter().map(|s| s.to_string()));
         Rule {
+            program,
             table: table.into(),
             spec: kept,
         }
@@ -763,7 +774,7 @@ impl Drop for Rule {
             "-D".into(),
         ];
         args.extend(self.spec.iter().cloned());
-        let _ = Command::new("iptables").args(&args).output();
+        let _ = Command::new(self.program).args(&args).output();
     }
 }
 
@@ -1165,41 +1176,6 @@ pub fn agent_ipv6_table_exists() -> bool {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false)
-}
-
-/// An ip6tables rule that is deleted when dropped (the IPv6 twin of [`Rule`]).
-#[derive(Debug)]
-pub struct Rule6 {
-    table: String,
-    spec: Vec<String>,
-}
-
-impl Rule6 {
-    /// Inserts `spec` at the top of `chain` in `table`.
-    pub fn insert(table: &str, chain: &str, spec: &[&str]) -> Rule6 {
-        let mut args = vec!["-w", "-t", table, "-I", chain];
-        args.extend_from_slice(spec);
-        run("ip6tables", &args);
-        let mut kept = vec![chain.to_string()];
-        kept.extend(spec.iter().map(|s| s.to_string()));
-        Rule6 {
-            table: table.into(),
-            spec: kept,
-        }
-    }
-}
-
-impl Drop for Rule6 {
-    fn drop(&mut self) {
-        let mut args = vec![
-            "-w".to_string(),
-            "-t".into(),
-            self.table.clone(),
-            "-D".into(),
-        ];
-        args.extend(self.spec.iter().cloned());
-        let _ = Command::new("ip6tables").args(&args).output();
-    }
 }
 
 /// An IPv6 address put on loopback for a test (`ip -6 addr add ADDR/128 dev lo nodad`),

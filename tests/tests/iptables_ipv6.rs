@@ -18,7 +18,7 @@ use metadataproxy_tests::sinks::http_get;
 use metadataproxy_tests::{
     agent_ipv6_table_exists, agent_table_exists, assert_same_netfilter, catcher, eventually,
     ip6tables_snapshot, netfilter_snapshot, run, serial, test_env, Agent, AgentTableCleanup,
-    AwsCounter, Container, FakeUpstream, Fetched, LoopbackAddress6, Network, Rule6,
+    AwsCounter, Container, FakeUpstream, Fetched, LoopbackAddress6, Network, Rule,
 };
 
 const MD6: &str = "http://[fd00:ec2::254]/latest/meta-data";
@@ -34,7 +34,7 @@ struct Setup {
     // tables last, even when a test fails half-way.
     _net: Network,
     _address: LoopbackAddress6,
-    _guards: (Rule6, Rule6),
+    _guards: (Rule, Rule),
     _cleanup: AgentTableCleanup,
     _serial: std::sync::MutexGuard<'static, ()>,
 }
@@ -50,12 +50,12 @@ impl Setup {
         let env = test_env();
         catcher().emulator.clear();
         let guards = (
-            Rule6::insert(
+            Rule::insert6(
                 "filter",
                 "OUTPUT",
                 &["-d", "fd00:ec2::254/128", "!", "-o", "lo", "-j", "REJECT"],
             ),
-            Rule6::insert(
+            Rule::insert6(
                 "filter",
                 "FORWARD",
                 &["-d", "fd00:ec2::254/128", "-j", "REJECT"],
@@ -303,7 +303,7 @@ fn the_readmes_ip6tables_lines_refuse_the_ipv6_endpoint_in_classic_mode() {
         let mut rules = Vec::new();
         for chain in ["FORWARD", "INPUT"] {
             for iface in ["docker0", "br-+"] {
-                rules.push(Rule6::insert(
+                rules.push(Rule::insert6(
                     "filter",
                     chain,
                     &[
