@@ -30,6 +30,12 @@ else
   cp "$bin" target/image/metadataproxy
 fi
 cp "$ca" target/image/ca-certificates.crt
+# The state directory (TOKEN_KEY_FILE's default, /var/lib/metadataproxy): empty, private, and
+# owned by the classic line's user (65534) in the image, so that a named volume mounted there
+# starts out with the same owner and mode.
+rm -rf target/image/state target/image/empty
+mkdir -p target/image/state target/image/empty
+mkdir -m 0700 target/image/state/metadataproxy
 DOCKER_BUILDKIT=0 docker build --pull=false -t "$tag" -f Dockerfile .
 size=$(docker image inspect --format '{{.Size}}' "$tag")
 echo "build-image: $tag built, $((size / 1024 / 1024)) MiB"

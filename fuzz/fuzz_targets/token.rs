@@ -9,7 +9,10 @@
 //!   a time from the input opens to the same binding and the expiry truncated to
 //!   milliseconds, verifies for its caller before expiry only, is `WrongCaller` for another
 //!   caller, and is `Invalid` once any bit of it is changed. A token longer than the accepted
-//!   maximum (very long container ids) or for an empty container id is refused as `Invalid`.
+//!   maximum (very long container ids) or for an empty container id is refused as `Invalid`;
+//! - the input as the text of a token key file (`imdsv2::keyfile::parse`) never panics, and
+//!   what it accepts renders back to the same text: one spelling per key file, so nothing
+//!   else in a file is ever taken for (part of) a key.
 
 #![no_main]
 
@@ -20,7 +23,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use libfuzzer_sys::fuzz_target;
-use metadataproxy::imdsv2::{parse_ttl, Binding, TokenError, TokenKey, MAX_TTL};
+use metadataproxy::imdsv2::{keyfile, parse_ttl, Binding, TokenError, TokenKey, MAX_TTL};
 
 static KEY: OnceLock<TokenKey> = OnceLock::new();
 
@@ -67,6 +70,13 @@ fuzz_target!(|data: &[u8]| {
         key.verify(&as_token, &caller, now0),
         Err(TokenError::Invalid)
     );
+
+    // The token key file.
+    if let Ok(text) = std::str::from_utf8(data) {
+        if let Ok(stored) = keyfile::parse(text) {
+            assert_eq!(keyfile::render(&stored), text, "key file spelling not unique");
+        }
+    }
 
     // The TTL header.
     assert_eq!(parse_ttl(None), None);

@@ -60,7 +60,7 @@ pub struct State {
     /// Names of the copied Docker labels, for callers whose container is not known.
     pub copied_label_names: Vec<String>,
     /// Seals and opens IMDSv2 tokens.
-    pub tokens: crate::imdsv2::TokenKey,
+    pub tokens: crate::imdsv2::TokenKeys,
     /// `IMDSV2=required`.
     pub imdsv2_required: bool,
     /// Which passthrough paths are forwarded.
@@ -128,7 +128,7 @@ impl State {
             aws_credentials: None,
             proxy_metrics: None,
             copied_label_names: config.telemetry.copied_labels().names(),
-            tokens: crate::imdsv2::TokenKey::generate(),
+            tokens: crate::imdsv2::TokenKeys::ephemeral(config.token_key.rotation),
             imdsv2_required: config.imdsv2_required,
             passthrough_policy: config.passthrough.clone(),
             role_policy: config.roles.clone(),
@@ -160,6 +160,7 @@ impl State {
                     .display()
             )
         })?;
+        let tokens = open_token_keys(config)?;
         let sdk = aws_sdk_config(config).await;
         let region = sdk
             .region()
@@ -207,17 +208,86 @@ impl State {
         };
         let mut state = State::new(config, deps);
         state.audit = audit;
+        state.tokens = tokens;
         state.index = Some(index_handle.clone());
         state.aws_credentials = sdk.credentials_provider();
         if config.telemetry.metrics_on_proxy_port {
             state.proxy_metrics = exporters.prometheus.clone();
         }
         let state = Arc::new(state);
+        if config.token_key.rotation.is_some() {
+            tokio::spawn(rotate_token_key(state.clone()));
+        }
         if config.credential_prefetch {
             tokio::spawn(prefetch(state.clone(), started));
             tokio::spawn(refresh_ahead(state.clone(), index_handle));
         }
         Ok(state)
+    }
+}
+
+/// The IMDSv2 token keys of `TOKEN_KEY_FILE`: read, or created on first start. Fails (naming
+/// the variable and the file) when the file cannot be used; never falls back to a fresh key,
+/// which would cost every client holding a token a 401.
+fn open_token_keys(config: &Config) -> Result<crate::imdsv2::TokenKeys, String> {
+    use crate::imdsv2::{KeyFileState, TokenKeys};
+    let rotation = config.token_key.rotation;
+    let Some(path) = &config.token_key.file else {
+        tracing::warn!(
+            "TOKEN_KEY_FILE=none: the IMDSv2 token key lives in memory only; every token a \
+             client holds gets 401 after the agent restarts"
+        );
+        return Ok(TokenKeys::ephemeral(rotation));
+    };
+    let (keys, state) = TokenKeys::open_file(path, rotation, std::time::SystemTime::now())
+        .map_err(|e| {
+            format!(
+                "TOKEN_KEY_FILE={}: {e} (fix or delete the file: deleting it invalidates every \
+                 token clients hold; or set TOKEN_KEY_FILE to another path, or none)",
+                path.display()
+            )
+        })?;
+    match state {
+        KeyFileState::Created => tracing::info!(
+            token_key_file = %path.display(),
+            "IMDSv2 token key created"
+        ),
+        KeyFileState::Loaded { created, previous } => tracing::info!(
+            token_key_file = %path.display(),
+            key_created = %crate::handlers::iam::format_time(created),
+            previous_key_valid = previous,
+            "IMDSv2 token key loaded: tokens from before the restart stay valid"
+        ),
+    }
+    Ok(keys)
+}
+
+/// Replaces the IMDSv2 token key every `TOKEN_KEY_ROTATION`.
+async fn rotate_token_key(state: Arc<State>) {
+    let mut tick = tokio::time::interval(crate::imdsv2::ROTATION_CHECK);
+    loop {
+        tick.tick().await;
+        match state.tokens.rotate_if_due(std::time::SystemTime::now()) {
+            Ok(false) => {}
+            Ok(true) => tracing::info!(
+                token_key_file = %state
+                    .tokens
+                    .file()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "none".into()),
+                "IMDSv2 token key rotated: tokens sealed with the previous key stay valid until \
+                 they expire"
+            ),
+            Err(e) => tracing::warn!(
+                error = %e,
+                token_key_file = %state
+                    .tokens
+                    .file()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                "cannot rotate the IMDSv2 token key: the current key stays in use; retrying in a minute"
+            ),
+        }
     }
 }
 

@@ -20,6 +20,10 @@ pub const EXIT_CONFIG: i32 = 64;
 /// starve the others or fill the log. The burst is twice the rate unless set.
 pub const DEFAULT_REQUEST_RATE: &str = "100";
 
+/// `TOKEN_KEY_FILE`'s default; the systemd unit's `StateDirectory=metadataproxy` and the
+/// image's volume are this directory.
+pub const DEFAULT_TOKEN_KEY_FILE: &str = "/var/lib/metadataproxy/token.key";
+
 /// The raw settings as given on the command line or in the environment.
 ///
 /// Everything is a string here so that validation can name the variable in its message.
@@ -261,6 +265,17 @@ pub struct Args {
     #[arg(long, env = "IMDSV2", default_value = "optional")]
     pub imdsv2: String,
 
+    /// File keeping the IMDSv2 token key across restarts (created, mode 0600, on first start,
+    /// with its directory if only that is missing); `none`: a key in memory only, so every
+    /// token a client holds gets 401 after a restart.
+    #[arg(long, env = "TOKEN_KEY_FILE", default_value = DEFAULT_TOKEN_KEY_FILE)]
+    pub token_key_file: String,
+
+    /// Replace the IMDSv2 token key this often (Go duration, at least 6h: tokens sealed with
+    /// the key before stay valid until they expire); 0: never.
+    #[arg(long, env = "TOKEN_KEY_ROTATION", default_value = "24h")]
+    pub token_key_rotation: String,
+
     /// Passthrough paths forwarded: comma list of patterns after the API version (`*`, `?`
     /// within a segment, `**` any segments; a pattern covers its subtree).
     #[arg(long, env = "PASSTHROUGH_ALLOW", default_value = crate::policy::DEFAULT_ALLOW)]
@@ -440,6 +455,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// `IMDSV2=required`.
     pub imdsv2_required: bool,
+    /// `TOKEN_KEY_FILE`, `TOKEN_KEY_ROTATION`.
+    pub token_key: TokenKeyConfig,
     /// `PASSTHROUGH_ALLOW`, `PASSTHROUGH_DENY`.
     pub passthrough: crate::policy::PathPolicy,
     /// `ALLOWED_ROLES`, `ROLE_POLICY_FILE`.
@@ -452,6 +469,24 @@ pub struct Config {
     /// pins when it is not in eBPF mode itself; `None` when the value is not an absolute path
     /// (only eBPF mode refuses that).
     pub ebpf_pin_path: Option<std::path::PathBuf>,
+}
+
+/// Where the IMDSv2 token key is kept, and how often it is replaced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenKeyConfig {
+    /// `TOKEN_KEY_FILE` (`None`: `none`, in memory only).
+    pub file: Option<std::path::PathBuf>,
+    /// `TOKEN_KEY_ROTATION` (`None`: `0`, never).
+    pub rotation: Option<Duration>,
+}
+
+impl Default for TokenKeyConfig {
+    fn default() -> Self {
+        TokenKeyConfig {
+            file: None,
+            rotation: Some(Duration::from_secs(86_400)),
+        }
+    }
 }
 
 /// Where passthrough requests go.
@@ -921,6 +956,8 @@ impl TryFrom<Args> for Config {
             }
         };
 
+        let token_key = parse_token_key(&a)?;
+
         let passthrough = crate::policy::PathPolicy::parse(&a.passthrough_allow, "")
             .map_err(|e| invalid("PASSTHROUGH_ALLOW", &a.passthrough_allow, e))
             .and_then(|_| {
@@ -984,6 +1021,7 @@ impl TryFrom<Args> for Config {
             telemetry,
             shutdown_grace,
             imdsv2_required,
+            token_key,
             passthrough,
             roles,
             audit_log_file,
@@ -991,6 +1029,37 @@ impl TryFrom<Args> for Config {
             ebpf_pin_path,
         })
     }
+}
+
+fn parse_token_key(a: &Args) -> Result<TokenKeyConfig, ConfigError> {
+    let raw = a.token_key_file.trim();
+    let file = match raw {
+        "none" => None,
+        p if std::path::Path::new(p).is_absolute() && !p.ends_with('/') => {
+            Some(std::path::PathBuf::from(p))
+        }
+        _ => {
+            return Err(invalid(
+                "TOKEN_KEY_FILE",
+                &a.token_key_file,
+                "expected an absolute file path, or none",
+            ))
+        }
+    };
+    let longest = Duration::from_secs(crate::imdsv2::MAX_TTL);
+    let rotation = match parse_go_duration(&a.token_key_rotation) {
+        Ok(d) if d.is_zero() => None,
+        Ok(d) if d >= longest => Some(d),
+        Ok(_) => {
+            return Err(invalid(
+                "TOKEN_KEY_ROTATION",
+                &a.token_key_rotation,
+                "expected 0 (never) or at least 6h, the longest lifetime of a token",
+            ))
+        }
+        Err(e) => return Err(invalid("TOKEN_KEY_ROTATION", &a.token_key_rotation, e)),
+    };
+    Ok(TokenKeyConfig { file, rotation })
 }
 
 fn parse_limits(a: &Args) -> Result<crate::limits::Limits, ConfigError> {
@@ -1606,6 +1675,28 @@ mod tests {
         assert_eq!(c.log.level, tracing::Level::INFO);
         assert_eq!(c.container_lookup_timeout, Duration::from_secs(5));
         assert!(c.default_role.is_none());
+        assert_eq!(
+            c.token_key,
+            TokenKeyConfig {
+                file: Some("/var/lib/metadataproxy/token.key".into()),
+                rotation: Some(Duration::from_secs(86_400)),
+            }
+        );
+    }
+
+    #[test]
+    fn token_key_file_and_rotation() {
+        let c = |pairs: &[(&str, &str)]| Config::try_from(args(pairs)).unwrap().token_key;
+        assert_eq!(c(&[("token-key-file", "none")]).file, None);
+        assert_eq!(
+            c(&[("token-key-file", "/run/mp/k")]).file,
+            Some("/run/mp/k".into())
+        );
+        assert_eq!(c(&[("token-key-rotation", "0")]).rotation, None);
+        assert_eq!(
+            c(&[("token-key-rotation", "6h")]).rotation,
+            Some(Duration::from_secs(21_600))
+        );
     }
 
     #[test]
@@ -1698,6 +1789,15 @@ mod tests {
             ("enable-prometheus", "maybe", "ENABLE_PROMETHEUS"),
             ("copy-docker-labels", "a,,b", "COPY_DOCKER_LABELS"),
             ("newrelic-app-name", "app", "NEWRELIC_LICENSE"),
+            ("token-key-file", "token.key", "TOKEN_KEY_FILE"),
+            (
+                "token-key-file",
+                "/var/lib/metadataproxy/",
+                "TOKEN_KEY_FILE",
+            ),
+            ("token-key-file", "", "TOKEN_KEY_FILE"),
+            ("token-key-rotation", "1h", "TOKEN_KEY_ROTATION"),
+            ("token-key-rotation", "daily", "TOKEN_KEY_ROTATION"),
         ];
         for (flag, value, var) in cases {
             let e = err(&[(flag, value)]);

@@ -284,6 +284,8 @@ pub struct Agent {
     /// The admin listener's port on 127.0.0.1 (`None` with `ADMIN_ADDR=off`).
     pub admin_port: Option<u16>,
     logs: Arc<Mutex<Vec<String>>>,
+    /// The directory of the agent's own token key file, made for it (removed on drop).
+    key_dir: Option<PathBuf>,
 }
 
 impl Agent {
@@ -330,6 +332,15 @@ impl Agent {
             .env("ADMIN_ADDR", "127.0.0.1:0")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
+        // Each agent keeps its IMDSv2 token key in a file of its own (as it would in
+        // /var/lib/metadataproxy), unless the test names one: nothing is left on the host.
+        let key_dir = if vars.iter().any(|(k, _)| *k == "TOKEN_KEY_FILE") {
+            None
+        } else {
+            let dir = scratch_dir("token-key");
+            cmd.env("TOKEN_KEY_FILE", dir.join("token.key"));
+            Some(dir)
+        };
         for (k, v) in vars {
             cmd.env(k, v);
         }
@@ -367,6 +378,7 @@ impl Agent {
             port,
             admin_port,
             logs,
+            key_dir,
         }
     }
 
@@ -426,7 +438,24 @@ impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(dir) = &self.key_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
+}
+
+/// A new, empty directory under the system's temporary directory, for one test's files
+/// (the caller removes it).
+pub fn scratch_dir(what: &str) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "mp-test-{what}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create a scratch directory");
+    dir
 }
 
 /// A user-defined Docker network with a pinned subnet.

@@ -51,18 +51,25 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// The agent running as a container; removed when dropped.
+/// The agent running as a container; removed when dropped, with its state volume.
 struct AgentContainer {
     name: String,
+    /// The README's `-v metadataproxy-state:/var/lib/metadataproxy`, one per test.
+    volume: String,
 }
 
 impl AgentContainer {
-    /// `docker run -d --name mp-test-agent-{name} {flags} IMAGE` with `env`.
+    /// `docker run -d --name mp-test-agent-{name} {flags} -v VOLUME:/var/lib/metadataproxy
+    /// IMAGE` with `env`; the volume is `mp-test-state-{name}` (kept while the container is
+    /// re-created under the same name).
     fn run(name: &str, flags: &[&str], env: &[(&str, String)]) -> AgentContainer {
+        let volume = format!("mp-test-state-{name}");
         let name = format!("mp-test-agent-{name}");
         let _ = Command::new("docker").args(["rm", "-f", &name]).output();
         let mut args: Vec<String> = vec!["run".into(), "-d".into(), "--name".into(), name.clone()];
         args.extend(flags.iter().map(|f| f.to_string()));
+        args.push("-v".into());
+        args.push(format!("{volume}:/var/lib/metadataproxy"));
         for (k, v) in env {
             args.push("-e".into());
             args.push(format!("{k}={v}"));
@@ -70,7 +77,16 @@ impl AgentContainer {
         args.push(image());
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         run("docker", &refs);
-        AgentContainer { name }
+        AgentContainer { name, volume }
+    }
+
+    /// `docker rm -f` and the same `docker run` again, as an upgrade does; the volume stays.
+    fn recreate(self, name: &str, flags: &[&str], env: &[(&str, String)]) -> AgentContainer {
+        let _ = Command::new("docker")
+            .args(["rm", "-f", &self.name])
+            .output();
+        std::mem::forget(self);
+        AgentContainer::run(name, flags, env)
     }
 
     fn logs(&self) -> String {
@@ -135,6 +151,9 @@ impl Drop for AgentContainer {
         let _ = Command::new("docker")
             .args(["rm", "-f", &self.name])
             .output();
+        let _ = Command::new("docker")
+            .args(["volume", "rm", "-f", &self.volume])
+            .output();
     }
 }
 
@@ -171,19 +190,21 @@ fn the_image_serves_a_workload_in_classic_mode() {
     let socket_group = std::fs::metadata("/var/run/docker.sock")
         .map(|m| std::os::unix::fs::MetadataExt::gid(&m).to_string())
         .expect("the Docker socket");
-    let (agent, port) = AgentContainer::run_ready(
-        "classic",
-        &[
-            "--net=host",
-            "--user",
-            "65534:65534",
-            "--group-add",
-            &socket_group,
-            "-v",
-            "/var/run/docker.sock:/var/run/docker.sock",
-        ],
-        |port, admin| test_env_vars(&upstream, &aws, port, admin),
-    );
+    let flags = [
+        "--net=host",
+        "--user",
+        "65534:65534",
+        "--group-add",
+        &socket_group,
+        "-v",
+        "/var/run/docker.sock:/var/run/docker.sock",
+    ];
+    let _ = Command::new("docker")
+        .args(["volume", "rm", "-f", "mp-test-state-classic"])
+        .output();
+    let (agent, port) = AgentContainer::run_ready("classic", &flags, |port, admin| {
+        test_env_vars(&upstream, &aws, port, admin)
+    });
     let user = run(
         "docker",
         &["inspect", "--format", "{{.Config.User}}", &agent.name],
@@ -219,6 +240,57 @@ fn the_image_serves_a_workload_in_classic_mode() {
         (agent.health() == "healthy").then_some(())
     })
     .unwrap_or_else(|| panic!("healthy: {} {}", agent.health(), agent.logs()));
+
+    // The token key is kept in the state volume, private to the agent's user (nobody) ...
+    let stat = run(
+        "docker",
+        &[
+            "run",
+            "--rm",
+            "-v",
+            &format!("{}:/state:ro", agent.volume),
+            &env.image,
+            "stat",
+            "-c",
+            "%u %a",
+            "/state",
+            "/state/token.key",
+        ],
+    );
+    assert_eq!(
+        stat.trim(),
+        "65534 700\n65534 600",
+        "state directory and key file"
+    );
+    // ... so a token the workload holds outlives a re-created agent container (an upgrade).
+    let (status, _, token) = c.curl(&[
+        "-X",
+        "PUT",
+        "-H",
+        "X-aws-ec2-metadata-token-ttl-seconds: 21600",
+        "http://169.254.169.254/latest/api/token",
+    ]);
+    assert_eq!(status, 200);
+    let agent = agent.recreate(
+        "classic",
+        &flags,
+        &test_env_vars(&upstream, &aws, port, free_port()),
+    );
+    eventually(Duration::from_secs(30), || {
+        agent.logs().contains("metadataproxy ready").then_some(())
+    })
+    .unwrap_or_else(|| panic!("re-created agent ready: {}", agent.logs()));
+    let (status, _, body) = c.curl(&[
+        "-H",
+        &format!("X-aws-ec2-metadata-token: {token}"),
+        &format!("{MD}/iam/security-credentials/image-role"),
+    ]);
+    assert_eq!(status, 200, "{body} {}", agent.logs());
+    assert!(
+        agent.logs().contains("IMDSv2 token key loaded"),
+        "{}",
+        agent.logs()
+    );
 }
 
 #[test]

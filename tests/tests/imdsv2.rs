@@ -2,7 +2,12 @@
 //! container's network namespace and cgroup, against the agent with `IMDSV2=required`; tokens
 //! bound to their container; passthrough to an upstream that requires tokens.
 
-use metadataproxy_tests::{caller_identity, Classic, Container};
+use std::os::unix::fs::PermissionsExt as _;
+use std::time::{Duration, Instant};
+
+use metadataproxy_tests::{
+    agent_binary, caller_identity, eventually, scratch_dir, Agent, Classic, Container,
+};
 
 const MD: &str = "http://169.254.169.254/latest/meta-data";
 const TOKEN_URL: &str = "http://169.254.169.254/latest/api/token";
@@ -125,4 +130,146 @@ fn the_sdk_gets_its_containers_credentials_with_tokens_required() {
     assert!(descriptions.get("token_required").is_some_and(|n| *n >= 4));
     assert_eq!(descriptions.get("token_wrong_caller"), Some(&1));
     assert_eq!(descriptions.get("token_request_forwarded"), Some(&1));
+}
+
+/// Stops the setup's agent and starts another on the same port (the DNAT rule names it) with
+/// `vars`, as a restart or an upgrade would.
+fn restart(s: &mut Classic, vars: &[(&str, &str)]) {
+    let port = s.agent.port.to_string();
+    s.agent.stop("-TERM");
+    let mut vars = vars.to_vec();
+    vars.push(("PORT", &port));
+    s.agent = Agent::start(&s.upstream.url(), &s.aws.url(), &vars);
+}
+
+/// The agent's start-up with `TOKEN_KEY_FILE=key`, expected to fail: its standard error.
+fn start_up_failure(key: &std::path::Path) -> String {
+    let mut child = std::process::Command::new(agent_binary())
+        .env_clear()
+        .env("PORT", "0")
+        .env("ADMIN_ADDR", "off")
+        .env("METADATA_URL", "builtin")
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("TOKEN_KEY_FILE", key)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the agent");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the agent") {
+            break status;
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("the agent started with a bad TOKEN_KEY_FILE");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+        .expect("read stderr");
+    assert!(!status.success(), "{stderr}");
+    stderr
+}
+
+#[test]
+fn held_tokens_stay_valid_across_agent_restarts() {
+    let dir = scratch_dir("imdsv2-restart");
+    // The directory is created by the agent, as /var/lib/metadataproxy would be.
+    let key = dir.join("state").join("token.key");
+    let key_var = key.to_str().expect("utf-8 path").to_string();
+    let vars = [
+        ("DEFAULT_ACCOUNT_ID", "123456789012"),
+        ("IMDSV2", "required"),
+        ("TOKEN_KEY_FILE", key_var.as_str()),
+    ];
+    let mut s = Classic::start("imdsv2-restart", 75, &vars);
+    let a = s.container("imdsv2-restart-a", &[("IAM_ROLE", "role-a")]);
+    let b = s.container("imdsv2-restart-b", &[("IAM_ROLE", "role-b")]);
+    let creds = format!("{MD}/iam/security-credentials/role-a");
+
+    let (status, _, token) = put_token(&a, &[]);
+    assert_eq!(status, 200);
+    assert_eq!(get(&a, &creds, Some(&token)).0, 200);
+    let mode =
+        |p: &std::path::Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(mode(&key), 0o600, "the key file is private");
+    assert_eq!(mode(key.parent().expect("dir")), 0o700);
+    let text = std::fs::read_to_string(&key).expect("read the key file");
+    assert!(
+        !s.agent.raw_logs().contains(
+            text.lines()
+                .nth(1)
+                .expect("current line")
+                .rsplit(' ')
+                .next()
+                .unwrap()
+        ),
+        "the key never reaches the log"
+    );
+
+    // Restarted (an upgrade, a crash): the token A holds still works, for A only.
+    restart(&mut s, &vars);
+    assert!(eventually(Duration::from_secs(5), || s
+        .agent
+        .logs()
+        .iter()
+        .any(|l| l["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("IMDSv2 token key loaded")))
+        .then_some(()))
+    .is_some());
+    let (status, body) = get(&a, &creds, Some(&token));
+    assert_eq!(status, 200, "{body}");
+    let proof: serde_json::Value = serde_json::from_str(&body).expect("credentials JSON");
+    assert!(caller_identity(&s.env.moto_url, &proof).contains(":assumed-role/role-a/"));
+    assert_eq!(
+        get(
+            &b,
+            &format!("{MD}/iam/security-credentials/role-b"),
+            Some(&token)
+        )
+        .0,
+        401,
+        "still bound to A"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&key).expect("key"),
+        text,
+        "not rewritten"
+    );
+
+    // Without the file the key dies with the agent: the held token gets 401.
+    restart(&mut s, &[vars[0], vars[1], ("TOKEN_KEY_FILE", "none")]);
+    assert_eq!(get(&a, &creds, Some(&token)).0, 401);
+    // Back on the file: valid again.
+    restart(&mut s, &vars);
+    assert_eq!(get(&a, &creds, Some(&token)).0, 200);
+    s.agent.stop("-TERM");
+
+    // A key file others can read, a cut one, or a link: start-up stops and names it; the file
+    // is left as it was (never replaced by a fresh key).
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let err = start_up_failure(&key);
+    assert!(
+        err.contains(&format!("TOKEN_KEY_FILE={key_var}")) && err.contains("0644"),
+        "{err}"
+    );
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let cut = dir.join("cut.key");
+    std::fs::write(&cut, &text[..text.len() - 10]).expect("write");
+    std::fs::set_permissions(&cut, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let err = start_up_failure(&cut);
+    assert!(
+        err.contains("TOKEN_KEY_FILE=") && err.contains("wrong size"),
+        "{err}"
+    );
+    let link = dir.join("link.key");
+    std::os::unix::fs::symlink(&key, &link).expect("symlink");
+    assert!(start_up_failure(&link).contains("symbolic link"));
+    assert_eq!(std::fs::read_to_string(&key).expect("key"), text);
+    let _ = std::fs::remove_dir_all(&dir);
 }

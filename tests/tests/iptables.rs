@@ -292,6 +292,7 @@ fn start_up_failure(wrapper: &[&str], vars: &[(&str, &str)]) -> String {
         .env("INTERCEPT", "iptables")
         .env("PORT", "0")
         .env("ADMIN_ADDR", "off")
+        .env("TOKEN_KEY_FILE", "none")
         .env("METADATA_URL", "builtin")
         .env("AWS_ACCESS_KEY_ID", "testing")
         .env("AWS_SECRET_ACCESS_KEY", "testing")

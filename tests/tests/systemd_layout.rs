@@ -279,6 +279,7 @@ fn an_explicit_list_that_misses_the_containers_refuses_to_start_naming_them() {
         .env("EBPF_CONTAINER_CGROUPS", "docker,docker.slice")
         .env("HOST", "0.0.0.0")
         .env("PORT", "0")
+        .env("TOKEN_KEY_FILE", "none")
         .env("METADATA_URL", "builtin")
         .env("DOCKER_URL", "unix:///var/run/docker.sock")
         .env("AWS_ACCESS_KEY_ID", "testing")

@@ -79,8 +79,9 @@ pub async fn check(state: &State, conn: &Connection, headers: &HeaderMap) -> Res
         .to_str()
         .map_err(|_| Failure::Token(TokenError::Invalid))?;
     // Cheap checks first: a forged token costs no lookup.
-    let (bound, expiry) = state.tokens.open(token).map_err(Failure::Token)?;
-    if SystemTime::now() >= expiry {
+    let now = SystemTime::now();
+    let (bound, expiry) = state.tokens.open(token, now).map_err(Failure::Token)?;
+    if now >= expiry {
         return Err(Failure::Token(TokenError::Expired));
     }
     if bound != binding(state, conn).await {

@@ -70,6 +70,7 @@ impl BenchAgent {
             .env("AWS_CONFIG_FILE", "/dev/null")
             .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
             .env("AWS_ENDPOINT_URL", aws_url)
+            .env("TOKEN_KEY_FILE", "none")
             .stdout(Stdio::from(log_file))
             .stderr(Stdio::inherit());
         for (k, v) in vars {
