@@ -207,6 +207,16 @@ impl RoleArn {
     pub fn as_str(&self) -> &str {
         &self.arn
     }
+
+    /// The partition, such as `aws` or `aws-cn`.
+    pub fn partition(&self) -> &str {
+        self.arn.split(':').nth(1).unwrap_or_default()
+    }
+
+    /// The role's account (12 digits).
+    pub fn account(&self) -> &str {
+        self.arn.split(':').nth(4).unwrap_or_default()
+    }
 }
 
 impl fmt::Display for RoleArn {
@@ -281,5 +291,12 @@ mod tests {
         );
         assert_eq!(arn.as_str(), "arn:aws-cn:iam::123456789012:role/p/r");
         assert_eq!(arn.name(), "r");
+        assert_eq!(arn.partition(), "aws-cn");
+        assert_eq!(arn.account(), "123456789012");
+        let parsed = RoleArn::parse("arn:aws-us-gov:iam::210987654321:role/a/b").unwrap();
+        assert_eq!(
+            (parsed.partition(), parsed.account()),
+            ("aws-us-gov", "210987654321")
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! Roles: from a container's `IAM_ROLE` to an ARN, and from an ARN to cached STS credentials.
 
 mod arn;
+mod builtin;
 mod session;
 mod sts;
 
@@ -8,6 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use arn::{AccountId, Partition, RoleArn, RoleParseError, RoleSpec};
+pub use builtin::{
+    BuiltinSts, FAKE_ACCESS_KEY_PREFIX, FAKE_ROLE_ID_PREFIX, FAKE_SECRET_PREFIX, FAKE_TOKEN_PREFIX,
+};
 pub use session::{session_tags, SessionTemplate};
 pub use sts::{
     AssumeRole, AssumeRoleRequest, AwsError, Credentials, GetRole, Rendered, SdkIam, SdkSts, Secret,
