@@ -12,13 +12,13 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 
 use crate::builtin::Emulator;
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Config, UpstreamConfig};
+use crate::config::{Config, StsConfig, UpstreamConfig};
 use crate::handlers::iam::{assume_role_request, credentials_for, role_of};
 use crate::identity::kernel::{CgroupResolver, CgroupTree, KernelIdentity};
 use crate::identity::{Container, ContainerIndex, ContainerLookup, DockerLookup};
 use crate::roles::{
-    AssumeRole, CacheSettings, CredentialCache, GetRole, Partition, RoleResolver, RoleSpec, SdkIam,
-    SdkSts,
+    AccountId, AssumeRole, BuiltinSts, CacheSettings, CredentialCache, GetRole, Partition,
+    RoleResolver, RoleSpec, SdkIam, SdkSts,
 };
 use crate::telemetry::export::Exporters;
 use crate::telemetry::metrics;
@@ -53,8 +53,10 @@ pub struct State {
     pub prefetches: std::sync::atomic::AtomicU64,
     /// The container index behind `lookup` (the real agent; `None` with fakes).
     pub index: Option<Arc<ContainerIndex>>,
-    /// The agent's own AWS credentials, for readiness (`None` with fakes).
+    /// The agent's own AWS credentials, for readiness (`None` with fakes and `STS=builtin`).
     pub aws_credentials: Option<aws_credential_types::provider::SharedCredentialsProvider>,
+    /// `STS=builtin`: containers get fake credentials, and the agent needs none of its own.
+    pub builtin_sts: bool,
     /// `METRICS_ON_PROXY_PORT`: the Prometheus exposition served on the proxy port too.
     pub proxy_metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// Names of the copied Docker labels, for callers whose container is not known.
@@ -126,6 +128,7 @@ impl State {
             prefetches: Default::default(),
             index: None,
             aws_credentials: None,
+            builtin_sts: false,
             proxy_metrics: None,
             copied_label_names: config.telemetry.copied_labels().names(),
             tokens: crate::imdsv2::TokenKeys::ephemeral(config.token_key.rotation),
@@ -161,12 +164,13 @@ impl State {
             )
         })?;
         let tokens = open_token_keys(config)?;
-        let sdk = aws_sdk_config(config).await;
-        let region = sdk
-            .region()
-            .map(|r| r.as_ref().to_string())
-            .unwrap_or_else(|| "us-east-1".into());
-        tracing::info!(region = %region, "AWS clients configured");
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let aws = match &config.sts {
+            StsConfig::Aws => AwsClients::sdk(config).await,
+            StsConfig::Builtin { account_id } => {
+                AwsClients::builtin(config, account_id, clock.clone())
+            }
+        };
         let upstream: Arc<dyn Upstream> = match &config.upstream {
             UpstreamConfig::Url(base) => Arc::new(HttpUpstream::new(
                 base.clone(),
@@ -194,23 +198,19 @@ impl State {
         let index_handle = index.clone();
         let deps = Deps {
             lookup: index,
-            // Retries happen in the credential cache, each attempt under STS_RATE_LIMIT.
-            sts: Arc::new(SdkSts::new(aws_sdk_sts::Client::from_conf(
-                aws_sdk_sts::config::Builder::from(&sdk)
-                    .retry_config(aws_config::retry::RetryConfig::disabled())
-                    .build(),
-            ))),
-            iam: Arc::new(SdkIam::new(aws_sdk_iam::Client::new(&sdk))),
+            sts: aws.sts,
+            iam: aws.iam,
             upstream,
-            clock: Arc::new(SystemClock),
-            partition: Partition::for_region(&region),
+            clock,
+            partition: aws.partition,
             kernel,
         };
         let mut state = State::new(config, deps);
         state.audit = audit;
         state.tokens = tokens;
         state.index = Some(index_handle.clone());
-        state.aws_credentials = sdk.credentials_provider();
+        state.aws_credentials = aws.credentials;
+        state.builtin_sts = matches!(config.sts, StsConfig::Builtin { .. });
         if config.telemetry.metrics_on_proxy_port {
             state.proxy_metrics = exporters.prometheus.clone();
         }
@@ -287,6 +287,71 @@ async fn rotate_token_key(state: Arc<State>) {
                     .unwrap_or_default(),
                 "cannot rotate the IMDSv2 token key: the current key stays in use; retrying in a minute"
             ),
+        }
+    }
+}
+
+/// What stands behind the STS and IAM seams.
+struct AwsClients {
+    sts: Arc<dyn AssumeRole>,
+    iam: Arc<dyn GetRole>,
+    partition: Partition,
+    /// The agent's own credentials (`None` for the built-in STS, which needs none).
+    credentials: Option<aws_credential_types::provider::SharedCredentialsProvider>,
+}
+
+impl AwsClients {
+    /// The AWS SDK's STS and IAM clients.
+    async fn sdk(config: &Config) -> AwsClients {
+        let sdk = aws_sdk_config(config).await;
+        let region = sdk
+            .region()
+            .map(|r| r.as_ref().to_string())
+            .unwrap_or_else(|| "us-east-1".into());
+        tracing::info!(region = %region, "AWS clients configured");
+        AwsClients {
+            // Retries happen in the credential cache, each attempt under STS_RATE_LIMIT.
+            sts: Arc::new(SdkSts::new(aws_sdk_sts::Client::from_conf(
+                aws_sdk_sts::config::Builder::from(&sdk)
+                    .retry_config(aws_config::retry::RetryConfig::disabled())
+                    .build(),
+            ))),
+            iam: Arc::new(SdkIam::new(aws_sdk_iam::Client::new(&sdk))),
+            partition: Partition::for_region(&region),
+            credentials: sdk.credentials_provider(),
+        }
+    }
+
+    /// The built-in STS (`STS=builtin`). No SDK configuration is loaded: its credential and
+    /// region providers would look for credentials and a region the agent does not need (the
+    /// metadata service among them), and nothing here may reach out.
+    fn builtin(config: &Config, account: &AccountId, clock: Arc<dyn Clock>) -> AwsClients {
+        let region = match (&config.aws_region, &config.upstream) {
+            (Some(region), _) => region.clone(),
+            (None, UpstreamConfig::Builtin(values)) => values.region.clone(),
+            (None, UpstreamConfig::Url(_)) => "us-east-1".into(),
+        };
+        tracing::warn!(
+            account_id = account.as_str(),
+            region = %region,
+            "STS=builtin: containers get FAKE credentials, issued by the agent itself; \
+             no AWS service accepts them"
+        );
+        if let UpstreamConfig::Url(url) = &config.upstream {
+            tracing::warn!(
+                metadata_url = %url,
+                "STS=builtin beside a metadata service that is not the built-in one \
+                 (ACKNOWLEDGE_FAKE_CREDENTIALS=true): containers here get fake credentials, \
+                 not their roles'"
+            );
+        }
+        let partition = Partition::for_region(&region);
+        let sts = Arc::new(BuiltinSts::new(partition.clone(), account.clone(), clock));
+        AwsClients {
+            sts: sts.clone(),
+            iam: sts,
+            partition,
+            credentials: None,
         }
     }
 }

@@ -188,6 +188,18 @@ pub struct Args {
     #[arg(long, env = "AWS_REGION")]
     pub aws_region: Option<String>,
 
+    /// Where role credentials come from: `aws` (sts:AssumeRole and iam:GetRole through the AWS
+    /// SDK, its credentials, region and endpoints from the SDK's usual sources: AWS_PROFILE,
+    /// AWS_ENDPOINT_URL_STS, ...) or `builtin` (fake credentials issued by the agent itself,
+    /// for machines without an AWS account; no AWS service accepts them).
+    #[arg(long, env = "STS", default_value = "aws")]
+    pub sts: String,
+
+    /// Confirms STS=builtin on a host whose METADATA_URL is not builtin (most likely an EC2
+    /// instance, where fake credentials would be a mistake): true or false.
+    #[arg(long, env = "ACKNOWLEDGE_FAKE_CREDENTIALS", default_value = "false")]
+    pub acknowledge_fake_credentials: String,
+
     /// Comma list of container labels copied, lower-cased, into metric labels (statsd family,
     /// New Relic; Prometheus with PROMETHEUS_COPY_LABELS) and request log fields, as
     /// `container<LABEL_SEPARATOR><label>`.
@@ -366,7 +378,8 @@ pub struct Args {
     #[arg(long, env = "BUILTIN_AVAILABILITY_ZONE")]
     pub builtin_availability_zone: Option<String>,
 
-    /// Emulated metadata: account id in the instance identity document.
+    /// Emulated metadata: account id in the instance identity document; with STS=builtin,
+    /// also the account of bare role names.
     #[arg(long, env = "BUILTIN_ACCOUNT_ID", default_value = "123456789012")]
     pub builtin_account_id: String,
 }
@@ -449,6 +462,8 @@ pub struct Config {
     pub sts_rate_limit: u32,
     /// Region of the agent's AWS clients (`AWS_REGION`).
     pub aws_region: Option<String>,
+    /// Where role credentials come from (`STS`).
+    pub sts: StsConfig,
     /// Metrics sinks and the admin listener.
     pub telemetry: TelemetryConfig,
     /// Grace period for in-flight requests on shutdown (`SHUTDOWN_GRACE`).
@@ -496,6 +511,18 @@ pub enum UpstreamConfig {
     Url(http::Uri),
     /// The built-in emulated metadata tree.
     Builtin(BuiltinValues),
+}
+
+/// Where role credentials come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StsConfig {
+    /// `sts:AssumeRole` and `iam:GetRole` through the AWS SDK.
+    Aws,
+    /// The built-in STS: fake credentials issued by the agent (`STS=builtin`).
+    Builtin {
+        /// The account of bare role names (`BUILTIN_ACCOUNT_ID`).
+        account_id: AccountId,
+    },
 }
 
 /// Values served by the built-in emulated metadata service.
@@ -822,6 +849,7 @@ impl TryFrom<Args> for Config {
         };
 
         let upstream = parse_upstream(&a, aws_region.as_deref())?;
+        let sts = parse_sts(&a, &upstream)?;
         let upstream_connect_timeout =
             positive_duration("METADATA_CONNECT_TIMEOUT", &a.metadata_connect_timeout)?;
         let upstream_timeout = positive_duration("METADATA_TIMEOUT", &a.metadata_timeout)?;
@@ -1018,6 +1046,7 @@ impl TryFrom<Args> for Config {
             role_session_duration,
             sts_rate_limit,
             aws_region,
+            sts,
             telemetry,
             shutdown_grace,
             imdsv2_required,
@@ -1376,6 +1405,53 @@ fn positive_duration(variable: &'static str, value: &str) -> Result<Duration, Co
         Ok(d) if !d.is_zero() => Ok(d),
         Ok(_) => Err(invalid(variable, value, "must be greater than zero")),
         Err(e) => Err(invalid(variable, value, e)),
+    }
+}
+
+fn parse_sts(a: &Args, upstream: &UpstreamConfig) -> Result<StsConfig, ConfigError> {
+    let acknowledged = parse_bool(a.acknowledge_fake_credentials.trim()).ok_or_else(|| {
+        invalid(
+            "ACKNOWLEDGE_FAKE_CREDENTIALS",
+            &a.acknowledge_fake_credentials,
+            "expected true or false",
+        )
+    })?;
+    match a.sts.trim().to_ascii_lowercase().as_str() {
+        "aws" => {
+            if acknowledged {
+                return Err(invalid(
+                    "ACKNOWLEDGE_FAKE_CREDENTIALS",
+                    &a.acknowledge_fake_credentials,
+                    "acknowledges STS=builtin, which is not set (STS is aws)",
+                ));
+            }
+            Ok(StsConfig::Aws)
+        }
+        "builtin" => {
+            if let UpstreamConfig::Url(url) = upstream {
+                if !acknowledged {
+                    return Err(invalid(
+                        "STS",
+                        &a.sts,
+                        format!(
+                            "METADATA_URL is {url}, not builtin: on such a host (an EC2 instance, \
+                             most likely) containers would get fake credentials instead of their \
+                             roles'; use METADATA_URL=builtin, or set \
+                             ACKNOWLEDGE_FAKE_CREDENTIALS=true if fake credentials are what you want"
+                        ),
+                    ));
+                }
+            }
+            let account_id = AccountId::parse(a.builtin_account_id.trim()).ok_or_else(|| {
+                invalid(
+                    "BUILTIN_ACCOUNT_ID",
+                    &a.builtin_account_id,
+                    "expected 12 digits",
+                )
+            })?;
+            Ok(StsConfig::Builtin { account_id })
+        }
+        _ => Err(invalid("STS", &a.sts, "expected aws or builtin")),
     }
 }
 
@@ -1829,6 +1905,55 @@ mod tests {
             UpstreamConfig::Builtin(v) => assert_eq!(v.region, "eu-west-3"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn builtin_sts_takes_bare_names_into_the_builtin_account() {
+        assert_eq!(Config::try_from(args(&[])).unwrap().sts, StsConfig::Aws);
+        let c = Config::try_from(args(&[
+            ("metadata-url", "builtin"),
+            ("sts", "builtin"),
+            ("builtin-account-id", "210987654321"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            c.sts,
+            StsConfig::Builtin {
+                account_id: AccountId::parse("210987654321").unwrap()
+            }
+        );
+        let e = err(&[
+            ("metadata-url", "builtin"),
+            ("sts", "builtin"),
+            ("builtin-account-id", "12"),
+        ]);
+        assert_eq!(e.variable, "BUILTIN_ACCOUNT_ID");
+        assert_eq!(err(&[("sts", "moto")]).variable, "STS");
+    }
+
+    #[test]
+    fn builtin_sts_beside_a_real_metadata_service_needs_the_acknowledgement() {
+        let e = err(&[("sts", "builtin")]);
+        assert_eq!(e.variable, "STS");
+        let message = e.to_string();
+        for named in [
+            "METADATA_URL",
+            "http://169.254.169.254",
+            "ACKNOWLEDGE_FAKE_CREDENTIALS",
+        ] {
+            assert!(message.contains(named), "{message}");
+        }
+        let c = Config::try_from(args(&[
+            ("sts", "builtin"),
+            ("acknowledge-fake-credentials", "true"),
+        ]))
+        .unwrap();
+        assert!(matches!(c.sts, StsConfig::Builtin { .. }));
+        // The acknowledgement alone would do nothing: refused.
+        let e = err(&[("acknowledge-fake-credentials", "true")]);
+        assert_eq!(e.variable, "ACKNOWLEDGE_FAKE_CREDENTIALS");
+        let e = err(&[("sts", "builtin"), ("acknowledge-fake-credentials", "sure")]);
+        assert_eq!(e.variable, "ACKNOWLEDGE_FAKE_CREDENTIALS");
     }
 
     #[test]

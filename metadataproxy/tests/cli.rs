@@ -83,6 +83,8 @@ fn each_invalid_value_exits_64_naming_variable_and_value() {
         ("CHECK_HOST_HEADER", "strict"),
         ("METRICS_FLUSH_INTERVAL", "1ns"),
         ("LABEL_SEPARATOR", "."),
+        ("STS", "moto"),
+        ("ACKNOWLEDGE_FAKE_CREDENTIALS", "sure"),
     ];
     for (var, value) in cases {
         let out = agent(&[(var, value)]).output().unwrap();
@@ -191,6 +193,10 @@ fn settings_that_would_do_nothing_are_refused() {
             vec![("COPY_DOCKER_LABELS", "a.b,a_b")],
             "COPY_DOCKER_LABELS",
         ),
+        (
+            vec![("ACKNOWLEDGE_FAKE_CREDENTIALS", "true")],
+            "ACKNOWLEDGE_FAKE_CREDENTIALS",
+        ),
     ] {
         let out = agent(&vars).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -254,6 +260,8 @@ fn help_lists_every_variable_with_its_default() {
         "MAX_CONNECTIONS",
         "MAX_CONNECTIONS_PER_IP",
         "CHECK_HOST_HEADER",
+        "STS",
+        "ACKNOWLEDGE_FAKE_CREDENTIALS",
     ] {
         assert!(
             help.contains(&format!("[env: {var}")),
@@ -263,6 +271,87 @@ fn help_lists_every_variable_with_its_default() {
     assert!(help.contains("[default: 15m]"));
     assert!(help.contains("[default: 127.0.0.1:8001]"));
     assert!(help.contains("[default: http://169.254.169.254]"));
+}
+
+#[test]
+fn builtin_sts_beside_a_real_metadata_service_needs_the_acknowledgement() {
+    // The metadata service is never contacted: start-up stops at the configuration.
+    let out = agent(&[("METADATA_URL", "http://127.0.0.1:9"), ("STS", "builtin")])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    for named in ["STS", "METADATA_URL", "ACKNOWLEDGE_FAKE_CREDENTIALS"] {
+        assert!(stderr.contains(named), "{named}: {stderr}");
+    }
+}
+
+/// Starts the agent with `vars` (JSON logs, loopback, no Docker) and returns its log lines up
+/// to and including "metadataproxy ready", then stops it.
+fn lines_until_ready(vars: &[(&str, &str)]) -> Vec<serde_json::Value> {
+    let mut all = vec![
+        ("HOST", "127.0.0.1"),
+        ("PORT", "0"),
+        ("LOG_FORMAT", "json"),
+        ("DOCKER_URL", "unix:///nonexistent/docker.sock"),
+    ];
+    all.extend_from_slice(vars);
+    let mut child = agent(&all)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut seen = Vec::new();
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let v: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+        let ready = v["message"] == "metadataproxy ready";
+        seen.push(v);
+        if ready {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        seen.last().map(|v| v["message"].clone()),
+        Some("metadataproxy ready".into()),
+        "{seen:?}"
+    );
+    seen
+}
+
+#[test]
+fn builtin_sts_warns_at_start_that_the_credentials_are_fake() {
+    let warnings = |lines: &[serde_json::Value]| -> Vec<String> {
+        lines
+            .iter()
+            .filter(|v| v["level"] == "WARN")
+            .map(|v| v["message"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    let lines = lines_until_ready(&[("STS", "builtin")]);
+    let w = warnings(&lines);
+    assert!(
+        w.iter().any(|m| m.contains("FAKE credentials")),
+        "no warning: {w:?}"
+    );
+    // The acknowledged form says where it runs.
+    let lines = lines_until_ready(&[
+        ("METADATA_URL", "http://127.0.0.1:9"),
+        ("STS", "builtin"),
+        ("ACKNOWLEDGE_FAKE_CREDENTIALS", "true"),
+    ]);
+    let w = warnings(&lines);
+    assert!(w.iter().any(|m| m.contains("FAKE credentials")), "{w:?}");
+    assert!(
+        w.iter()
+            .any(|m| m.contains("ACKNOWLEDGE_FAKE_CREDENTIALS=true")),
+        "{w:?}"
+    );
+    // And the agent with STS=aws says nothing of the kind.
+    let lines = lines_until_ready(&[]);
+    let w = warnings(&lines);
+    assert!(!w.iter().any(|m| m.contains("FAKE")), "{w:?}");
 }
 
 #[test]
