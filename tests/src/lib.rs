@@ -153,6 +153,72 @@ impl Drop for FakeUpstream {
     }
 }
 
+/// A TCP listener on 127.0.0.1 that records every connection made to it (the peer and the
+/// first bytes it sent, read for up to a second) and answers nothing: where something must
+/// never connect, a count that a test can hold at zero.
+#[derive(Debug)]
+pub struct ConnectionRecorder {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ConnectionRecorder {
+    /// Listens on a free port.
+    pub fn start() -> ConnectionRecorder {
+        let listener = rt()
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind recorder");
+        let addr = listener.local_addr().expect("addr");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = seen.clone();
+        let task = rt().spawn(async move {
+            use tokio::io::AsyncReadExt;
+            while let Ok((mut stream, peer)) = listener.accept().await {
+                // Counted at once; what it sent is filled in when it arrives.
+                let at = {
+                    let mut record = record.lock().expect("lock");
+                    record.push(format!("from {peer}"));
+                    record.len() - 1
+                };
+                let record = record.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 512];
+                    let n = tokio::time::timeout(Duration::from_secs(1), stream.read(&mut buf))
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                        .unwrap_or(0);
+                    let first_line = String::from_utf8_lossy(&buf[..n])
+                        .lines()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string();
+                    record.lock().expect("lock")[at] = format!("from {peer}: {first_line:?}");
+                });
+            }
+        });
+        ConnectionRecorder { addr, seen, task }
+    }
+
+    /// `http://addr`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// One line per connection so far: the peer and the first line it sent.
+    pub fn connections(&self) -> Vec<String> {
+        self.seen.lock().expect("lock").clone()
+    }
+}
+
+impl Drop for ConnectionRecorder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// A forwarding proxy in front of moto that counts the AWS actions passing through it.
 #[derive(Debug)]
 pub struct AwsCounter {
@@ -344,6 +410,28 @@ impl Agent {
         for (k, v) in vars {
             cmd.env(k, v);
         }
+        Self::spawn(cmd)
+    }
+
+    /// Starts the agent binary with `args` and an environment of `env` only, as a user would
+    /// run it from a shell (no test credentials, no endpoints), but for two settings the
+    /// fixture needs: JSON logs (which it reads) and an admin listener on a free port.
+    pub fn launch(args: &[&str], env: &[(&str, &str)]) -> Agent {
+        let mut cmd = Command::new(agent_binary());
+        cmd.env_clear()
+            .env("LOG_FORMAT", "json")
+            .env("ADMIN_ADDR", "127.0.0.1:0")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Self::spawn(cmd)
+    }
+
+    /// Spawns `cmd` (stdout piped) and waits for its ready line.
+    fn spawn(mut cmd: Command) -> Agent {
         let mut child = cmd.spawn().expect("spawn agent");
         let stdout = child.stdout.take().expect("stdout");
         let logs = Arc::new(Mutex::new(Vec::new()));
