@@ -895,6 +895,29 @@ impl Drop for Rule {
     }
 }
 
+/// Seconds since the epoch of an IMDS time (`YYYY-MM-DDTHH:MM:SSZ`, UTC), to compare an
+/// `Expiration` with its `LastUpdated`.
+pub fn imds_time_seconds(t: &str) -> i64 {
+    assert!(
+        t.len() == 20 && t.ends_with('Z') && &t[10..11] == "T",
+        "not an IMDS time: {t:?}"
+    );
+    let n = |r: std::ops::Range<usize>| -> i64 {
+        t[r].parse()
+            .unwrap_or_else(|_| panic!("not an IMDS time: {t:?}"))
+    };
+    let (y, m, d) = (n(0..4), n(5..7), n(8..10));
+    // Days since the epoch of a proleptic Gregorian date, counted from March so that the
+    // leap day comes last.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let year_of_era = y - era * 400;
+    let day_of_year = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    let days = era * 146_097 + day_of_era - 719_468;
+    days * 86_400 + n(11..13) * 3600 + n(14..16) * 60 + n(17..19)
+}
+
 /// Polls `f` until it returns `Some`, for at most `limit`.
 pub fn eventually<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let start = Instant::now();
@@ -1359,6 +1382,22 @@ impl Network {
             name,
             subnet,
             gateway,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::imds_time_seconds;
+    use metadataproxy::handlers::iam::format_time;
+
+    #[test]
+    fn imds_times_read_back_what_the_agent_writes() {
+        for secs in [0, 951_782_400, 1_709_164_800, 1_800_000_000, 4_102_444_799] {
+            let written = format_time(UNIX_EPOCH + Duration::from_secs(secs));
+            assert_eq!(imds_time_seconds(&written), secs as i64, "{written}");
         }
     }
 }

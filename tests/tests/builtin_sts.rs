@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use metadataproxy_tests::sinks::http_get;
 use metadataproxy_tests::{
-    docker0_gateway, eventually, test_env, Agent, ConnectionRecorder, Container,
+    docker0_gateway, eventually, imds_time_seconds, test_env, Agent, ConnectionRecorder, Container,
 };
 
 /// `http://<docker0>:<port>/latest/meta-data` of `agent`.
@@ -35,20 +35,6 @@ fn agent(recorder: &ConnectionRecorder, sts: &str, extra: &[(&str, &str)]) -> Ag
     ];
     vars.extend_from_slice(extra);
     Agent::start("builtin", &url, &vars)
-}
-
-/// Seconds since the epoch of an IMDS time (`YYYY-MM-DDTHH:MM:SSZ`).
-fn epoch_seconds(t: &str) -> i64 {
-    let n = |r: std::ops::Range<usize>| -> i64 { t[r].parse().expect("digits") };
-    let (y, m, d) = (n(0..4), n(5..7), n(8..10));
-    // Days from civil (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    days * 86_400 + n(11..13) * 3600 + n(14..16) * 60 + n(17..19)
 }
 
 #[test]
@@ -125,8 +111,8 @@ fn the_builtin_sts_makes_no_network_call_and_takes_the_paths_sts_takes() {
             .starts_with("localfake"));
         assert!(v["Token"].as_str().unwrap().starts_with("FAKE/"));
         // ROLE_SESSION_DURATION is the session's length.
-        let length = epoch_seconds(v["Expiration"].as_str().unwrap())
-            - epoch_seconds(v["LastUpdated"].as_str().unwrap());
+        let length = imds_time_seconds(v["Expiration"].as_str().unwrap())
+            - imds_time_seconds(v["LastUpdated"].as_str().unwrap());
         assert_eq!(length, 7200, "{v}");
         let info = c.wget(&format!("{md}/iam/info"));
         let i: serde_json::Value = serde_json::from_str(&info.body).expect("info JSON");
