@@ -225,6 +225,7 @@ pub struct AwsCounter {
     /// Where the agent should send its STS and IAM calls.
     pub addr: SocketAddr,
     actions: Arc<Mutex<Vec<(String, String)>>>,
+    scopes: Arc<Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -238,6 +239,8 @@ impl AwsCounter {
             .expect("bind counter");
         let addr = listener.local_addr().expect("addr");
         let recorded = actions.clone();
+        let scopes = Arc::new(Mutex::new(Vec::new()));
+        let signed = scopes.clone();
         let task = rt().spawn(async move {
             let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
             loop {
@@ -247,13 +250,25 @@ impl AwsCounter {
                 let client = client.clone();
                 let target = target.clone();
                 let recorded = recorded.clone();
+                let signed = signed.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: http::Request<Incoming>| {
                         let client = client.clone();
                         let target = target.clone();
                         let recorded = recorded.clone();
+                        let signed = signed.clone();
                         async move {
                             let (mut parts, body) = req.into_parts();
+                            // `AWS4-HMAC-SHA256 Credential=<key>/<date>/<region>/<service>/...`
+                            let scope = parts
+                                .headers
+                                .get(http::header::AUTHORIZATION)
+                                .and_then(|v| v.to_str().ok())
+                                .and_then(|v| v.split("Credential=").nth(1))
+                                .and_then(|v| v.split(',').next())
+                                .unwrap_or("unsigned")
+                                .to_string();
+                            signed.lock().expect("lock").push(scope);
                             let body = body.collect().await?.to_bytes();
                             let form = String::from_utf8_lossy(&body);
                             let action = form
@@ -295,8 +310,16 @@ impl AwsCounter {
         AwsCounter {
             addr,
             actions,
+            scopes,
             task,
         }
+    }
+
+    /// The SigV4 credential scope of every call so far, in order:
+    /// `<access key id>/<date>/<region>/<service>/aws4_request` (`unsigned` for a call
+    /// without one): who signed it, for which region.
+    pub fn credential_scopes(&self) -> Vec<String> {
+        self.scopes.lock().expect("lock").clone()
     }
 
     /// `http://addr`.
