@@ -13,7 +13,8 @@ COPY target/image/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 COPY target/image/empty /var/lib
 COPY --chown=65534:65534 target/image/state /var/lib/
 ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \
-    LOG_FORMAT=json
+    LOG_FORMAT=json \
+    TOKEN_KEY_FILE=/var/lib/metadataproxy/token.key
 # Ready: Docker reachable, the agent's AWS credentials available, interception in place.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=15s --retries=3 \
     CMD ["/usr/local/bin/metadataproxy", "--healthcheck"]

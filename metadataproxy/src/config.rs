@@ -20,9 +20,31 @@ pub const EXIT_CONFIG: i32 = 64;
 /// starve the others or fill the log. The burst is twice the rate unless set.
 pub const DEFAULT_REQUEST_RATE: &str = "100";
 
-/// `TOKEN_KEY_FILE`'s default; the systemd unit's `StateDirectory=metadataproxy` and the
-/// image's volume are this directory.
+/// `TOKEN_KEY_FILE`'s default for an agent running as root; the systemd unit's
+/// `StateDirectory=metadataproxy` and the image's volume are its directory.
 pub const DEFAULT_TOKEN_KEY_FILE: &str = "/var/lib/metadataproxy/token.key";
+
+/// `TOKEN_KEY_FILE`'s default: [`DEFAULT_TOKEN_KEY_FILE`] as root, else the user's state
+/// directory (`$XDG_STATE_HOME`, or `$HOME/.local/state`, as absolute paths), so that running
+/// the agent as a user needs no setting; `None` when there is none.
+pub fn default_token_key_file(
+    root: bool,
+    xdg_state_home: Option<&str>,
+    home: Option<&str>,
+) -> Option<std::path::PathBuf> {
+    use std::path::{Path, PathBuf};
+    if root {
+        return Some(PathBuf::from(DEFAULT_TOKEN_KEY_FILE));
+    }
+    fn absolute(p: Option<&str>) -> Option<&Path> {
+        p.map(Path::new).filter(|p| p.is_absolute())
+    }
+    let state = match absolute(xdg_state_home) {
+        Some(dir) => dir.to_path_buf(),
+        None => absolute(home)?.join(".local").join("state"),
+    };
+    Some(state.join("metadataproxy").join("token.key"))
+}
 
 /// The raw settings as given on the command line or in the environment.
 ///
@@ -277,11 +299,12 @@ pub struct Args {
     #[arg(long, env = "IMDSV2", default_value = "optional")]
     pub imdsv2: String,
 
-    /// File keeping the IMDSv2 token key across restarts (created, mode 0600, on first start,
-    /// with its directory if only that is missing); `none`: a key in memory only, so every
-    /// token a client holds gets 401 after a restart.
-    #[arg(long, env = "TOKEN_KEY_FILE", default_value = DEFAULT_TOKEN_KEY_FILE)]
-    pub token_key_file: String,
+    /// File keeping the IMDSv2 token key across restarts (created, mode 0600, on first
+    /// start); `none`: a key in memory only, so every token a client holds gets 401 after a
+    /// restart. Default: /var/lib/metadataproxy/token.key as root, else
+    /// $XDG_STATE_HOME (or ~/.local/state)/metadataproxy/token.key.
+    #[arg(long, env = "TOKEN_KEY_FILE")]
+    pub token_key_file: Option<String>,
 
     /// Replace the IMDSv2 token key this often (Go duration, at least 6h: tokens sealed with
     /// the key before stay valid until they expire); 0: never.
@@ -1061,16 +1084,30 @@ impl TryFrom<Args> for Config {
 }
 
 fn parse_token_key(a: &Args) -> Result<TokenKeyConfig, ConfigError> {
-    let raw = a.token_key_file.trim();
-    let file = match raw {
-        "none" => None,
-        p if std::path::Path::new(p).is_absolute() && !p.ends_with('/') => {
+    let file = match a.token_key_file.as_deref().map(str::trim) {
+        None => Some(
+            default_token_key_file(
+                nix::unistd::geteuid().is_root(),
+                std::env::var("XDG_STATE_HOME").ok().as_deref(),
+                std::env::var("HOME").ok().as_deref(),
+            )
+            .ok_or_else(|| {
+                invalid(
+                    "TOKEN_KEY_FILE",
+                    "",
+                    "no default for an agent that is not root and has no HOME: set it to a \
+                     file path, or none",
+                )
+            })?,
+        ),
+        Some("none") => None,
+        Some(p) if std::path::Path::new(p).is_absolute() && !p.ends_with('/') => {
             Some(std::path::PathBuf::from(p))
         }
-        _ => {
+        Some(p) => {
             return Err(invalid(
                 "TOKEN_KEY_FILE",
-                &a.token_key_file,
+                p,
                 "expected an absolute file path, or none",
             ))
         }
@@ -1751,13 +1788,34 @@ mod tests {
         assert_eq!(c.log.level, tracing::Level::INFO);
         assert_eq!(c.container_lookup_timeout, Duration::from_secs(5));
         assert!(c.default_role.is_none());
+        assert_eq!(c.token_key.rotation, Some(Duration::from_secs(86_400)));
+        let file = c.token_key.file.expect("a default key file");
+        assert!(file.is_absolute() && file.ends_with("metadataproxy/token.key"));
+    }
+
+    #[test]
+    fn the_default_key_file_is_the_system_state_directory_for_root_else_the_users() {
+        let d = |root, xdg, home| default_token_key_file(root, xdg, home);
+        let p = |s: &str| Some(std::path::PathBuf::from(s));
         assert_eq!(
-            c.token_key,
-            TokenKeyConfig {
-                file: Some("/var/lib/metadataproxy/token.key".into()),
-                rotation: Some(Duration::from_secs(86_400)),
-            }
+            d(true, Some("/x"), Some("/home/a")),
+            p("/var/lib/metadataproxy/token.key")
         );
+        assert_eq!(
+            d(false, Some("/x/state"), Some("/home/a")),
+            p("/x/state/metadataproxy/token.key")
+        );
+        assert_eq!(
+            d(false, None, Some("/home/a")),
+            p("/home/a/.local/state/metadataproxy/token.key")
+        );
+        // Relative values are ignored, as the XDG specification says.
+        assert_eq!(
+            d(false, Some("state"), Some("/home/a")),
+            p("/home/a/.local/state/metadataproxy/token.key")
+        );
+        assert_eq!(d(false, None, None), None);
+        assert_eq!(d(false, Some(""), Some("relative")), None);
     }
 
     #[test]

@@ -18,7 +18,9 @@ fn agent(vars: &[(&str, &str)]) -> Command {
         .env("AWS_CONFIG_FILE", "/dev/null")
         .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
         .env("METADATA_URL", "builtin")
-        .env("ADMIN_ADDR", "127.0.0.1:0");
+        .env("ADMIN_ADDR", "127.0.0.1:0")
+        // Nothing left behind in the state directory of whoever runs the tests.
+        .env("TOKEN_KEY_FILE", "none");
     for (k, v) in vars {
         cmd.env(k, v);
     }

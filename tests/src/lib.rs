@@ -433,7 +433,7 @@ impl Agent {
         for (k, v) in vars {
             cmd.env(k, v);
         }
-        Self::spawn(cmd)
+        Self::spawn(cmd, key_dir)
     }
 
     /// Starts the agent binary with `args` and an environment of `env` only, as a user would
@@ -447,14 +447,24 @@ impl Agent {
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
+        // The token key in a file of the test's (through the environment, so that `args` stay
+        // as the README writes them), unless `env` names one.
+        let key_dir = if env.iter().any(|(k, _)| *k == "TOKEN_KEY_FILE") {
+            None
+        } else {
+            let dir = scratch_dir("token-key");
+            cmd.env("TOKEN_KEY_FILE", dir.join("token.key"));
+            Some(dir)
+        };
         for (k, v) in env {
             cmd.env(k, v);
         }
-        Self::spawn(cmd)
+        Self::spawn(cmd, key_dir)
     }
 
-    /// Spawns `cmd` (stdout piped) and waits for its ready line.
-    fn spawn(mut cmd: Command) -> Agent {
+    /// Spawns `cmd` (stdout piped) and waits for its ready line; `key_dir` is removed with
+    /// the agent.
+    fn spawn(mut cmd: Command, key_dir: Option<PathBuf>) -> Agent {
         let mut child = cmd.spawn().expect("spawn agent");
         let stdout = child.stdout.take().expect("stdout");
         let logs = Arc::new(Mutex::new(Vec::new()));

@@ -211,13 +211,14 @@ pub fn render(stored: &Stored) -> String {
 }
 
 /// Writes a first key file at `path`, unless one appeared meanwhile (another agent starting
-/// at the same moment): `Ok(false)` then, and the caller reads that one. The file's directory
-/// is created (mode 0700) if it is missing and its own parent exists.
+/// at the same moment): `Ok(false)` then, and the caller reads that one. Missing directories
+/// are created, mode 0700.
 pub fn create(path: &Path, stored: &Stored) -> Result<bool, String> {
     let dir = directory(path)?;
     if !dir.exists() {
         std::fs::DirBuilder::new()
             .mode(0o700)
+            .recursive(true)
             .create(&dir)
             .map_err(|e| format!("cannot create its directory {}: {e}", dir.display()))?;
     }
@@ -427,7 +428,7 @@ mod tests {
             assert!(read(&path).unwrap_err().contains("owned by uid 65534"));
         }
 
-        let deep = dir.join("no").join("such").join("token.key");
+        let deep = dir.join("big.key").join("state").join("token.key");
         assert!(create(&deep, &stored())
             .unwrap_err()
             .contains("cannot create its directory"));
