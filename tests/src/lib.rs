@@ -127,7 +127,16 @@ impl FakeUpstream {
 
     /// Serves a fresh emulator on `addr`.
     pub fn start_on(addr: SocketAddr) -> FakeUpstream {
-        let emulator = Emulator::new(BuiltinValues::default());
+        Self::serve(addr, BuiltinValues::default())
+    }
+
+    /// Serves a fresh emulator with `values` (another region, ...) on `127.0.0.1`, any port.
+    pub fn start_with(values: BuiltinValues) -> FakeUpstream {
+        Self::serve("127.0.0.1:0".parse().expect("addr"), values)
+    }
+
+    fn serve(addr: SocketAddr, values: BuiltinValues) -> FakeUpstream {
+        let emulator = Emulator::new(values);
         let _enter = rt().enter();
         let listener = rt()
             .block_on(tokio::net::TcpListener::bind(addr))
@@ -232,11 +241,17 @@ pub struct AwsCounter {
 impl AwsCounter {
     /// A counter forwarding to `moto_url`.
     pub fn start(moto_url: &str) -> AwsCounter {
+        Self::start_on(moto_url, "127.0.0.1")
+    }
+
+    /// A counter forwarding to `moto_url`, listening on `ip` (any port): a bridge's address
+    /// makes moto reachable from that bridge's containers.
+    pub fn start_on(moto_url: &str, ip: &str) -> AwsCounter {
         let target: http::Uri = moto_url.parse().expect("moto URL");
         let actions = Arc::new(Mutex::new(Vec::new()));
         let listener = rt()
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("bind counter");
+            .block_on(tokio::net::TcpListener::bind((ip, 0)))
+            .unwrap_or_else(|e| panic!("bind the counter on {ip}: {e}"));
         let addr = listener.local_addr().expect("addr");
         let recorded = actions.clone();
         let scopes = Arc::new(Mutex::new(Vec::new()));
@@ -765,6 +780,16 @@ impl Container {
     /// Runs a host program inside this container's network namespace and cgroup (so that
     /// both interception modes see it as the container), e.g. `curl` or the SDK client.
     pub fn run_inside(&self, program: &str, args: &[&str]) -> std::process::Output {
+        let mut cmd = self.command_inside(program, args);
+        // Inside the container's namespaces the metadata address is intercepted (and the
+        // guard stands behind it): the SDK may use it there, as a container's SDK would.
+        cmd.env_remove("AWS_EC2_METADATA_DISABLED");
+        cmd.output().expect("run inside the container's namespaces")
+    }
+
+    /// The command that runs a host program inside this container's network namespace and
+    /// cgroup, with the test's environment (to be adjusted by the caller).
+    pub fn command_inside(&self, program: &str, args: &[&str]) -> Command {
         let pid = run(
             "docker",
             &["inspect", "--format", "{{.State.Pid}}", &self.name],
@@ -791,10 +816,7 @@ impl Container {
             program,
         ]);
         cmd.args(args);
-        // Inside the container's namespaces the metadata address is intercepted (and the
-        // guard stands behind it): the SDK may use it there, as a container's SDK would.
-        cmd.env_remove("AWS_EC2_METADATA_DISABLED");
-        cmd.output().expect("run inside the container's namespaces")
+        cmd
     }
 
     /// `curl -s -i` from inside the container's namespaces (host curl, 5 s limit): status,
