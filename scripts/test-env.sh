@@ -49,7 +49,10 @@ MP_DOCKER_SOCK="${MP_DOCKER_SOCK:-/var/run/docker.sock}"
 # Empty: overlay2, falling back to vfs if overlay2 does not work on this filesystem.
 MP_DOCKER_STORAGE_DRIVER="${MP_DOCKER_STORAGE_DRIVER:-}"
 # Pinned so that every machine tests against the same emulator; change here to upgrade.
-MP_MOTO_PIP_SPEC="${MP_MOTO_PIP_SPEC:-moto==5.2.5 flask==3.1.3 flask-cors==6.0.5}"
+# botocore (with its boto3) is pinned too: it is also one of the SDK clients that
+# tests/tests/sdk_clients.rs runs, from this venv.
+_MP_MOTO_PIP_DEFAULT="moto==5.2.5 flask==3.1.3 flask-cors==6.0.5 boto3==1.44.8 botocore==1.44.8"
+MP_MOTO_PIP_SPEC="${MP_MOTO_PIP_SPEC:-$_MP_MOTO_PIP_DEFAULT}"
 # 1: the OUTPUT guard spares traffic to the loopback interface (`! -o lo`), for tests that put
 # a catcher on 169.254.169.254/32 on lo and need a host process to reach it. Traffic that
 # would leave through any other interface is still rejected.
