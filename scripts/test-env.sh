@@ -6,6 +6,9 @@
 # components the tests use (see shared/design/test-environment.md):
 #
 #   mp_install_deps         apt packages (docker.io, busybox-static, iptables, ...), moto venv
+#   mp_install_sdk_clients  the AWS SDKs that tests/tests/sdk_clients.rs runs as containers'
+#                           programs: Go v1 and v2 and Ruby from Debian, JavaScript v3 from npm
+#                           (botocore comes with the moto venv)
 #   mp_install_guard        iptables guard: nothing may reach 169.254.0.0/16 (the real metadata
 #                           service is off this machine); containers may not leave their bridge
 #   mp_start_dockerd        reuse a daemon on /var/run/docker.sock, or start our own
@@ -59,8 +62,18 @@ MP_MOTO_PIP_SPEC="${MP_MOTO_PIP_SPEC:-$_MP_MOTO_PIP_DEFAULT}"
 MP_GUARD_ALLOW_LOOPBACK="${MP_GUARD_ALLOW_LOOPBACK:-0}"
 # Prefix of every docker object the tests create.
 MP_TEST_PREFIX="${MP_TEST_PREFIX:-mp-test-}"
+# Where the JavaScript SDK is installed (npm ci of tests/sdk-clients/js), reused while the
+# lock file is the same.
+MP_SDK_JS_DIR="${MP_SDK_JS_DIR:-$MP_RUN_DIR/sdk-js}"
+# Debian's GOPATH: the Go SDKs' -dev packages put their sources there, and the tests build
+# their Go clients against it with GO111MODULE=off (no module proxy is reachable).
+MP_SDK_GOPATH="${MP_SDK_GOPATH:-/usr/share/gocode}"
 
 _MP_APT_PACKAGES=(docker.io busybox-static iptables nftables iproute2 ca-certificates curl prometheus)
+_MP_SDK_APT_PACKAGES=(golang-go golang-github-aws-aws-sdk-go-dev golang-github-aws-aws-sdk-go-v2-dev
+  ruby-aws-sdk-core)
+# The JavaScript SDK v3 supports these Node.js versions and later (its packages' "engines").
+_MP_SDK_NODE_MAJOR=20
 # Applets the tests rely on; the image gets every applet busybox has, these must be among them.
 _MP_REQUIRED_APPLETS=(sh wget nc sleep cat timeout ip arping ifconfig grep sed env)
 # Bump when the image recipe changes, so that existing images are rebuilt.
@@ -298,6 +311,102 @@ mp_install_deps() {
   _mp_apt_install "${_MP_APT_PACKAGES[@]}" || return 1
   _mp_install_moto_venv || return 1
   _mp_log "install-deps: done ($(_mp_since "$t0"))"
+}
+
+# Node.js for the JavaScript SDK: the machine's own if it is recent enough, else Debian's.
+_mp_install_node() {
+  local major
+  if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    _mp_apt_install nodejs npm || return 1
+  fi
+  major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null)
+  if [[ ! $major =~ ^[0-9]+$ ]] || ((major < _MP_SDK_NODE_MAJOR)); then
+    _mp_err "node $(node --version 2>/dev/null) is too old for the JavaScript SDK v3" \
+      "(it needs Node.js >= $_MP_SDK_NODE_MAJOR); install a newer nodejs package"
+    return 1
+  fi
+}
+
+_mp_sdk_js_ok() {
+  local lock=$MP_REPO/tests/sdk-clients/js/package-lock.json
+  [[ -d $MP_SDK_JS_DIR/node_modules ]] &&
+    cmp -s "$lock" "$MP_SDK_JS_DIR/package-lock.json" &&
+    NODE_PATH="$MP_SDK_JS_DIR/node_modules" node -e \
+      'require("@aws-sdk/credential-providers"); require("@aws-sdk/client-sts")' >/dev/null 2>&1
+}
+
+# npm ci of tests/sdk-clients/js (its lock file pins every package) into $MP_SDK_JS_DIR.
+_mp_install_sdk_js() {
+  local log="$MP_RUN_DIR/sdk-js.log" src="$MP_REPO/tests/sdk-clients/js" t0
+  t0=$(_mp_now)
+  if _mp_sdk_js_ok; then
+    _mp_log "sdk-js: reusing $MP_SDK_JS_DIR ($(_mp_since "$t0"))"
+    return 0
+  fi
+  _mp_log "sdk-js: npm ci into $MP_SDK_JS_DIR (log: $log)"
+  rm -rf "$MP_SDK_JS_DIR"
+  if ! mkdir -p "$MP_SDK_JS_DIR" ||
+    ! cp "$src/package.json" "$src/package-lock.json" "$MP_SDK_JS_DIR/"; then
+    _mp_err "cannot prepare $MP_SDK_JS_DIR"
+    return 1
+  fi
+  if ! (cd "$MP_SDK_JS_DIR" && npm ci --no-audit --no-fund) >"$log" 2>&1; then
+    _mp_err "npm ci of tests/sdk-clients/js failed"
+    _mp_tail "$log"
+    return 1
+  fi
+  if ! _mp_sdk_js_ok; then
+    _mp_err "the JavaScript SDK in $MP_SDK_JS_DIR cannot be loaded after npm ci"
+    _mp_tail "$log"
+    return 1
+  fi
+  _mp_log "sdk-js: ready ($(_mp_since "$t0"))"
+}
+
+# _mp_sdk_version NAME CMD...: "NAME VERSION" from CMD's output; an error naming NAME if CMD
+# fails (the SDK is installed but does not load).
+_mp_sdk_version() {
+  local name=$1 v
+  shift
+  if ! v=$("$@" 2>>"$MP_RUN_DIR/sdk-versions.log") || [[ -z $v ]]; then
+    _mp_err "$name is installed but does not load (log: $MP_RUN_DIR/sdk-versions.log)"
+    _mp_tail "$MP_RUN_DIR/sdk-versions.log"
+    return 1
+  fi
+  printf '%s %s' "$name" "$v"
+}
+
+# The SDKs that tests/tests/sdk_clients.rs runs (after mp_install_deps, whose venv has
+# botocore); logs each one's version.
+mp_install_sdk_clients() {
+  local -
+  set +e # see "Errors" above
+  local t0 v versions=()
+  t0=$(_mp_now)
+  _mp_require_root && _mp_prepare_dirs || return 1
+  _mp_apt_install "${_MP_SDK_APT_PACKAGES[@]}" || return 1
+  _mp_install_node || return 1
+  _mp_install_sdk_js || return 1
+  : >"$MP_RUN_DIR/sdk-versions.log"
+  v=$(_mp_sdk_version botocore "$MP_VENV/bin/python" -c \
+    'import botocore; print(botocore.__version__)') || return 1
+  versions+=("$v")
+  v=$(_mp_sdk_version "JavaScript v3" env NODE_PATH="$MP_SDK_JS_DIR/node_modules" node -p \
+    'require("@aws-sdk/credential-providers/package.json").version') || return 1
+  versions+=("$v")
+  v=$(_mp_sdk_version "Go v1" sed -n 's/^const SDKVersion = "\(.*\)"$/\1/p' \
+    "$MP_SDK_GOPATH/src/github.com/aws/aws-sdk-go/aws/version.go") || return 1
+  versions+=("$v")
+  v=$(_mp_sdk_version "Go v2" sed -n 's/^const goModuleVersion = "\(.*\)"$/\1/p' \
+    "$MP_SDK_GOPATH/src/github.com/aws/aws-sdk-go-v2/aws/go_module_metadata.go") || return 1
+  versions+=("$v")
+  v=$(_mp_sdk_version "Ruby aws-sdk-core" ruby -e \
+    'require "aws-sdk-core"; print Aws::CORE_GEM_VERSION') || return 1
+  versions+=("$v")
+  v=$(_mp_sdk_version toolchain go env GOVERSION) || return 1
+  versions+=("$v")
+  _mp_log "sdk-clients: ${versions[0]}, ${versions[1]}, ${versions[2]}, ${versions[3]}," \
+    "${versions[4]}, built with ${versions[5]} ($(_mp_since "$t0"))"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -765,6 +874,11 @@ mp_export_test_env() {
   MP_TEST_MOTO_URL=$(_mp_moto_url)
   export MP_TEST_IMAGE
   export DOCKER_HOST="unix://$MP_DOCKER_SOCK"
+  # The SDK clients (mp_install_sdk_clients): botocore's Python, the JavaScript SDK's
+  # node_modules, the GOPATH the Go clients are built against.
+  export MP_TEST_SDK_PYTHON="$MP_VENV/bin/python"
+  export MP_TEST_SDK_NODE_PATH="$MP_SDK_JS_DIR/node_modules"
+  export MP_TEST_SDK_GOPATH="$MP_SDK_GOPATH"
   # Static test credentials and the emulator: no AWS SDK may look for credentials or a region
   # anywhere else, least of all in the real metadata service.
   export AWS_ACCESS_KEY_ID=testing

@@ -51,6 +51,7 @@ cleanup() {
 trap cleanup EXIT
 
 mp_install_deps
+mp_install_sdk_clients
 mp_install_guard
 mp_start_dockerd
 mp_start_moto
