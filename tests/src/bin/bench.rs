@@ -5,7 +5,8 @@
 //!
 //! Flags: `--out DIR` (default `docs/bench`), `--seconds N` per load (default 5),
 //! `--profile` (perf record of the agent under the cached-credentials load, to
-//! `DIR/profile.txt`), `--only SCENARIO[,SCENARIO...]` (of `hot`, `lookup`, `lookup-ebpf`,
+//! `DIR/profile.txt`, and of the whole machine under the connect + request load in each
+//! interception mode, to `DIR/profile-interception.txt`), `--only SCENARIO[,SCENARIO...]` (of `hot`, `lookup`, `lookup-ebpf`,
 //! `first`, `interception`, `startup`: only those run, and the table is printed, not written).
 
 use std::path::{Path, PathBuf};
@@ -445,12 +446,15 @@ impl Bench {
     }
 
     /// Connect + request per request: through the eBPF redirect, through the iptables-mode
-    /// redirect, and directly to the agent's address.
+    /// redirect, and directly to the agent's address. The three modes cannot run at once (the
+    /// eBPF redirect rewrites the destination before the nf_tables redirect sees it), so each
+    /// round starts and stops an agent per mode, and every mode's figure is the median of
+    /// `ROUNDS` interleaved rounds.
     fn interception(&mut self, from: &Container) {
         let path = "/latest/meta-data/iam/security-credentials/bench-role";
         let metadata = format!("http://169.254.169.254{path}");
-        let scenario = "connect + request (Connection: close), 16 connections";
-        let mut direct_rps = 0.0;
+        let scenario =
+            format!("connect + request (Connection: close), 16 connections (median of {ROUNDS} interleaved runs)");
         let pins = "/sys/fs/bpf/mp-bench";
         let _ = std::fs::remove_dir_all(pins);
         let modes: [(&str, Vec<(&str, String)>); 3] = [
@@ -468,33 +472,85 @@ impl Bench {
                 ],
             ),
         ];
-        for (i, (mode, vars)) in modes.into_iter().enumerate() {
-            let agent = self.agent(
-                &format!("intercept-{i}"),
-                "unix:///var/run/docker.sock",
-                &vars,
-            );
-            let url = if i == 0 {
-                self.url(agent.port, path)
-            } else {
-                metadata.clone()
-            };
-            wrk::run(from, &url, 4, 1, true);
-            let l = wrk::run(from, &url, 16, self.seconds, true);
-            assert_eq!(l.non_2xx, 0, "{mode}: {l:?}");
-            self.report.lines.push(line(scenario, mode, &l));
-            if i == 0 {
-                direct_rps = l.rps;
-            } else {
-                self.report.ratios.push(Ratio {
-                    label: format!("{} vs direct", mode.split(' ').next().unwrap_or(mode)),
-                    value: l.rps / direct_rps,
-                    target: None,
-                });
+        let mut runs: Vec<Vec<Load>> = vec![Vec::new(); modes.len()];
+        let mut sections = Vec::new();
+        for round in 0..ROUNDS {
+            for (i, (mode, vars)) in modes.iter().enumerate() {
+                let agent = self.agent(
+                    &format!("intercept-{i}-{round}"),
+                    "unix:///var/run/docker.sock",
+                    vars,
+                );
+                let url = if i == 0 {
+                    self.url(agent.port, path)
+                } else {
+                    metadata.clone()
+                };
+                wrk::run(from, &url, 4, 1, true);
+                let l = wrk::run(from, &url, 16, self.seconds, true);
+                assert_eq!(l.non_2xx, 0, "{mode}: {l:?}");
+                runs[i].push(l);
+                if self.profile.is_some() && round == 0 {
+                    // The whole machine: the kernel programs and the redirect's work run in
+                    // the client's (wrk's) context and in softirq, not in the agent's.
+                    let p = start_system_profile(self.seconds);
+                    let profiled = wrk::run(from, &url, 16, self.seconds + 1, true);
+                    let text = p.join().expect("profile");
+                    sections.push(format!(
+                        "## {mode}: {:.0} req/s while profiled\n\n{text}",
+                        profiled.rps
+                    ));
+                }
+                agent.stop();
             }
-            agent.stop();
         }
         let _ = std::fs::remove_dir_all(pins);
+        let medians: Vec<Load> = runs
+            .into_iter()
+            .map(|r| Load {
+                rps: median(r.iter().map(|l| l.rps).collect()),
+                p50_us: median(r.iter().map(|l| l.p50_us).collect()),
+                p99_us: median(r.iter().map(|l| l.p99_us).collect()),
+                requests: r.iter().map(|l| l.requests).sum(),
+                non_2xx: r.iter().map(|l| l.non_2xx).sum(),
+                socket_errors: r.iter().map(|l| l.socket_errors).sum(),
+            })
+            .collect();
+        for ((mode, _), l) in modes.iter().zip(&medians) {
+            self.report.lines.push(line(&scenario, mode, l));
+        }
+        let (direct, iptables, ebpf) = (medians[0].rps, medians[1].rps, medians[2].rps);
+        self.report.ratios.push(Ratio {
+            label: "iptables mode vs direct (connect + request)".into(),
+            value: iptables / direct,
+            target: None,
+        });
+        self.report.ratios.push(Ratio {
+            label: "eBPF mode vs direct (connect + request)".into(),
+            value: ebpf / direct,
+            target: Some((0.9, true)),
+        });
+        self.report.verdicts.push(Verdict {
+            target: "connect + request in eBPF mode: ≥ 0.9 of direct connections to the agent"
+                .into(),
+            measured: format!("{:.2}", ebpf / direct),
+            met: ebpf / direct >= 0.9,
+        });
+        self.report.verdicts.push(Verdict {
+            target: "connect + request in eBPF mode: ≥ iptables mode in the same run".into(),
+            measured: format!("{:.2} of iptables mode", ebpf / iptables),
+            met: ebpf >= iptables,
+        });
+        if let Some(out) = &self.profile {
+            let out = out.with_file_name("profile-interception.txt");
+            let text = format!(
+                "perf record -a -e cpu-clock (the whole machine) under the connect + request \
+                 load (Connection: close, 16 connections), per interception mode (first round); \
+                 self time by command, then by command and symbol\n\n{}\n",
+                sections.join("\n\n")
+            );
+            std::fs::write(&out, text).expect("write the interception profile");
+        }
     }
 
     /// Agents side by side, one per size `n`, each with its own Docker stand-in that lists
@@ -767,6 +823,49 @@ fn start_profile(pid: u32, seconds: u32, out: PathBuf) -> std::thread::JoinHandl
         );
         std::fs::write(&out, text).expect("write the profile");
         let _ = std::fs::remove_file(&data);
+    })
+}
+
+/// `perf record -a` for `seconds` (CPU clock, no call graphs): the self time of every command
+/// and symbol on the machine, kernel included.
+fn start_system_profile(seconds: u32) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let data = std::env::temp_dir().join("metadataproxy-bench-system.perf.data");
+        let status = Command::new("perf")
+            .args(["record", "-q", "-a", "-e", "cpu-clock", "-F", "999", "-o"])
+            .arg(&data)
+            .args(["--", "sleep", &seconds.to_string()])
+            .status()
+            .expect("perf");
+        assert!(status.success(), "perf record failed");
+        let report = |sort: &str, limit: &str, lines: usize| {
+            let out = Command::new("perf")
+                .args([
+                    "report",
+                    "--stdio",
+                    "--no-children",
+                    "--percent-limit",
+                    limit,
+                ])
+                .args(["--sort", sort, "-i"])
+                .arg(&data)
+                .output()
+                .expect("perf report");
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+                .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+                .take(lines)
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let text = format!(
+            "By command:\n\n{}\n\nBy command and symbol:\n\n{}",
+            report("comm", "0.5", 12),
+            report("comm,dso,symbol", "0.4", 40)
+        );
+        let _ = std::fs::remove_file(&data);
+        text
     })
 }
 
