@@ -143,7 +143,10 @@ async fn container_verified(
         (None, None) => Err(Failure::CouldNotFindContainer),
         (None, Some(c)) => Err(mismatch(&c, None)),
         (Some(id), Some(c)) if c.id != id => Err(mismatch(&c, Some(&id))),
-        (Some(id), _) => find_with_retry(state.lookup_window, || state.lookup.by_id(&id))
+        // Both name the same container: it is already at hand.
+        (Some(_), Some(c)) => Ok(c),
+        // A host-network container (no address of its own): by its id.
+        (Some(id), None) => find_with_retry(state.lookup_window, || state.lookup.by_id(&id))
             .await
             .map_err(lookup_failure)?
             .ok_or(Failure::CouldNotFindContainer),

@@ -61,41 +61,46 @@ pub async fn serve(
                         continue;
                     }
                 };
-                let local = stream.local_addr().ok();
-                let kernel = match (&state.kernel, local) {
-                    (Some(kernel), Some(local)) => kernel.take(peer, local),
-                    _ => None,
-                };
-                let gate_key = match &kernel {
-                    Some(record) => Peer::Cgroup(record.cgroup_id),
-                    None => Peer::Ip(canonical_ip(peer.ip())),
-                };
-                let Some(permit) = gate.admit(gate_key) else {
-                    // Over MAX_CONNECTIONS or MAX_CONNECTIONS_PER_IP: closed at once.
-                    metrics::blocked("connection_limit");
-                    tracing::debug!(%peer, open = gate.open(), "connection refused: limit reached");
-                    drop(stream);
-                    continue;
-                };
-                let _ = stream.set_nodelay(true);
-                let conn = Connection {
-                    local_port: local.map(|a| a.port()).unwrap_or(0),
-                    ip: canonical_ip(peer.ip()),
-                    kernel,
-                };
-                let rate_key = conn.rate_key();
-                let ip = conn.ip;
-                let svc_state = state.clone();
-                let svc = service_fn(move |req| {
-                    let state = svc_state.clone();
-                    async move { Ok::<_, Infallible>(handle(&state, &conn, req).await) }
-                });
-                let conn = builder.serve_connection(TokioIo::new(stream), svc);
-                let conn = graceful.watch(conn);
+                // Everything else a connection costs runs in its own task, on any worker
+                // thread: the accept loop only accepts. (In eBPF mode, taking the kernel's
+                // record is a map lookup and a delete, two bpf syscalls; done here they
+                // serialised every new connection behind one thread.)
+                let watcher = graceful.watcher();
                 let state = state.clone();
+                let gate = gate.clone();
+                let builder = builder.clone();
                 tokio::spawn(async move {
+                    let local = stream.local_addr().ok();
+                    let kernel = match (&state.kernel, local) {
+                        (Some(kernel), Some(local)) => kernel.take(peer, local),
+                        _ => None,
+                    };
+                    let gate_key = match &kernel {
+                        Some(record) => Peer::Cgroup(record.cgroup_id),
+                        None => Peer::Ip(canonical_ip(peer.ip())),
+                    };
+                    let Some(permit) = gate.admit(gate_key) else {
+                        // Over MAX_CONNECTIONS or MAX_CONNECTIONS_PER_IP: closed at once.
+                        metrics::blocked("connection_limit");
+                        tracing::debug!(%peer, open = gate.open(), "connection refused: limit reached");
+                        return;
+                    };
                     let _permit = permit;
-                    if let Err(e) = conn.await {
+                    let _ = stream.set_nodelay(true);
+                    let conn = Connection {
+                        local_port: local.map(|a| a.port()).unwrap_or(0),
+                        ip: canonical_ip(peer.ip()),
+                        kernel,
+                    };
+                    let rate_key = conn.rate_key();
+                    let ip = conn.ip;
+                    let svc_state = state.clone();
+                    let svc = service_fn(move |req| {
+                        let state = svc_state.clone();
+                        async move { Ok::<_, Infallible>(handle(&state, &conn, req).await) }
+                    });
+                    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                    if let Err(e) = watcher.watch(conn).await {
                         if e.is_parse() {
                             parser_refusal(&state, &e, ip, rate_key);
                         } else {
