@@ -1433,6 +1433,17 @@ fn parse_iptables(a: &Args) -> Result<IptablesConfig, ConfigError> {
     })
 }
 
+/// `BUILTIN_ACCOUNT_ID`: the built-in metadata service's account, and the built-in STS's.
+fn builtin_account_id(a: &Args) -> Result<AccountId, ConfigError> {
+    AccountId::parse(a.builtin_account_id.trim()).ok_or_else(|| {
+        invalid(
+            "BUILTIN_ACCOUNT_ID",
+            &a.builtin_account_id,
+            "expected 12 digits",
+        )
+    })
+}
+
 fn non_empty(v: &Option<String>) -> Option<&str> {
     v.as_deref().map(str::trim).filter(|s| !s.is_empty())
 }
@@ -1479,13 +1490,7 @@ fn parse_sts(a: &Args, upstream: &UpstreamConfig) -> Result<StsConfig, ConfigErr
                     ));
                 }
             }
-            let account_id = AccountId::parse(a.builtin_account_id.trim()).ok_or_else(|| {
-                invalid(
-                    "BUILTIN_ACCOUNT_ID",
-                    &a.builtin_account_id,
-                    "expected 12 digits",
-                )
-            })?;
+            let account_id = builtin_account_id(a)?;
             Ok(StsConfig::Builtin { account_id })
         }
         _ => Err(invalid("STS", &a.sts, "expected aws or builtin")),
@@ -1529,13 +1534,7 @@ fn parse_upstream(a: &Args, region: Option<&str>) -> Result<UpstreamConfig, Conf
                 return Err(invalid(var, v, "expected a non-empty printable value"));
             }
         }
-        let account_id = AccountId::parse(a.builtin_account_id.trim()).ok_or_else(|| {
-            invalid(
-                "BUILTIN_ACCOUNT_ID",
-                &a.builtin_account_id,
-                "expected 12 digits",
-            )
-        })?;
+        let account_id = builtin_account_id(a)?;
         return Ok(UpstreamConfig::Builtin(BuiltinValues {
             instance_id: a.builtin_instance_id.trim().into(),
             ami_id: a.builtin_ami_id.trim().into(),

@@ -436,15 +436,7 @@ impl Agent {
             .env("ADMIN_ADDR", "127.0.0.1:0")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        // Each agent keeps its IMDSv2 token key in a file of its own (as it would in
-        // /var/lib/metadataproxy), unless the test names one: nothing is left on the host.
-        let key_dir = if vars.iter().any(|(k, _)| *k == "TOKEN_KEY_FILE") {
-            None
-        } else {
-            let dir = scratch_dir("token-key");
-            cmd.env("TOKEN_KEY_FILE", dir.join("token.key"));
-            Some(dir)
-        };
+        let key_dir = own_key_file(&mut cmd, vars);
         for (k, v) in vars {
             cmd.env(k, v);
         }
@@ -462,15 +454,8 @@ impl Agent {
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        // The token key in a file of the test's (through the environment, so that `args` stay
-        // as the README writes them), unless `env` names one.
-        let key_dir = if env.iter().any(|(k, _)| *k == "TOKEN_KEY_FILE") {
-            None
-        } else {
-            let dir = scratch_dir("token-key");
-            cmd.env("TOKEN_KEY_FILE", dir.join("token.key"));
-            Some(dir)
-        };
+        // Through the environment, so that `args` stay as the README writes them.
+        let key_dir = own_key_file(&mut cmd, env);
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -578,6 +563,18 @@ impl Drop for Agent {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
+}
+
+/// Gives the agent of `cmd` its IMDSv2 token key in a file of its own (as it would have in
+/// /var/lib/metadataproxy), unless `vars` name one: nothing is left on the host. Returns the
+/// directory made for it, to remove with the agent.
+fn own_key_file(cmd: &mut Command, vars: &[(&str, &str)]) -> Option<PathBuf> {
+    if vars.iter().any(|(k, _)| *k == "TOKEN_KEY_FILE") {
+        return None;
+    }
+    let dir = scratch_dir("token-key");
+    cmd.env("TOKEN_KEY_FILE", dir.join("token.key"));
+    Some(dir)
 }
 
 /// A new, empty directory under the system's temporary directory, for one test's files

@@ -79,16 +79,19 @@ fn interleaved(from: &Container, urls: &[&str], c: u32, seconds: u32, rounds: u3
             runs[i].push(wrk::run(from, u, c, seconds, false));
         }
     }
-    runs.into_iter()
-        .map(|r| Load {
-            rps: median(r.iter().map(|l| l.rps).collect()),
-            p50_us: median(r.iter().map(|l| l.p50_us).collect()),
-            p99_us: median(r.iter().map(|l| l.p99_us).collect()),
-            requests: r.iter().map(|l| l.requests).sum(),
-            non_2xx: r.iter().map(|l| l.non_2xx).sum(),
-            socket_errors: r.iter().map(|l| l.socket_errors).sum(),
-        })
-        .collect()
+    runs.iter().map(|r| median_load(r)).collect()
+}
+
+/// The median of `runs` (rate and latencies), with their counts summed.
+fn median_load(runs: &[Load]) -> Load {
+    Load {
+        rps: median(runs.iter().map(|l| l.rps).collect()),
+        p50_us: median(runs.iter().map(|l| l.p50_us).collect()),
+        p99_us: median(runs.iter().map(|l| l.p99_us).collect()),
+        requests: runs.iter().map(|l| l.requests).sum(),
+        non_2xx: runs.iter().map(|l| l.non_2xx).sum(),
+        socket_errors: runs.iter().map(|l| l.socket_errors).sum(),
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -505,17 +508,7 @@ impl Bench {
             }
         }
         let _ = std::fs::remove_dir_all(pins);
-        let medians: Vec<Load> = runs
-            .into_iter()
-            .map(|r| Load {
-                rps: median(r.iter().map(|l| l.rps).collect()),
-                p50_us: median(r.iter().map(|l| l.p50_us).collect()),
-                p99_us: median(r.iter().map(|l| l.p99_us).collect()),
-                requests: r.iter().map(|l| l.requests).sum(),
-                non_2xx: r.iter().map(|l| l.non_2xx).sum(),
-                socket_errors: r.iter().map(|l| l.socket_errors).sum(),
-            })
-            .collect();
+        let medians: Vec<Load> = runs.iter().map(|r| median_load(r)).collect();
         for ((mode, _), l) in modes.iter().zip(&medians) {
             self.report.lines.push(line(&scenario, mode, l));
         }
