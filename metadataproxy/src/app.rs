@@ -16,12 +16,12 @@ use crate::config::{Config, StsConfig, UpstreamConfig};
 use crate::handlers::iam::{assume_role_request, credentials_for, role_of};
 use crate::identity::kernel::{CgroupResolver, CgroupTree, KernelIdentity};
 use crate::identity::{Container, ContainerIndex, ContainerLookup, DockerLookup};
+use crate::metrics;
 use crate::roles::{
     AccountId, AssumeRole, BuiltinSts, CacheSettings, CredentialCache, GetRole, Partition,
     RoleResolver, RoleSpec, SdkIam, SdkSts,
 };
 use crate::telemetry::export::Exporters;
-use crate::telemetry::metrics;
 use crate::upstream::{HttpUpstream, Upstream};
 
 /// Everything a request handler needs.
@@ -254,7 +254,7 @@ fn open_token_keys(config: &Config) -> Result<crate::imdsv2::TokenKeys, String> 
         ),
         KeyFileState::Loaded { created, previous } => tracing::info!(
             token_key_file = %path.display(),
-            key_created = %crate::handlers::iam::format_time(created),
+            key_created = %crate::clock::format_time(created),
             previous_key_valid = previous,
             "IMDSv2 token key loaded: tokens from before the restart stay valid"
         ),

@@ -85,7 +85,7 @@ impl Audit {
             return;
         }
         self.seen.insert(key, ());
-        let expiration = crate::handlers::iam::format_time(i.credentials.expiration);
+        let expiration = crate::clock::format_time(i.credentials.expiration);
         match &self.file {
             None => tracing::info!(
                 target: "metadataproxy::audit",
@@ -101,7 +101,7 @@ impl Audit {
             ),
             Some(file) => {
                 let line = serde_json::json!({
-                    "timestamp": crate::handlers::iam::format_time(std::time::SystemTime::now()),
+                    "timestamp": crate::clock::format_time(std::time::SystemTime::now()),
                     "message": "credentials issued",
                     "container_id": i.container.id,
                     "container_name": i.container.name,

@@ -19,6 +19,7 @@ pub mod identity;
 pub mod imdsv2;
 pub mod leftovers;
 pub mod limits;
+pub mod metrics;
 pub mod netfilter;
 pub mod notify;
 pub mod policy;

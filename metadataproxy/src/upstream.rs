@@ -16,7 +16,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
-pub use crate::telemetry::metrics::UpstreamTiming;
+pub use crate::metrics::UpstreamTiming;
 
 /// Largest upstream answer the agent relays (user-data is at most 16 KiB on EC2).
 pub const MAX_UPSTREAM_BODY: usize = 1024 * 1024;

@@ -1443,7 +1443,7 @@ mod tests {
     use std::time::{Duration, UNIX_EPOCH};
 
     use super::imds_time_seconds;
-    use metadataproxy::handlers::iam::format_time;
+    use metadataproxy::clock::format_time;
 
     #[test]
     fn imds_times_read_back_what_the_agent_writes() {

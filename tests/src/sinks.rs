@@ -240,7 +240,7 @@ fn percent_decode(v: &str) -> String {
 
 /// An STS `AssumeRole` success answer with credentials expiring `valid` from now.
 pub fn sts_success(role_arn: &str, valid: Duration) -> Answer {
-    let stamp = metadataproxy::handlers::iam::format_time(std::time::SystemTime::now() + valid);
+    let stamp = metadataproxy::clock::format_time(std::time::SystemTime::now() + valid);
     let key = format!("ASIASTUB{:012}", next_key());
     let name = role_arn.rsplit('/').next().unwrap_or("role");
     let body = format!(

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, SystemTime};
 
-use metadataproxy::handlers::iam::format_time;
+use metadataproxy::clock::format_time;
 use metadataproxy_tests::sinks::HttpStub;
 use metadataproxy_tests::{
     assert_no_escape, caller_identity, catcher, create_role, docker0_gateway, serial, test_env,

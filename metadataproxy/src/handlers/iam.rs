@@ -3,7 +3,6 @@
 //! Data flows one way: peer address → container → role → credentials → body.
 
 use std::net::IpAddr;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{Response, StatusCode};
@@ -128,7 +127,7 @@ async fn container_verified(
             .identity_mismatches
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             + 1;
-        crate::telemetry::metrics::identity_mismatch();
+        crate::metrics::identity_mismatch();
         tracing::warn!(
             peer = %conn.ip,
             by_ip = %by_ip,
@@ -165,7 +164,7 @@ pub(crate) async fn assume_role_request(
         .await
         .map_err(|e| Failure::CouldNotResolveRole((*e).clone()))?;
     if !state.role_policy.allows(role_arn.as_str(), container) {
-        crate::telemetry::metrics::role_not_allowed(spec.name());
+        crate::metrics::role_not_allowed(spec.name());
         tracing::warn!(
             container_id = %container.id,
             container_name = %container.name,
@@ -295,8 +294,8 @@ fn render_credentials(c: &Credentials) -> Vec<u8> {
     let body = CredentialsBody {
         access_key_id: &c.access_key_id,
         code: "Success",
-        expiration: format_time(c.expiration),
-        last_updated: format_time(c.obtained_at),
+        expiration: crate::clock::format_time(c.expiration),
+        last_updated: crate::clock::format_time(c.obtained_at),
         secret_access_key: c.secret_access_key.expose(),
         token: c.session_token.expose(),
         kind: "AWS-HMAC",
@@ -321,61 +320,19 @@ pub fn info_body(c: &Credentials) -> Vec<u8> {
         code: "Success",
         instance_profile_arn: &c.assumed_role_arn,
         instance_profile_id: &c.assumed_role_id,
-        last_updated: format_time(c.obtained_at),
+        last_updated: crate::clock::format_time(c.obtained_at),
     };
     let mut out = serde_json::to_vec_pretty(&body).expect("plain strings serialize");
     out.push(b'\n');
     out
 }
 
-/// `YYYY-MM-DDTHH:MM:SSZ` in UTC, whole seconds.
-pub fn format_time(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use std::time::{Duration, UNIX_EPOCH};
 
     use super::*;
     use crate::roles::Secret;
-
-    #[test]
-    fn times_format_as_whole_utc_seconds() {
-        let t = UNIX_EPOCH + Duration::from_millis(1_777_636_800_918);
-        assert_eq!(format_time(t), "2026-05-01T12:00:00Z");
-        assert_eq!(format_time(UNIX_EPOCH), "1970-01-01T00:00:00Z");
-        assert_eq!(
-            format_time(UNIX_EPOCH + Duration::from_secs(951_782_400)),
-            "2000-02-29T00:00:00Z"
-        );
-    }
 
     #[test]
     fn credentials_body_is_exactly_the_contract() {

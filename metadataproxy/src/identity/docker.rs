@@ -22,7 +22,6 @@ use futures_util::StreamExt;
 use tokio::sync::OnceCell;
 
 use super::cgroup::{container_parents, LayoutError, LayoutFacts};
-use super::index::DockerApi;
 use super::{Container, CopiedLabels, LookupError};
 use crate::config::DockerUrl;
 
@@ -283,6 +282,29 @@ impl DockerLookup {
             Err(e) => Err(docker_error(e)),
         }
     }
+}
+
+/// What the index asks of Docker; [`DockerLookup`] in the agent, a fake in tests.
+pub(crate) trait DockerApi: Send + Sync + fmt::Debug {
+    /// The running container with `ip` on any network (one list, one inspect).
+    fn find(&self, ip: IpAddr) -> BoxFuture<'_, Result<Option<Container>, LookupError>>;
+    /// The container with this id, if it is running.
+    fn inspect<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Container>, LookupError>>;
+    /// The ids of the running containers.
+    fn running_ids(&self) -> BoxFuture<'_, Result<Vec<String>, LookupError>>;
+    /// Every network.
+    fn networks(&self) -> BoxFuture<'_, Result<Vec<DockerNetwork>, LookupError>>;
+    /// The network with this id, if it exists.
+    fn network<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<DockerNetwork>, LookupError>>;
+    /// Container and network events from `since` (seconds since the epoch) on.
+    #[allow(clippy::type_complexity)]
+    fn events(
+        &self,
+        since: i64,
+    ) -> BoxFuture<'_, Result<BoxStream<'_, Result<EventMessage, LookupError>>, LookupError>>;
 }
 
 impl DockerApi for DockerLookup {

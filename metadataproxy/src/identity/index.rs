@@ -53,11 +53,10 @@ use std::time::Duration;
 
 use bollard::models::EventMessage;
 use futures_util::future::BoxFuture;
-use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
-use super::docker::DockerNetwork;
+use super::docker::{DockerApi, DockerNetwork};
 use super::kernel::{record_cgroups, CgroupTree, ConnRecord};
 use super::{Container, ContainerLookup, DockerLookup, LookupError};
 
@@ -67,29 +66,6 @@ pub const NEGATIVE_WINDOW: Duration = Duration::from_secs(1);
 
 /// How many addresses the negative cache remembers at most (a few hundred bytes each).
 pub const NEGATIVE_CAPACITY: u64 = 16_384;
-
-/// What the index asks of Docker; [`DockerLookup`] in the agent, a fake in tests.
-pub(crate) trait DockerApi: Send + Sync + fmt::Debug {
-    /// The running container with `ip` on any network (one list, one inspect).
-    fn find(&self, ip: IpAddr) -> BoxFuture<'_, Result<Option<Container>, LookupError>>;
-    /// The container with this id, if it is running.
-    fn inspect<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Container>, LookupError>>;
-    /// The ids of the running containers.
-    fn running_ids(&self) -> BoxFuture<'_, Result<Vec<String>, LookupError>>;
-    /// Every network.
-    fn networks(&self) -> BoxFuture<'_, Result<Vec<DockerNetwork>, LookupError>>;
-    /// The network with this id, if it exists.
-    fn network<'a>(
-        &'a self,
-        id: &'a str,
-    ) -> BoxFuture<'a, Result<Option<DockerNetwork>, LookupError>>;
-    /// Container and network events from `since` (seconds since the epoch) on.
-    #[allow(clippy::type_complexity)]
-    fn events(
-        &self,
-        since: i64,
-    ) -> BoxFuture<'_, Result<BoxStream<'_, Result<EventMessage, LookupError>>, LookupError>>;
-}
 
 #[derive(Debug, Default)]
 struct Maps {
@@ -492,7 +468,7 @@ impl ContainerIndex {
             let _ = self.started.send(c);
         }
         self.stats.syncs.fetch_add(1, Ordering::Relaxed);
-        crate::telemetry::metrics::index_sync();
+        crate::metrics::index_sync();
         Ok(())
     }
 
@@ -534,7 +510,7 @@ impl ContainerIndex {
         if event.typ == Some(Type::NETWORK) && matches!(action.as_str(), "create" | "destroy") {
             let Some(id) = actor.id else { return };
             self.stats.events.fetch_add(1, Ordering::Relaxed);
-            crate::telemetry::metrics::docker_event(&action);
+            crate::metrics::docker_event(&action);
             match action.as_str() {
                 "create" => self.refresh_network(&id).await,
                 _ => self.remove_network(&id),
@@ -551,7 +527,7 @@ impl ContainerIndex {
         };
         let Some(id) = id else { return };
         self.stats.events.fetch_add(1, Ordering::Relaxed);
-        crate::telemetry::metrics::docker_event(&action);
+        crate::metrics::docker_event(&action);
         match action.as_str() {
             "die" | "destroy" => self.remove(&id),
             // Docker announces the network connect before the start; whichever event first
@@ -656,7 +632,7 @@ impl ContainerIndex {
         self.stats
             .suppressed_lookups
             .fetch_add(1, Ordering::Relaxed);
-        crate::telemetry::metrics::docker_lookup("negative_cache", miss.result_label());
+        crate::metrics::docker_lookup("negative_cache", miss.result_label());
         miss.answer()
     }
 
@@ -684,19 +660,19 @@ fn count_direct(found: &Result<Option<Container>, LookupError>) {
         Ok(None) => "not_found",
         Err(_) => "error",
     };
-    crate::telemetry::metrics::docker_lookup("docker", result);
+    crate::metrics::docker_lookup("docker", result);
 }
 
 impl ContainerLookup for ContainerIndex {
     fn by_ip(&self, ip: IpAddr) -> BoxFuture<'_, Result<Option<Container>, LookupError>> {
         Box::pin(async move {
             if let Some(c) = self.lookup_ip(ip)? {
-                crate::telemetry::metrics::docker_lookup("index", "found");
+                crate::metrics::docker_lookup("index", "found");
                 return Ok(Some(c));
             }
             if !self.may_hold(ip) {
                 self.stats.outside_networks.fetch_add(1, Ordering::Relaxed);
-                crate::telemetry::metrics::docker_lookup("networks", "not_found");
+                crate::metrics::docker_lookup("networks", "not_found");
                 return Ok(None);
             }
             self.find_direct(ip).await
@@ -706,7 +682,7 @@ impl ContainerLookup for ContainerIndex {
     fn by_id<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Container>, LookupError>> {
         Box::pin(async move {
             if let Some(c) = self.maps.read().expect("index lock").by_id.get(id).cloned() {
-                crate::telemetry::metrics::docker_lookup("index", "found");
+                crate::metrics::docker_lookup("index", "found");
                 return Ok(Some(c));
             }
             self.stats.direct_lookups.fetch_add(1, Ordering::Relaxed);
@@ -736,6 +712,7 @@ mod tests {
     use bollard::models::{EventActor, EventMessageTypeEnum};
 
     use super::*;
+    use futures_util::stream::BoxStream;
 
     /// A Docker daemon in memory that counts the calls made to it.
     #[derive(Debug, Default)]

@@ -608,7 +608,7 @@ impl NatRules {
                         was = %status,
                         "interception rules were removed by something else; reinstalled"
                     );
-                    metrics::counter!(crate::telemetry::metrics::INTERCEPTION_REPAIRS).increment(1);
+                    metrics::counter!(crate::metrics::INTERCEPTION_REPAIRS).increment(1);
                     repaired = true;
                 }
                 Err(e) => {

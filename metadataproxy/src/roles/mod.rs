@@ -18,7 +18,7 @@ pub use sts::{
 };
 
 use crate::clock::Clock;
-use crate::telemetry::metrics;
+use crate::metrics;
 
 /// Turns a [`RoleSpec`] into a [`RoleArn`]; bare names without a default account are looked
 /// up once with `iam:GetRole` and remembered.

@@ -23,7 +23,7 @@ use crate::handlers::{iam, passthrough, token, Failure};
 use crate::identity::canonical_ip;
 use crate::identity::kernel::CgroupKind;
 use crate::limits::{ConnectionGate, Peer, RateVerdict};
-use crate::telemetry::metrics;
+use crate::metrics;
 use router::Route;
 
 /// `X-Powered-By` on every answer, kept for compatibility with go-metadataproxy.

@@ -13,10 +13,10 @@ use std::time::Duration;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use metrics_util::layers::{Fanout, FanoutBuilder};
 
-use super::metrics::{self as m, UNBOUNDED_LABELS};
 use super::push::{LabelFilter, PushRecorder};
 use super::statsd::{self, Flavor};
 use crate::config::TelemetryConfig;
+use crate::metrics::{self as m, UNBOUNDED_LABELS};
 
 /// Histogram buckets (seconds) of the Prometheus exposition.
 pub const BUCKETS: [f64; 14] = [
@@ -139,7 +139,7 @@ pub fn spawn_state_gauges(state: Arc<crate::app::State>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::telemetry::metrics::RequestRecord;
+    use crate::metrics::RequestRecord;
 
     fn one_request(recorder: &Fanout) {
         let copied = vec![("container_team".to_string(), "payments".to_string())];

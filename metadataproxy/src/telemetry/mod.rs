@@ -1,5 +1,5 @@
-//! Logs ([this module](self)) and metrics ([`metrics`] names what is measured, [`export`]
-//! wires the sinks).
+//! Logs ([this module](self)) and the metrics sinks ([`export`] wires them; what is measured
+//! is named in [`crate::metrics`]).
 //!
 //! Log lines go to stdout in one of three formats (`LOG_FORMAT`): `text`, `json`, or `gelf`
 //! (GELF 1.1, one JSON object per line, extra fields `_`-prefixed). Nothing secret is ever a
@@ -20,7 +20,6 @@ use tracing_subscriber::EnvFilter;
 use crate::config::{LogConfig, LogFormat};
 
 pub mod export;
-pub mod metrics;
 pub mod newrelic;
 pub mod push;
 pub mod statsd;

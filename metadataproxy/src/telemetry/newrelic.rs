@@ -41,7 +41,7 @@ pub fn payloads(
                     "attributes": {
                         "app.name": app_name,
                         "host.name": host,
-                        "service": super::metrics::SERVICE,
+                        "service": crate::metrics::SERVICE,
                     }
                 },
                 "metrics": metrics,
@@ -131,15 +131,15 @@ pub async fn run(config: NewRelicConfig, recorder: PushRecorder, host: String) {
             match tokio::time::timeout(POST_TIMEOUT, exchange).await {
                 Ok(Ok(status)) if status.is_success() => {}
                 Ok(Ok(status)) => {
-                    super::metrics::export_error("newrelic");
+                    crate::metrics::export_error("newrelic");
                     tracing::warn!(status = status.as_u16(), "New Relic refused the metrics");
                 }
                 Ok(Err(e)) => {
-                    super::metrics::export_error("newrelic");
+                    crate::metrics::export_error("newrelic");
                     tracing::warn!(error = %e, "could not send metrics to New Relic");
                 }
                 Err(_) => {
-                    super::metrics::export_error("newrelic");
+                    crate::metrics::export_error("newrelic");
                     tracing::warn!("sending metrics to New Relic timed out");
                 }
             }

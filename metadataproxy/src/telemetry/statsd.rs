@@ -176,14 +176,14 @@ pub async fn run(flavor: Flavor, addr: String, recorder: PushRecorder, interval:
             }).ok();
         }
         let Some(sock) = &socket else {
-            super::metrics::export_error(flavor.name());
+            crate::metrics::export_error(flavor.name());
             continue;
         };
         let mut failed = false;
         for datagram in datagrams(&lines(flavor, &samples)) {
             if let Err(e) = sock.send(datagram.as_bytes()).await {
                 tracing::debug!(sink = flavor.name(), error = %e, "metrics datagram not sent");
-                super::metrics::export_error(flavor.name());
+                crate::metrics::export_error(flavor.name());
                 failed = true;
             }
         }
