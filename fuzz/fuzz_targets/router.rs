@@ -24,7 +24,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use metadataproxy::server::router::{canonical, classify, clean_path, is_segment_byte, Route};
+use metadataproxy::path::{canonical, clean_path, is_segment_byte};
+use metadataproxy::server::router::{classify, Route};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(input) = std::str::from_utf8(data) else {

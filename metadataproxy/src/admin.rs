@@ -17,8 +17,8 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use crate::app::State;
 use crate::ebpf::KernelRedirect;
+use crate::identity::ContainerIndex;
 use crate::leftovers::LeftoverCheck;
 use crate::netfilter::{self, NatRules};
 
@@ -40,10 +40,22 @@ const CREDENTIALS_CHECK_TTL: Duration = Duration::from_secs(30);
 /// How long the credentials check may take.
 const CREDENTIALS_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What readiness checks besides interception: the container index and the agent's own AWS
+/// credentials.
+#[derive(Debug, Clone, Default)]
+pub struct Readiness {
+    /// The container index (`None`: nothing to check).
+    pub index: Option<Arc<ContainerIndex>>,
+    /// The agent's own AWS credentials (`None` with `STS=builtin`).
+    pub aws_credentials: Option<aws_credential_types::provider::SharedCredentialsProvider>,
+    /// `STS=builtin`: containers get fake credentials, and the agent needs none of its own.
+    pub builtin_sts: bool,
+}
+
 /// What the admin routes read.
 #[derive(Debug)]
 pub struct Admin {
-    state: Arc<State>,
+    state: Readiness,
     prometheus: Option<PrometheusHandle>,
     interception: Interception,
     leftovers: LeftoverCheck,
@@ -57,7 +69,7 @@ impl Admin {
     /// The admin routes over the agent's state; `leftovers` says where other interception
     /// modes' leftovers are looked for.
     pub fn new(
-        state: Arc<State>,
+        state: Readiness,
         prometheus: Option<PrometheusHandle>,
         interception: Interception,
         leftovers: LeftoverCheck,

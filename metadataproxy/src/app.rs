@@ -1,6 +1,6 @@
-//! Wiring: builds the components from a [`Config`] into the shared [`State`] the server uses.
-//! Every external dependency is an `Arc<dyn Trait>` seam, so tests can build a `State` from
-//! fakes with [`State::new`].
+//! Wiring: builds the components from a [`Config`] into the [`Services`] the server uses, and
+//! starts the agent's background work. Every external dependency is an `Arc<dyn Trait>` seam,
+//! so tests wire [`Services`] from fakes with [`services`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,74 +10,20 @@ use aws_config::meta::region::RegionProviderChain;
 use aws_config::provider_config::ProviderConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 
+use crate::admin::Readiness;
 use crate::builtin::Emulator;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, StsConfig, UpstreamConfig};
-use crate::handlers::iam::{assume_role_request, credentials_for, role_of};
 use crate::identity::kernel::{CgroupResolver, CgroupTree, KernelIdentity};
-use crate::identity::{Container, ContainerIndex, ContainerLookup, DockerLookup};
-use crate::metrics;
+use crate::identity::{Attestor, ContainerIndex, ContainerLookup, DockerLookup};
 use crate::roles::{
-    AccountId, AssumeRole, BuiltinSts, CacheSettings, CredentialCache, GetRole, Partition,
-    RoleResolver, RoleSpec, SdkIam, SdkSts,
+    AccountId, AssumeRole, BuiltinSts, CacheSettings, CredentialCache, GetRole, Issuer,
+    IssuerSettings, Partition, RoleResolver, SdkIam, SdkSts,
 };
+use crate::server::handlers::passthrough::Forwarder;
+use crate::server::Services;
 use crate::telemetry::export::Exporters;
 use crate::upstream::{HttpUpstream, Upstream};
-
-/// Everything a request handler needs.
-#[derive(Debug)]
-pub struct State {
-    /// Finds the container behind a peer address.
-    pub lookup: Arc<dyn ContainerLookup>,
-    /// Role spec → ARN.
-    pub resolver: RoleResolver,
-    /// ARN → credentials.
-    pub credentials: CredentialCache,
-    /// Where passthrough requests go.
-    pub upstream: Arc<dyn Upstream>,
-    /// Role for containers without `IAM_ROLE`.
-    pub default_role: Option<RoleSpec>,
-    /// STS session name template.
-    pub session_name: crate::roles::SessionTemplate,
-    /// Tag sessions with the container.
-    pub session_tags: bool,
-    /// STS session duration.
-    pub session_duration: Duration,
-    /// Retry window for containers not listed yet.
-    pub lookup_window: Duration,
-    /// eBPF mode: the kernel's connection records; `None` in classic mode.
-    pub kernel: Option<Arc<dyn KernelIdentity>>,
-    /// eBPF mode: requests refused because IP and cgroup disagreed.
-    pub identity_mismatches: std::sync::atomic::AtomicU64,
-    /// Credentials fetched for a container before it asked.
-    pub prefetches: std::sync::atomic::AtomicU64,
-    /// The container index behind `lookup` (the real agent; `None` with fakes).
-    pub index: Option<Arc<ContainerIndex>>,
-    /// The agent's own AWS credentials, for readiness (`None` with fakes and `STS=builtin`).
-    pub aws_credentials: Option<aws_credential_types::provider::SharedCredentialsProvider>,
-    /// `STS=builtin`: containers get fake credentials, and the agent needs none of its own.
-    pub builtin_sts: bool,
-    /// `METRICS_ON_PROXY_PORT`: the Prometheus exposition served on the proxy port too.
-    pub proxy_metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
-    /// Names of the copied Docker labels, for callers whose container is not known.
-    pub copied_label_names: Vec<String>,
-    /// Seals and opens IMDSv2 tokens.
-    pub tokens: crate::imdsv2::TokenKeys,
-    /// `IMDSV2=required`.
-    pub imdsv2_required: bool,
-    /// Which passthrough paths are forwarded.
-    pub passthrough_policy: crate::policy::PathPolicy,
-    /// Which roles containers may assume.
-    pub role_policy: crate::policy::RolePolicy,
-    /// Where credential issuances are recorded.
-    pub audit: crate::audit::Audit,
-    /// Connection, rate and request-size limits.
-    pub limits: crate::limits::Limits,
-    /// Per-caller request rate (`None`: off).
-    pub request_rate: Option<crate::limits::RequestRate>,
-    /// Request body bytes held at once, across connections.
-    pub body_budget: crate::limits::BodyBudget,
-}
 
 /// The external services behind the seams.
 #[derive(Debug)]
@@ -98,61 +44,70 @@ pub struct Deps {
     pub kernel: Option<Arc<dyn KernelIdentity>>,
 }
 
-impl State {
-    /// Wires `deps` with the settings of `config`.
-    pub fn new(config: &Config, deps: Deps) -> State {
-        State {
-            lookup: deps.lookup,
-            resolver: RoleResolver::new(
-                deps.partition,
-                config.default_account_id.clone(),
-                deps.iam,
-            ),
-            credentials: CredentialCache::new(
-                deps.sts,
-                deps.clock,
-                CacheSettings {
-                    offset: config.role_cache_offset,
-                    rate_limit: config.sts_rate_limit,
-                    ..CacheSettings::default()
-                },
-            ),
-            upstream: deps.upstream,
+/// Wires `deps` with the settings of `config`: the services of the metadata port, with an
+/// in-memory token key and no audit log.
+pub fn services(config: &Config, deps: Deps) -> Services {
+    let issuer = Issuer::new(
+        RoleResolver::new(deps.partition, config.default_account_id.clone(), deps.iam),
+        CredentialCache::new(
+            deps.sts,
+            deps.clock,
+            CacheSettings {
+                offset: config.role_cache_offset,
+                rate_limit: config.sts_rate_limit,
+                ..CacheSettings::default()
+            },
+        ),
+        IssuerSettings {
             default_role: config.default_role.clone(),
             session_name: config.role_session_name.clone(),
             session_tags: config.role_session_tags,
             session_duration: config.role_session_duration,
-            lookup_window: config.container_lookup_timeout,
-            kernel: deps.kernel,
-            identity_mismatches: Default::default(),
-            prefetches: Default::default(),
-            index: None,
-            aws_credentials: None,
-            builtin_sts: false,
-            proxy_metrics: None,
-            copied_label_names: config.telemetry.copied_labels().names(),
-            tokens: crate::imdsv2::TokenKeys::ephemeral(config.token_key.rotation),
-            imdsv2_required: config.imdsv2_required,
-            passthrough_policy: config.passthrough.clone(),
-            role_policy: config.roles.clone(),
-            audit: crate::audit::Audit::default(),
-            limits: config.limits.clone(),
-            request_rate: (config.limits.rate > 0)
-                .then(|| crate::limits::RequestRate::new(config.limits.rate, config.limits.burst)),
-            body_budget: crate::limits::BodyBudget::default(),
-        }
+            policy: config.roles.clone(),
+        },
+    );
+    Services {
+        attest: Attestor::new(deps.lookup, deps.kernel, config.container_lookup_timeout),
+        issuer: Arc::new(issuer),
+        audit: crate::audit::Audit::default(),
+        forwarder: Forwarder {
+            upstream: deps.upstream,
+            policy: config.passthrough.clone(),
+            body_timeout: config.limits.body_timeout,
+            budget: crate::limits::BodyBudget::default(),
+        },
+        tokens: crate::imdsv2::TokenKeys::ephemeral(config.token_key.rotation),
+        imdsv2_required: config.imdsv2_required,
+        limits: config.limits.clone(),
+        request_rate: (config.limits.rate > 0)
+            .then(|| crate::limits::RequestRate::new(config.limits.rate, config.limits.burst)),
+        proxy_metrics: None,
+        copied_label_names: config.telemetry.copied_labels().names(),
     }
+}
 
+/// The running agent: the services of the metadata port, what readiness checks, and the
+/// background work started with them.
+#[derive(Debug)]
+pub struct App {
+    /// What the metadata port serves.
+    pub services: Arc<Services>,
+    /// What `/readyz` checks.
+    pub readiness: Readiness,
+}
+
+impl App {
     /// Builds the real components: the container index (following Docker's events), the AWS
     /// SDK clients, the upstream; `kernel` is the eBPF redirect's connection records in eBPF
-    /// mode; `exporters` the metrics sinks. Starts the index and the credential prefetcher.
+    /// mode; `exporters` the metrics sinks. Starts the index, the credential prefetcher and
+    /// refresh-ahead, token key rotation and the state gauges.
     ///
-    /// Fails (naming the variable) when `AUDIT_LOG_FILE` cannot be opened.
+    /// Fails (naming the variable) when `AUDIT_LOG_FILE` or `TOKEN_KEY_FILE` cannot be used.
     pub async fn build(
         config: &Config,
         kernel: Option<Arc<dyn KernelIdentity>>,
         exporters: &Exporters,
-    ) -> Result<Arc<State>, String> {
+    ) -> Result<App, String> {
         let audit = crate::audit::Audit::open(config.audit_log_file.as_deref()).map_err(|e| {
             format!(
                 "AUDIT_LOG_FILE={}: cannot open it for appending: {e}",
@@ -195,9 +150,8 @@ impl State {
             cgroups,
         );
         tokio::spawn(index.clone().run(config.docker_reconcile_interval));
-        let index_handle = index.clone();
         let deps = Deps {
-            lookup: index,
+            lookup: index.clone(),
             sts: aws.sts,
             iam: aws.iam,
             upstream,
@@ -205,25 +159,52 @@ impl State {
             partition: aws.partition,
             kernel,
         };
-        let mut state = State::new(config, deps);
-        state.audit = audit;
-        state.tokens = tokens;
-        state.index = Some(index_handle.clone());
-        state.aws_credentials = aws.credentials;
-        state.builtin_sts = matches!(config.sts, StsConfig::Builtin { .. });
+        let mut services = services(config, deps);
+        services.attest = services.attest.with_index(index.clone());
+        services.audit = audit;
+        services.tokens = tokens;
         if config.telemetry.metrics_on_proxy_port {
-            state.proxy_metrics = exporters.prometheus.clone();
+            services.proxy_metrics = exporters.prometheus.clone();
         }
-        let state = Arc::new(state);
+        let services = Arc::new(services);
         if config.token_key.rotation.is_some() {
-            tokio::spawn(rotate_token_key(state.clone()));
+            tokio::spawn(rotate_token_key(services.clone()));
         }
         if config.credential_prefetch {
-            tokio::spawn(prefetch(state.clone(), started));
-            tokio::spawn(refresh_ahead(state.clone(), index_handle));
+            tokio::spawn(crate::roles::refresh::prefetch(
+                services.issuer.clone(),
+                started,
+            ));
+            tokio::spawn(crate::roles::refresh::refresh_ahead(
+                services.issuer.clone(),
+                index.clone(),
+            ));
         }
-        Ok(state)
+        spawn_state_gauges(index.clone(), services.issuer.clone());
+        Ok(App {
+            services,
+            readiness: Readiness {
+                index: Some(index),
+                aws_credentials: aws.credentials,
+                builtin_sts: matches!(config.sts, StsConfig::Builtin { .. }),
+            },
+        })
     }
+}
+
+/// Keeps the state gauges current for the push sinks.
+fn spawn_state_gauges(index: Arc<ContainerIndex>, issuer: Arc<Issuer>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            crate::metrics::state(
+                Some(index.len()),
+                Some(index.is_synced()),
+                issuer.cache().entry_count().await,
+            );
+        }
+    });
 }
 
 /// The IMDSv2 token keys of `TOKEN_KEY_FILE`: read, or created on first start. Fails (naming
@@ -263,7 +244,7 @@ fn open_token_keys(config: &Config) -> Result<crate::imdsv2::TokenKeys, String> 
 }
 
 /// Replaces the IMDSv2 token key every `TOKEN_KEY_ROTATION`.
-async fn rotate_token_key(state: Arc<State>) {
+async fn rotate_token_key(state: Arc<Services>) {
     let mut tick = tokio::time::interval(crate::imdsv2::ROTATION_CHECK);
     loop {
         tick.tick().await;
@@ -353,85 +334,6 @@ impl AwsClients {
             partition,
             credentials: None,
         }
-    }
-}
-
-/// How often running containers' credentials are checked for refresh-ahead.
-const REFRESH_PERIOD: Duration = Duration::from_secs(30);
-/// Credentials are renewed when they get within `ROLE_CACHE_OFFSET` + this (plus up to a
-/// minute of jitter, so that many roles do not renew at once) of their expiry.
-const REFRESH_AHEAD: Duration = Duration::from_secs(300);
-
-/// Keeps running containers' credentials renewed before requests would have to wait for STS;
-/// stopped containers drop out of the index, and nothing more is fetched for them.
-async fn refresh_ahead(state: Arc<State>, index: Arc<ContainerIndex>) {
-    let mut tick = tokio::time::interval(REFRESH_PERIOD);
-    loop {
-        tick.tick().await;
-        for container in index.containers() {
-            let Ok(spec) = role_of(&state, &container) else {
-                continue;
-            };
-            let Ok(req) = assume_role_request(&state, &container, &spec).await else {
-                continue;
-            };
-            let jitter = Duration::from_millis(rand::random::<u64>() % 60_000);
-            if state
-                .credentials
-                .refresh_ahead(&req, REFRESH_AHEAD + jitter)
-                .await
-            {
-                metrics::refresh_ahead();
-                tracing::info!(
-                    container_name = %container.name,
-                    role_name = spec.name(),
-                    "credentials renewed ahead of expiry"
-                );
-            }
-        }
-    }
-}
-
-/// Fetches credentials for containers as they start (and for those found at start-up), so
-/// that their first request finds them cached. A few at a time.
-async fn prefetch(state: Arc<State>, mut started: tokio::sync::mpsc::UnboundedReceiver<Container>) {
-    let permits = Arc::new(tokio::sync::Semaphore::new(8));
-    while let Some(container) = started.recv().await {
-        let Ok(spec) = role_of(&state, &container) else {
-            continue;
-        };
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
-        };
-        let state = state.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            match credentials_for(&state, &container, &spec).await {
-                Ok(_) => {
-                    state
-                        .prefetches
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    metrics::prefetch(true);
-                    tracing::info!(
-                        container_id = %container.id,
-                        container_name = %container.name,
-                        role_name = spec.name(),
-                        "credentials prefetched"
-                    );
-                }
-                Err(e) => {
-                    metrics::prefetch(false);
-                    tracing::warn!(
-                        container_id = %container.id,
-                        container_name = %container.name,
-                        role_name = spec.name(),
-                        error_description = e.description(),
-                        error = %e,
-                        "credential prefetch failed"
-                    )
-                }
-            }
-        });
     }
 }
 

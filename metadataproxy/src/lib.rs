@@ -4,8 +4,8 @@
 //! routes with STS credentials for the role named in the calling container's `IAM_ROLE`, and
 //! forwards everything else to the real service.
 //!
-//! Data flows one way: connection ([`server`]) → identity ([`identity`]) → role ([`roles`]) →
-//! credentials → response ([`handlers`]).
+//! Data flows one way: connection ([`server`]) → identity ([`identity`]) → role and
+//! credentials ([`roles`]) → response ([`server::handlers`]).
 
 pub mod admin;
 pub mod app;
@@ -14,7 +14,6 @@ pub mod builtin;
 pub mod clock;
 pub mod config;
 pub mod ebpf;
-pub mod handlers;
 pub mod identity;
 pub mod imdsv2;
 pub mod leftovers;
@@ -22,6 +21,7 @@ pub mod limits;
 pub mod metrics;
 pub mod netfilter;
 pub mod notify;
+pub mod path;
 pub mod policy;
 pub mod roles;
 pub mod server;

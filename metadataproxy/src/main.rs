@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use metadataproxy::admin::{self, Admin, Interception};
-use metadataproxy::app::State;
+use metadataproxy::app::App;
 use metadataproxy::config::{
     Args, Command, Config, EbpfCommand, Intercept, IptablesCommand, EXIT_CONFIG,
 };
@@ -148,8 +148,8 @@ async fn run(config: Config) -> ExitCode {
     let kernel = redirect
         .clone()
         .map(|k| k as Arc<dyn metadataproxy::identity::kernel::KernelIdentity>);
-    let state = match State::build(&config, kernel, &exporters).await {
-        Ok(s) => s,
+    let app = match App::build(&config, kernel, &exporters).await {
+        Ok(app) => app,
         Err(e) => {
             tracing::error!(error = %e, "cannot start");
             eprintln!("metadataproxy: {e}");
@@ -162,7 +162,6 @@ async fn run(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    telemetry::export::spawn_state_gauges(state.clone());
     let admin_addr = match admin_listener {
         Some(l) => {
             let bound = l.local_addr().ok();
@@ -172,7 +171,7 @@ async fn run(config: Config) -> ExitCode {
                 (None, None) => Interception::External,
             };
             let admin = Admin::new(
-                state.clone(),
+                app.readiness.clone(),
                 exporters.prometheus.clone(),
                 interception,
                 leftovers,
@@ -203,7 +202,7 @@ async fn run(config: Config) -> ExitCode {
         Ok(false) => {}
         Err(e) => tracing::warn!(error = %e, "cannot notify the service manager (NOTIFY_SOCKET)"),
     }
-    server::serve(listener, state, shutdown, config.shutdown_grace).await;
+    server::serve(listener, app.services, shutdown, config.shutdown_grace).await;
     if let Some(redirect) = redirect {
         redirect.shutdown();
     }

@@ -2,8 +2,8 @@
 //! roles (`ALLOWED_ROLES`, `ROLE_POLICY_FILE`).
 //!
 //! Path patterns are matched against the request path after the API version segment, in the
-//! router's canonical form (`server::router::canonical`: the only form ever forwarded), with
-//! case folded, segment by segment: `*` and `?` match within a segment, `**` matches any number of segments. A pattern
+//! canonical form (`path::canonical`: the only form ever forwarded), with case folded, segment
+//! by segment: `*` and `?` match within a segment, `**` matches any number of segments. A pattern
 //! covers its subtree: `user-data` matches `/latest/user-data` and everything under it. A path
 //! is forwarded when an allow pattern matches it and no deny pattern does (deny wins).
 //!
@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use crate::identity::Container;
-use crate::server::router::CanonicalPath;
+use crate::path::CanonicalPath;
 
 /// `*` (any run) and `?` (one character) over `text`, case-sensitive.
 pub fn glob_match(pattern: &str, text: &str) -> bool {
@@ -114,7 +114,7 @@ pub struct PathPolicy {
 }
 
 /// Patterns deeper than this are refused: no canonical path is deeper.
-const MAX_SEGMENTS: usize = crate::server::router::MAX_SEGMENTS;
+const MAX_SEGMENTS: usize = crate::path::MAX_SEGMENTS;
 
 /// `PASSTHROUGH_ALLOW`'s default: everything.
 pub const DEFAULT_ALLOW: &str = "**";

@@ -1,7 +1,10 @@
-//! Who is calling: from the peer address of a connection to a Docker container.
+//! Who is calling: from a connection to a Docker container ([`Attestor`]): by its peer
+//! address, and in eBPF mode also by the cgroup the kernel recorded for it ([`kernel`]). The
+//! container index ([`index`]) follows Docker's events.
 //!
-//! Identity comes from the TCP peer address only; no header is ever consulted.
+//! Identity never comes from a header.
 
+pub mod attest;
 pub mod cgroup;
 mod docker;
 pub mod index;
@@ -13,6 +16,7 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 
+pub use attest::{Attestor, Connection, IdentityError};
 pub use docker::DockerLookup;
 pub use index::ContainerIndex;
 

@@ -1,7 +1,10 @@
 //! Roles: from a container's `IAM_ROLE` to an ARN, and from an ARN to cached STS credentials.
+//! [`Issuer`] is the one way credentials are issued (to a request, a prefetch or a renewal).
 
 mod arn;
 mod builtin;
+mod issuer;
+pub mod refresh;
 mod session;
 mod sts;
 
@@ -12,6 +15,7 @@ pub use arn::{AccountId, Partition, RoleArn, RoleParseError, RoleSpec};
 pub use builtin::{
     BuiltinSts, FAKE_ACCESS_KEY_PREFIX, FAKE_ROLE_ID_PREFIX, FAKE_SECRET_PREFIX, FAKE_TOKEN_PREFIX,
 };
+pub use issuer::{IssueError, Issued, Issuer, IssuerSettings};
 pub use session::{session_tags, SessionTemplate};
 pub use sts::{
     AssumeRole, AssumeRoleRequest, AwsError, Credentials, GetRole, Rendered, SdkIam, SdkSts, Secret,

@@ -1,7 +1,14 @@
 //! The HTTP server: accept loop, per-request dispatch on [`router::classify`], the common
-//! response headers, the request log line, and graceful shutdown.
+//! response headers, the request log line, and graceful shutdown. Failures become answers in
+//! [`failure`] only.
 
+mod failure;
+pub mod handlers;
 pub mod router;
+mod services;
+
+pub use failure::Failure;
+pub use services::Services;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -11,19 +18,16 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
-use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
-use crate::app::State;
-use crate::handlers::iam::{CallerInfo, Connection};
-use crate::handlers::{iam, passthrough, token, Failure};
-use crate::identity::canonical_ip;
-use crate::identity::kernel::CgroupKind;
+use crate::identity::{canonical_ip, Connection, IdentityError};
 use crate::limits::{ConnectionGate, Peer, RateVerdict};
 use crate::metrics;
+use handlers::credentials::{self, CallerInfo};
+use handlers::{passthrough, token};
 use router::Route;
 
 /// `X-Powered-By` on every answer, kept for compatibility with go-metadataproxy.
@@ -33,7 +37,7 @@ pub const POWERED_BY: &str = "go-metadataproxy metadataproxy";
 /// requests up to `grace` to finish.
 pub async fn serve(
     listener: TcpListener,
-    state: Arc<State>,
+    state: Arc<Services>,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) {
@@ -71,7 +75,7 @@ pub async fn serve(
                 let builder = builder.clone();
                 tokio::spawn(async move {
                     let local = stream.local_addr().ok();
-                    let kernel = match (&state.kernel, local) {
+                    let kernel = match (state.attest.kernel(), local) {
                         (Some(kernel), Some(local)) => kernel.take(peer, local),
                         _ => None,
                     };
@@ -92,7 +96,7 @@ pub async fn serve(
                         ip: canonical_ip(peer.ip()),
                         kernel,
                     };
-                    let rate_key = conn.rate_key();
+                    let rate_key = rate_key(&conn);
                     let ip = conn.ip;
                     let svc_state = state.clone();
                     let svc = service_fn(move |req| {
@@ -127,7 +131,7 @@ pub async fn serve(
 /// header, obs-fold, a head over `MAX_HEADER_BYTES`): hyper has already answered it (400, 414
 /// or 431) with headers of its own, so it gets no `X-Request-ID`; it gets its log line and its
 /// count like every other refusal, bounded by the caller's request rate like its requests.
-fn parser_refusal(state: &State, e: &hyper::Error, ip: std::net::IpAddr, rate_key: Peer) {
+fn parser_refusal(state: &Services, e: &hyper::Error, ip: std::net::IpAddr, rate_key: Peer) {
     // What hyper sent (`hyper::proto::h1::role::Server::on_error`); nothing for an HTTP/2
     // preface.
     let status: Option<u16> = if e.is_parse_version_h2() {
@@ -162,34 +166,24 @@ fn parser_refusal(state: &State, e: &hyper::Error, ip: std::net::IpAddr, rate_ke
     );
 }
 
-/// eBPF mode: whether a redirected connection came from a host service (see
-/// `identity::cgroup::classify_path`). Known cgroups are answered from memory; a new one costs
-/// a walk of its path, off the runtime.
-async fn is_host_service(state: &State, conn: &Connection) -> bool {
-    let (Some(kernel), Some(record)) = (&state.kernel, conn.kernel) else {
-        return false;
-    };
-    if record.redirected == 0 {
-        return false;
+/// The key of the caller's request rate: its cgroup in eBPF mode, else its address.
+fn rate_key(conn: &Connection) -> Peer {
+    match &conn.kernel {
+        Some(r) => Peer::Cgroup(r.cgroup_id),
+        None => Peer::Ip(conn.ip),
     }
-    let kind = match kernel.cached_kind(&record) {
-        Some(kind) => kind,
-        None => {
-            let kernel = kernel.clone();
-            tokio::task::spawn_blocking(move || kernel.kind(&record))
-                .await
-                .unwrap_or(CgroupKind::Unknown)
-        }
-    };
-    kind == CgroupKind::HostService
 }
 
 /// Answers one request.
-pub async fn handle(
-    state: &State,
+pub async fn handle<B>(
+    state: &Services,
     conn: &Connection,
-    req: Request<Incoming>,
-) -> Response<Full<Bytes>> {
+    req: Request<B>,
+) -> Response<Full<Bytes>>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
     let started = Instant::now();
     let request_id = uuid::Uuid::new_v4();
     let ip = conn.ip;
@@ -218,9 +212,9 @@ pub async fn handle(
     // eBPF mode: every caller the agent serves (a redirected container, a host process) made
     // its connect under the kernel program; a connection without a record came from elsewhere
     // (another host, a raw socket) and gets nothing, passthrough included.
-    let unidentified = state.kernel.is_some() && conn.kernel.is_none();
+    let unidentified = state.attest.unrecorded(conn);
     let rate = state.request_rate.as_ref().map_or(RateVerdict::Allow, |r| {
-        r.check(conn.rate_key(), Instant::now())
+        r.check(rate_key(conn), Instant::now())
     });
     let rate_limited = rate != RateVerdict::Allow;
     let duplicate = crate::limits::duplicate_header(req.headers());
@@ -235,19 +229,31 @@ pub async fn handle(
             .authority()
             // Absolute-form (RFC 9112 3.2.2): the authority is the target's host.
             .is_none_or(|a| crate::limits::host_allowed(Some(a.as_str()), conn.local_port)));
-    let host_service = is_host_service(state, conn).await;
+    let host_service = state.attest.is_host_service(conn).await;
     let result: Result<Response<Bytes>, Failure> = match &route {
-        _ if unidentified && !matches!(route, Route::Redirect(_)) => Err(Failure::NoKernelIdentity),
+        _ if unidentified && !matches!(route, Route::Redirect(_)) => {
+            Err(IdentityError::NoKernelRecord.into())
+        }
         _ if rate_limited => Err(Failure::RateLimited),
         // A host service redirected with the containers of its slice: as if the agent were not
         // there (the route was classified for the log line only).
-        _ if host_service => passthrough::forward_host(state, req).await,
+        _ if host_service => passthrough::forward_host(&state.forwarder, req).await,
         _ if duplicate.is_some() => Err(Failure::DuplicateHeader(duplicate.expect("checked"))),
         _ if host_refused => Err(Failure::HostNotAllowed),
-        Route::Token => token::mint(state, conn, &method, req.headers()).await,
+        Route::Token => {
+            token::mint(&state.attest, &state.tokens, conn, &method, req.headers()).await
+        }
         // With IMDSV2=required every other answer, refusals and redirects included, needs a
         // token first.
-        _ => match token::check(state, conn, req.headers()).await {
+        _ => match token::check(
+            &state.attest,
+            &state.tokens,
+            state.imdsv2_required,
+            conn,
+            req.headers(),
+        )
+        .await
+        {
             Err(f) => Err(f),
             Ok(()) => match &route {
                 _ if exposition.is_some() => Ok(metrics_page(exposition.expect("checked"))),
@@ -255,13 +261,27 @@ pub async fn handle(
                 Route::Favicon => Err(Failure::Favicon),
                 Route::BadPath => Err(Failure::BadPath),
                 Route::NotCanonical => Err(Failure::PathNotCanonical),
-                Route::RoleName { .. } => iam::role_name(state, conn, &mut caller).await,
-                Route::Credentials { role, .. } => {
-                    iam::credentials(state, conn, role, &mut caller).await
+                Route::RoleName { .. } => {
+                    credentials::role_name(&state.attest, &state.issuer, conn, &mut caller).await
                 }
-                Route::Info { .. } => iam::info(state, conn, &mut caller).await,
+                Route::Credentials { role, .. } => {
+                    credentials::credentials(
+                        &state.attest,
+                        &state.issuer,
+                        &state.audit,
+                        conn,
+                        role,
+                        &mut caller,
+                    )
+                    .await
+                }
+                Route::Info { .. } => {
+                    credentials::info(&state.attest, &state.issuer, conn, &mut caller).await
+                }
                 Route::IamDenied { .. } => Err(Failure::IamPathNotServed),
-                Route::Passthrough(canon) => passthrough::forward(state, canon, req).await,
+                Route::Passthrough(canon) => {
+                    passthrough::forward(&state.forwarder, canon, req).await
+                }
                 Route::Token => unreachable!("answered above"),
             },
         },
@@ -290,7 +310,7 @@ pub async fn handle(
     if caller.container_id.is_none() {
         // Requests that need no identity (passthrough) still name their caller when the
         // index knows it, at no cost: logs and metrics only, never a decision.
-        if let Some(c) = state.lookup.peek(ip) {
+        if let Some(c) = state.attest.peek(ip) {
             caller = CallerInfo::of(&c);
         }
     }
@@ -298,7 +318,7 @@ pub async fn handle(
         f @ (Failure::IamPathNotServed
         | Failure::PathNotCanonical
         | Failure::DuplicateHeader(_)
-        | Failure::NoKernelIdentity
+        | Failure::Identity(IdentityError::NoKernelRecord)
         | Failure::PassthroughDenied
         | Failure::RateLimited
         | Failure::HostNotAllowed),

@@ -7,7 +7,6 @@
 //! | statsd, statsite, DogStatsD, New Relic | all, `request_path` and `remote_addr` included when `METRICS_UNBOUNDED_LABELS` is on |
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -119,21 +118,6 @@ pub fn build(cfg: &TelemetryConfig, host: String) -> (Option<Fanout>, Exporters)
 /// Prometheus exposition text (for `/metrics`).
 pub fn render(handle: &PrometheusHandle) -> String {
     handle.render()
-}
-
-/// Keeps the state gauges current for the push sinks.
-pub fn spawn_state_gauges(state: Arc<crate::app::State>) {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            tick.tick().await;
-            let (containers, synced) = match &state.index {
-                Some(i) => (Some(i.len()), Some(i.is_synced())),
-                None => (None, None),
-            };
-            m::state(containers, synced, state.credentials.entry_count().await);
-        }
-    });
 }
 
 #[cfg(test)]

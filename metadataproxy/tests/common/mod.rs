@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use clap::Parser;
 use futures_util::future::BoxFuture;
-use metadataproxy::app::{Deps, State};
+use metadataproxy::app::Deps;
 use metadataproxy::builtin::Emulator;
 use metadataproxy::clock::SystemClock;
 use metadataproxy::config::{Args, BuiltinValues, Config};
@@ -156,7 +156,7 @@ impl Harness {
         }
         let sts = Arc::new(FakeSts::default());
         let iam = Arc::new(FakeIam::default());
-        let state = Arc::new(State::new(
+        let state = Arc::new(metadataproxy::app::services(
             &config,
             Deps {
                 lookup: lookup.clone(),

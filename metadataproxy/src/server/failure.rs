@@ -1,47 +1,25 @@
-//! Route handlers and the one place where failures become HTTP answers.
-
-pub mod iam;
-pub mod passthrough;
-pub mod token;
+//! The one place where failures become HTTP answers: every [`Failure`] has its status, its
+//! fixed body and its `error_description`, by an exhaustive match (a new failure cannot be
+//! added without deciding its answer).
 
 use bytes::Bytes;
 use http::{Response, StatusCode};
 
-use crate::identity::LookupError;
-use crate::roles::AwsError;
+use crate::identity::IdentityError;
+use crate::imdsv2::TokenError;
+use crate::roles::IssueError;
 use crate::upstream::UpstreamError;
 
 /// What went wrong with a request. The reason goes to logs (as `error_description`), never into
 /// the body: every IAM failure is the same `404 page not found` to the container.
 #[derive(Debug, thiserror::Error)]
 pub enum Failure {
-    /// No running container has the caller's address.
-    #[error("no running container has this address")]
-    CouldNotFindContainer,
-    /// The Docker daemon could not answer.
-    #[error("{0}")]
-    Docker(LookupError),
-    /// Several running containers claim the caller's address.
-    #[error("{0}")]
-    AmbiguousContainer(LookupError),
-    /// eBPF mode: the connection has no fresh kernel record (raw-socket handshake, forged
-    /// source, or a path around the kernel program).
-    #[error("no kernel record for this connection")]
-    NoKernelIdentity,
-    /// eBPF mode: the peer IP and the connecting cgroup name different callers.
-    #[error("peer IP belongs to {by_ip}, but the connection came from {by_cgroup}")]
-    IdentityMismatch {
-        /// The container owning the peer IP, or `none`.
-        by_ip: String,
-        /// The container of the connecting cgroup, or `a host process`.
-        by_cgroup: String,
-    },
-    /// The container has no `IAM_ROLE` and there is no `DEFAULT_ROLE`.
-    #[error("container has no IAM_ROLE and no DEFAULT_ROLE is set")]
-    NoRole,
-    /// `IAM_ROLE` is not a role name or ARN.
-    #[error("IAM_ROLE is not a valid role: {0}")]
-    InvalidRole(crate::roles::RoleParseError),
+    /// The caller could not be attested.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// No credentials could be issued to the caller.
+    #[error(transparent)]
+    Issue(#[from] IssueError),
     /// The path asked for another role than the container's.
     #[error("requested role {requested:?} is not the container's role {actual:?}")]
     RoleNamesDoNotMatch {
@@ -50,12 +28,6 @@ pub enum Failure {
         /// The container's role name.
         actual: String,
     },
-    /// `iam:GetRole` failed for a bare role name.
-    #[error("could not look up the role ARN: {0}")]
-    CouldNotResolveRole(AwsError),
-    /// `sts:AssumeRole` failed.
-    #[error("could not assume role: {0}")]
-    CouldNotAssumeRole(AwsError),
     /// An IAM path that is not one of the served routes.
     #[error("IAM path not served")]
     IamPathNotServed,
@@ -83,9 +55,6 @@ pub enum Failure {
     /// The upstream metadata service failed.
     #[error("{0}")]
     Upstream(UpstreamError),
-    /// The role policy does not let this container assume its role.
-    #[error("role {0} is not allowed for this container by the role policy")]
-    RoleNotAllowed(String),
     /// A passthrough path the passthrough policy refuses.
     #[error("path refused by the passthrough policy")]
     PassthroughDenied,
@@ -100,7 +69,7 @@ pub enum Failure {
     TokenMissing,
     /// The request's token is not valid for this caller now.
     #[error("IMDSv2 token refused: {0}")]
-    Token(crate::imdsv2::TokenError),
+    Token(TokenError),
     /// A token PUT without a TTL in 1..=21600.
     #[error("token TTL missing or outside 1..=21600 seconds")]
     TokenTtl,
@@ -117,16 +86,9 @@ impl Failure {
     /// The `error_description` of logs and metrics.
     pub fn description(&self) -> &'static str {
         match self {
-            Failure::CouldNotFindContainer => "could_not_find_container",
-            Failure::Docker(_) => "docker_unavailable",
-            Failure::AmbiguousContainer(_) => "ambiguous_container",
-            Failure::NoKernelIdentity => "no_kernel_identity",
-            Failure::IdentityMismatch { .. } => "identity_mismatch",
-            Failure::NoRole => "no_role",
-            Failure::InvalidRole(_) => "invalid_role",
+            Failure::Identity(e) => e.description(),
+            Failure::Issue(e) => e.description(),
             Failure::RoleNamesDoNotMatch { .. } => "role_names_do_not_match",
-            Failure::CouldNotResolveRole(_) => "could_not_resolve_role",
-            Failure::CouldNotAssumeRole(_) => "could_not_assume_role",
             Failure::IamPathNotServed => "iam_path_not_served",
             Failure::Favicon => "favicon",
             Failure::BadPath => "bad_path",
@@ -136,14 +98,13 @@ impl Failure {
             Failure::BodyBudgetSpent => "body_budget_spent",
             Failure::BadRequestBody(_) => "bad_request_body",
             Failure::Upstream(e) => e.description(),
-            Failure::RoleNotAllowed(_) => "role_not_allowed",
             Failure::RateLimited => "rate_limited",
             Failure::HostNotAllowed => "host_not_allowed",
             Failure::PassthroughDenied => "passthrough_denied",
             Failure::TokenMissing => "token_required",
-            Failure::Token(crate::imdsv2::TokenError::Invalid) => "token_invalid",
-            Failure::Token(crate::imdsv2::TokenError::Expired) => "token_expired",
-            Failure::Token(crate::imdsv2::TokenError::WrongCaller) => "token_wrong_caller",
+            Failure::Token(TokenError::Invalid) => "token_invalid",
+            Failure::Token(TokenError::Expired) => "token_expired",
+            Failure::Token(TokenError::WrongCaller) => "token_wrong_caller",
             Failure::TokenTtl => "token_ttl_invalid",
             Failure::TokenForwarded => "token_request_forwarded",
             Failure::TokenMethod => "token_method_not_allowed",
@@ -152,35 +113,44 @@ impl Failure {
 
     /// The status the caller gets.
     pub fn status(&self) -> StatusCode {
-        if let Some(status) = token::status(self) {
-            return status;
-        }
+        self.answer().0
+    }
+
+    /// Status and fixed body. Every failure to attest or issue is the same `404 page not
+    /// found` as a path that does not exist, as go-metadataproxy answers: the reason goes to
+    /// the log line only.
+    fn answer(&self) -> (StatusCode, &'static str) {
+        const NOT_FOUND: (StatusCode, &str) = (StatusCode::NOT_FOUND, "404 page not found\n");
+        const BAD_REQUEST: (StatusCode, &str) = (StatusCode::BAD_REQUEST, "400 bad request\n");
+        const UNAUTHORIZED: (StatusCode, &str) = (StatusCode::UNAUTHORIZED, "401 unauthorized\n");
         match self {
-            Failure::Upstream(_) => StatusCode::BAD_GATEWAY,
-            Failure::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            Failure::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Failure::BodyBudgetSpent => StatusCode::SERVICE_UNAVAILABLE,
+            Failure::Identity(_)
+            | Failure::Issue(_)
+            | Failure::RoleNamesDoNotMatch { .. }
+            | Failure::IamPathNotServed
+            | Failure::Favicon
+            | Failure::PathNotCanonical
+            | Failure::PassthroughDenied => NOT_FOUND,
             Failure::BadPath
             | Failure::BadRequestBody(_)
             | Failure::HostNotAllowed
-            | Failure::DuplicateHeader(_) => StatusCode::BAD_REQUEST,
-            _ => StatusCode::NOT_FOUND,
+            | Failure::DuplicateHeader(_)
+            | Failure::TokenTtl
+            | Failure::TokenForwarded => BAD_REQUEST,
+            Failure::TokenMissing | Failure::Token(_) => UNAUTHORIZED,
+            Failure::TokenMethod => (StatusCode::METHOD_NOT_ALLOWED, "405 method not allowed\n"),
+            Failure::Upstream(_) => (StatusCode::BAD_GATEWAY, "502 bad gateway\n"),
+            Failure::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "429 too many requests\n"),
+            Failure::BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "413 content too large\n"),
+            Failure::BodyBudgetSpent => {
+                (StatusCode::SERVICE_UNAVAILABLE, "503 service unavailable\n")
+            }
         }
     }
 
     /// The answer the caller gets: a fixed body per status, never the reason.
     pub fn response(&self) -> Response<Bytes> {
-        let status = self.status();
-        let body: &'static str = match status {
-            StatusCode::NOT_FOUND => "404 page not found\n",
-            StatusCode::BAD_GATEWAY => "502 bad gateway\n",
-            StatusCode::UNAUTHORIZED => "401 unauthorized\n",
-            StatusCode::METHOD_NOT_ALLOWED => "405 method not allowed\n",
-            StatusCode::TOO_MANY_REQUESTS => "429 too many requests\n",
-            StatusCode::PAYLOAD_TOO_LARGE => "413 content too large\n",
-            StatusCode::SERVICE_UNAVAILABLE => "503 service unavailable\n",
-            _ => "400 bad request\n",
-        };
+        let (status, body) = self.answer();
         let mut resp = Response::new(Bytes::from_static(body.as_bytes()));
         *resp.status_mut() = status;
         resp.headers_mut().insert(

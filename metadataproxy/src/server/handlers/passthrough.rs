@@ -2,32 +2,54 @@
 //! service, and its answer comes back with its status, headers and body.
 //!
 //! What goes upstream is the method, the **canonical** path and query the router checked
-//! (`server::router::canonical`, never the raw bytes), the body, and the request headers whose
+//! (`path::canonical`, never the raw bytes), the body, and the request headers whose
 //! names are plain (`[a-z0-9-]`): hop-by-hop headers and names with any other character (an
 //! underscore look-alike such as `X_aws_ec2_metadata_token`, which some servers read as the
 //! dashed name) are dropped. No `X-Forwarded-For` is added: the real service refuses IMDSv2
 //! token requests that carry one.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use hyper::body::Body;
 
-use super::Failure;
-use crate::app::State;
-use crate::server::router::CanonicalPath;
-use crate::upstream::strip_hop_by_hop;
+use crate::limits::BodyBudget;
+use crate::path::CanonicalPath;
+use crate::policy::PathPolicy;
+use crate::server::Failure;
+use crate::upstream::{strip_hop_by_hop, Upstream};
+
+/// What forwarding needs: the upstream, which paths may go there, and how request bodies are
+/// held.
+#[derive(Debug)]
+pub struct Forwarder {
+    /// Where passthrough requests go.
+    pub upstream: Arc<dyn Upstream>,
+    /// Which passthrough paths are forwarded (`PASSTHROUGH_POLICY_FILE`).
+    pub policy: PathPolicy,
+    /// How long a request body may take to arrive (`BODY_READ_TIMEOUT`).
+    pub body_timeout: Duration,
+    /// Request body bytes held at once, across connections.
+    pub budget: BodyBudget,
+}
 
 /// Largest request body forwarded.
 pub const MAX_REQUEST_BODY: usize = 64 * 1024;
 
 /// Forwards `req` upstream, with `target` as its path and query.
-pub async fn forward(
-    state: &State,
+pub async fn forward<B>(
+    fwd: &Forwarder,
     target: &CanonicalPath,
-    req: Request<Incoming>,
-) -> Result<Response<Bytes>, Failure> {
-    if !state.passthrough_policy.allows(target) {
+    req: Request<B>,
+) -> Result<Response<Bytes>, Failure>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    if !fwd.policy.allows(target) {
         return Err(Failure::PassthroughDenied);
     }
     if declared_length(req.headers()).is_some_and(|n| n > MAX_REQUEST_BODY as u64) {
@@ -36,7 +58,7 @@ pub async fn forward(
     }
     let (mut parts, body) = req.into_parts();
     // Held until the answer is back: the body's bytes live that long.
-    let (body, _held) = read_body(state, body).await?;
+    let (body, _held) = read_body(fwd, body).await?;
     parts.uri = target
         .target()
         .parse()
@@ -48,8 +70,7 @@ pub async fn forward(
     parts.headers.remove(crate::imdsv2::TOKEN_HEADER);
     parts.headers.remove(crate::imdsv2::TTL_HEADER);
     set_length(&mut parts, &body);
-    state
-        .upstream
+    fwd.upstream
         .send(Request::from_parts(parts, body))
         .await
         .map_err(Failure::Upstream)
@@ -59,15 +80,16 @@ pub async fn forward(
 /// that share its slice: forwarded as it was sent, path, query and IMDSv2 headers included, as
 /// if the agent were not there. The host keeps the instance's own metadata and role; only
 /// hop-by-hop headers go, and bodies are held to the same limits.
-pub async fn forward_host(
-    state: &State,
-    req: Request<Incoming>,
-) -> Result<Response<Bytes>, Failure> {
+pub async fn forward_host<B>(fwd: &Forwarder, req: Request<B>) -> Result<Response<Bytes>, Failure>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
     if declared_length(req.headers()).is_some_and(|n| n > MAX_REQUEST_BODY as u64) {
         return Err(Failure::BodyTooLarge);
     }
     let (mut parts, body) = req.into_parts();
-    let (body, _held) = read_body(state, body).await?;
+    let (body, _held) = read_body(fwd, body).await?;
     let target = parts
         .uri
         .path_and_query()
@@ -76,8 +98,7 @@ pub async fn forward_host(
     parts.uri = target.parse().map_err(|_| Failure::BadPath)?;
     strip_hop_by_hop(&mut parts.headers);
     set_length(&mut parts, &body);
-    state
-        .upstream
+    fwd.upstream
         .send_as_is(Request::from_parts(parts, body))
         .await
         .map_err(Failure::Upstream)
@@ -86,11 +107,15 @@ pub async fn forward_host(
 /// Reads a body of at most [`MAX_REQUEST_BODY`] within `BODY_READ_TIMEOUT`, each chunk taken
 /// from the agent-wide body budget as it arrives, so stalled bodies cannot pin more memory than
 /// the budget whatever the number of connections.
-async fn read_body(
-    state: &State,
-    mut body: Incoming,
-) -> Result<(Bytes, Option<tokio::sync::SemaphorePermit<'_>>), Failure> {
-    let deadline = tokio::time::Instant::now() + state.limits.body_timeout;
+async fn read_body<B>(
+    fwd: &Forwarder,
+    mut body: B,
+) -> Result<(Bytes, Option<tokio::sync::SemaphorePermit<'_>>), Failure>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let deadline = tokio::time::Instant::now() + fwd.body_timeout;
     let mut buf = bytes::BytesMut::new();
     let mut held: Option<tokio::sync::SemaphorePermit<'_>> = None;
     loop {
@@ -105,8 +130,8 @@ async fn read_body(
         if buf.len() + data.len() > MAX_REQUEST_BODY {
             return Err(Failure::BodyTooLarge);
         }
-        let permit = state
-            .body_budget
+        let permit = fwd
+            .budget
             .take(data.len())
             .ok_or(Failure::BodyBudgetSpent)?;
         match &mut held {

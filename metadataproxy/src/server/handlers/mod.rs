@@ -1,0 +1,5 @@
+//! The route handlers: each turns what the services answer into a response, and nothing more.
+
+pub mod credentials;
+pub mod passthrough;
+pub mod token;
