@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
+pub use crate::identity::DockerUrl;
 use crate::roles::{AccountId, RoleSpec};
 
 /// Exit code for invalid configuration (`EX_USAGE` from sysexits.h).
@@ -708,24 +709,6 @@ pub enum LogFormat {
     Json,
     /// One GELF 1.1 JSON object per line.
     Gelf,
-}
-
-/// How to reach the Docker daemon.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DockerUrl {
-    /// A unix socket path.
-    Unix(String),
-    /// `host:port` over plain HTTP.
-    Tcp(String),
-}
-
-impl fmt::Display for DockerUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DockerUrl::Unix(p) => write!(f, "unix://{p}"),
-            DockerUrl::Tcp(a) => write!(f, "tcp://{a}"),
-        }
-    }
 }
 
 /// Metrics and admin settings.

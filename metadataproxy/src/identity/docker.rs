@@ -23,7 +23,24 @@ use tokio::sync::OnceCell;
 
 use super::cgroup::{container_parents, LayoutError, LayoutFacts};
 use super::{Container, CopiedLabels, LookupError};
-use crate::config::DockerUrl;
+
+/// How to reach the Docker daemon (`DOCKER_URL`, `DOCKER_HOST`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DockerUrl {
+    /// A unix socket path.
+    Unix(String),
+    /// `host:port` over plain HTTP.
+    Tcp(String),
+}
+
+impl fmt::Display for DockerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DockerUrl::Unix(p) => write!(f, "unix://{p}"),
+            DockerUrl::Tcp(a) => write!(f, "tcp://{a}"),
+        }
+    }
+}
 
 /// Seconds bollard waits for one Docker API answer.
 const DOCKER_TIMEOUT_SECS: u64 = 10;

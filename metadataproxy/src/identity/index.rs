@@ -1308,7 +1308,7 @@ mod tests {
     #[test]
     fn two_containers_claiming_one_address_are_ambiguous() {
         let (index, _rx) = ContainerIndex::new(
-            DockerLookup::new(crate::config::DockerUrl::Unix("/nonexistent".into())),
+            DockerLookup::new(crate::identity::DockerUrl::Unix("/nonexistent".into())),
             None,
         );
         index.insert(c("a", &["10.0.0.1"]), None, false);

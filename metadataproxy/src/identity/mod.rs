@@ -17,7 +17,7 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 
 pub use attest::{Attestor, Connection, IdentityError};
-pub use docker::DockerLookup;
+pub use docker::{DockerLookup, DockerUrl};
 pub use index::ContainerIndex;
 
 /// What the agent needs to know about a running container.
