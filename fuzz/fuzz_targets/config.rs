@@ -25,7 +25,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use clap::{CommandFactory, Parser};
+use clap::CommandFactory;
 use libfuzzer_sys::fuzz_target;
 use metadataproxy::config::{parse_go_duration, Args, Config};
 
@@ -95,7 +95,8 @@ fn argv(lines: &[&str]) -> Vec<String> {
 }
 
 fn validate(argv: &[String]) -> Option<Result<Config, String>> {
-    let args = Args::try_parse_from(argv).ok()?;
+    // The process environment is not read: the input alone decides.
+    let args = Args::parse_from_vars(argv.iter().skip(1).map(String::as_str), []).ok()?;
     Some(Config::try_from(args).map_err(|e| e.to_string()))
 }
 

@@ -20,7 +20,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::config::BuiltinValues;
+use crate::upstream::BuiltinValues;
 use crate::upstream::{Upstream, UpstreamError};
 
 /// IMDSv2 header carrying a token on requests.

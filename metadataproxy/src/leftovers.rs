@@ -163,15 +163,16 @@ fn is_permission(e: &crate::netfilter::NetfilterError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
 
     fn config(intercept: &str) -> Config {
         Config::try_from(
-            crate::config::Args::try_parse_from([
-                "metadataproxy",
-                &format!("--intercept={intercept}"),
-                "--ebpf-pin-path=/sys/fs/bpf/mp-x",
-            ])
+            crate::config::Args::parse_from_vars(
+                [
+                    format!("--intercept={intercept}").as_str(),
+                    "--ebpf-pin-path=/sys/fs/bpf/mp-x",
+                ],
+                [],
+            )
             .unwrap(),
         )
         .unwrap()

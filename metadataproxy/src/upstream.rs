@@ -403,6 +403,51 @@ impl Upstream for HttpUpstream {
     }
 }
 
+/// Where passthrough requests go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamConfig {
+    /// A real (or fake) metadata service at this base URL (scheme and authority only).
+    Url(http::Uri),
+    /// The built-in emulated metadata tree.
+    Builtin(BuiltinValues),
+}
+
+/// Values served by the built-in emulated metadata service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuiltinValues {
+    /// `meta-data/instance-id`.
+    pub instance_id: String,
+    /// `meta-data/ami-id`.
+    pub ami_id: String,
+    /// `meta-data/instance-type`.
+    pub instance_type: String,
+    /// `meta-data/local-ipv4`.
+    pub local_ipv4: std::net::Ipv4Addr,
+    /// `meta-data/mac`.
+    pub mac: String,
+    /// `meta-data/placement/availability-zone`.
+    pub availability_zone: String,
+    /// `meta-data/placement/region`.
+    pub region: String,
+    /// Account in `dynamic/instance-identity/document`.
+    pub account_id: String,
+}
+
+impl Default for BuiltinValues {
+    fn default() -> Self {
+        BuiltinValues {
+            instance_id: "i-0123456789abcdef0".into(),
+            ami_id: "ami-0123456789abcdef0".into(),
+            instance_type: "t3.micro".into(),
+            local_ipv4: std::net::Ipv4Addr::new(10, 0, 0, 10),
+            mac: "02:00:00:00:00:01".into(),
+            availability_zone: "us-east-1a".into(),
+            region: "us-east-1".into(),
+            account_id: "123456789012".into(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,6 +7,8 @@
 //! unpins the previous agent's links, so there is never a moment without a redirect and never
 //! more than one attachment once start-up is done.
 
+mod settings;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -17,11 +19,11 @@ use aya::programs::{CgroupAttachMode, CgroupSockAddr, SockOps};
 use aya::{Ebpf, EbpfLoader};
 use metadataproxy_common::{maps, programs, Config, ConnKey, ConnRecord};
 
-use crate::config::{EbpfConfig, OnShutdown};
 use crate::identity::cgroup::{
     cgroup_id, classify_path, detect_cgroup2_root, path_of_ancestors, CgroupKind,
 };
 use crate::identity::kernel::{is_fresh, monotonic_ns, CgroupResolver, KernelIdentity};
+pub use settings::{EbpfConfig, OnShutdown};
 
 /// The kernel object, built by `cargo xtask build-ebpf` and checked against the source in CI.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(

@@ -14,6 +14,9 @@
 //! is `version (1) || expiry (u64, Unix milliseconds, big-endian) || binding (UTF-8)`.
 
 pub mod keyfile;
+mod settings;
+
+pub use settings::{default_token_key_file, TokenKeyConfig, DEFAULT_TOKEN_KEY_FILE};
 
 use std::fmt;
 use std::net::IpAddr;

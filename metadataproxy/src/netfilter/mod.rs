@@ -58,16 +58,17 @@
 
 pub mod leftover;
 pub mod netlink;
+mod settings;
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::sync::{Mutex, OnceLock};
 
-use crate::config::{InterfaceMatch, IptablesConfig, RulesOnShutdown};
 use netlink::{
     Expr, Hook, Message, NetlinkError, Socket, NFPROTO_IPV4, NFPROTO_IPV6, REG_1, REG_2,
 };
+pub use settings::{InterfaceMatch, IptablesConfig, RulesOnShutdown};
 
 /// The agent's tables' name (families `ip` and `ip6`).
 pub const TABLE: &str = "metadataproxy";

@@ -6,6 +6,7 @@ mod builtin;
 mod issuer;
 pub mod refresh;
 mod session;
+mod settings;
 mod sts;
 
 use std::sync::Arc;
@@ -17,6 +18,7 @@ pub use builtin::{
 };
 pub use issuer::{IssueError, Issued, Issuer, IssuerSettings};
 pub use session::{session_tags, SessionTemplate};
+pub use settings::StsConfig;
 pub use sts::{
     AssumeRole, AssumeRoleRequest, AwsError, Credentials, GetRole, Rendered, SdkIam, SdkSts, Secret,
 };

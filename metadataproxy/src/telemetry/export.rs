@@ -14,7 +14,7 @@ use metrics_util::layers::{Fanout, FanoutBuilder};
 
 use super::push::{LabelFilter, PushRecorder};
 use super::statsd::{self, Flavor};
-use crate::config::TelemetryConfig;
+use super::TelemetryConfig;
 use crate::metrics::{self as m, UNBOUNDED_LABELS};
 
 /// Histogram buckets (seconds) of the Prometheus exposition.

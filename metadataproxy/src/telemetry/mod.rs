@@ -17,11 +17,12 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter}
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{LogConfig, LogFormat};
+pub use settings::{LogConfig, LogFormat, NewRelicConfig, TelemetryConfig};
 
 pub mod export;
 pub mod newrelic;
 pub mod push;
+mod settings;
 pub mod statsd;
 
 /// The filter for `level`: this crate at `level`, dependencies no chattier than `warn`, the

@@ -14,7 +14,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Map, Value as Json};
 
 use super::push::{PushRecorder, Sample, Value};
-use crate::config::NewRelicConfig;
+use super::NewRelicConfig;
 
 /// Most metrics in one payload (the API takes up to 1 MB compressed).
 const MAX_METRICS_PER_POST: usize = 2000;

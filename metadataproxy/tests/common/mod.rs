@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use clap::Parser;
 use futures_util::future::BoxFuture;
 use metadataproxy::app::Deps;
 use metadataproxy::builtin::Emulator;
@@ -109,7 +108,8 @@ pub struct Harness {
 pub fn config(extra: &[&str]) -> Config {
     let mut argv = vec!["metadataproxy".to_string()];
     argv.extend(extra.iter().map(|s| s.to_string()));
-    Config::try_from(Args::try_parse_from(argv).expect("flags")).expect("valid config")
+    let argv: Vec<&str> = argv.iter().skip(1).map(String::as_str).collect();
+    Config::try_from(Args::parse_from_vars(argv, []).expect("flags")).expect("valid config")
 }
 
 impl Harness {

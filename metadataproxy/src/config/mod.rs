@@ -8,10 +8,21 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use clap::Parser;
+mod args;
+mod values;
 
+pub use args::{Args, Command, EbpfCommand, IptablesCommand};
+pub use values::parse_go_duration;
+use values::*;
+
+pub use crate::ebpf::{EbpfConfig, OnShutdown};
 pub use crate::identity::DockerUrl;
+pub use crate::imdsv2::{default_token_key_file, TokenKeyConfig, DEFAULT_TOKEN_KEY_FILE};
+pub use crate::netfilter::{InterfaceMatch, IptablesConfig, RulesOnShutdown};
+pub use crate::roles::StsConfig;
 use crate::roles::{AccountId, RoleSpec};
+pub use crate::telemetry::{LogConfig, LogFormat, NewRelicConfig, TelemetryConfig};
+pub use crate::upstream::{BuiltinValues, UpstreamConfig};
 
 /// Exit code for invalid configuration (`EX_USAGE` from sysexits.h).
 pub const EXIT_CONFIG: i32 = 64;
@@ -20,432 +31,6 @@ pub const EXIT_CONFIG: i32 = 64;
 /// credentials every few minutes, or a region at start), low enough that one container cannot
 /// starve the others or fill the log. The burst is twice the rate unless set.
 pub const DEFAULT_REQUEST_RATE: &str = "100";
-
-/// `TOKEN_KEY_FILE`'s default for an agent running as root; the systemd unit's
-/// `StateDirectory=metadataproxy` and the image's volume are its directory.
-pub const DEFAULT_TOKEN_KEY_FILE: &str = "/var/lib/metadataproxy/token.key";
-
-/// `TOKEN_KEY_FILE`'s default: [`DEFAULT_TOKEN_KEY_FILE`] as root, else the user's state
-/// directory (`$XDG_STATE_HOME`, or `$HOME/.local/state`, as absolute paths), so that running
-/// the agent as a user needs no setting; `None` when there is none.
-pub fn default_token_key_file(
-    root: bool,
-    xdg_state_home: Option<&str>,
-    home: Option<&str>,
-) -> Option<std::path::PathBuf> {
-    use std::path::{Path, PathBuf};
-    if root {
-        return Some(PathBuf::from(DEFAULT_TOKEN_KEY_FILE));
-    }
-    fn absolute(p: Option<&str>) -> Option<&Path> {
-        p.map(Path::new).filter(|p| p.is_absolute())
-    }
-    let state = match absolute(xdg_state_home) {
-        Some(dir) => dir.to_path_buf(),
-        None => absolute(home)?.join(".local").join("state"),
-    };
-    Some(state.join("metadataproxy").join("token.key"))
-}
-
-/// The raw settings as given on the command line or in the environment.
-///
-/// Everything is a string here so that validation can name the variable in its message.
-#[derive(Debug, Clone, Default, Parser)]
-#[command(
-    name = "metadataproxy",
-    version,
-    args_override_self = true,
-    about = "Per-container AWS IAM roles for Docker hosts: an EC2 instance metadata proxy",
-    long_about = "Answers the EC2 metadata credential routes for each Docker container with STS \
-credentials for the role in its IAM_ROLE variable, and forwards every other metadata request \
-to the real service.\n\nEvery option is also read from the environment variable shown beside it; \
-a flag wins over the variable."
-)]
-pub struct Args {
-    /// Ask the running agent's admin listener (ADMIN_ADDR) whether it is ready, exit 0 if so,
-    /// 1 if not: for container health checks in images without a shell or curl.
-    #[arg(long)]
-    pub healthcheck: bool,
-
-    /// A maintenance command instead of the agent (`ebpf detach`, `iptables remove`).
-    #[command(subcommand)]
-    pub command: Option<Command>,
-
-    /// Address to listen on.
-    #[arg(long, env = "HOST", default_value = "0.0.0.0")]
-    pub host: String,
-
-    /// Port to listen on.
-    #[arg(long, env = "PORT", default_value = "8000")]
-    pub port: String,
-
-    /// Upstream metadata service, or `builtin` for an emulated one (for hosts not on EC2).
-    /// The agent's own AWS SDK metadata lookups use it too.
-    #[arg(long, env = "METADATA_URL", default_value = "http://169.254.169.254")]
-    pub metadata_url: String,
-
-    /// Connect timeout for the upstream metadata service (Go duration, e.g. 1s, 500ms).
-    #[arg(long, env = "METADATA_CONNECT_TIMEOUT", default_value = "1s")]
-    pub metadata_connect_timeout: String,
-
-    /// Total timeout of one upstream request, connect included (Go duration).
-    #[arg(long, env = "METADATA_TIMEOUT", default_value = "5s")]
-    pub metadata_timeout: String,
-
-    /// How container metadata traffic reaches the agent: `none` (the operator installs the
-    /// iptables rules, see the README), `iptables` (the agent installs and removes its own
-    /// netfilter rules) or `ebpf` (a kernel program redirects containers' connects and tags
-    /// them with their cgroup).
-    #[arg(long, env = "INTERCEPT", default_value = "none")]
-    pub intercept: String,
-
-    /// iptables mode: comma list of the interfaces whose metadata traffic is redirected; a
-    /// trailing `+` (or `*`) matches a prefix, as in iptables.
-    #[arg(long, env = "IPTABLES_INTERFACES", default_value = "docker0,br-+")]
-    pub iptables_interfaces: String,
-
-    /// iptables mode: on a clean shutdown, `remove` the agent's rules (containers reach the
-    /// real service again) or `keep` them (containers' metadata connections are refused until
-    /// the agent is back: fail closed).
-    #[arg(long, env = "IPTABLES_ON_SHUTDOWN", default_value = "remove")]
-    pub iptables_on_shutdown: String,
-
-    /// eBPF mode: the cgroup2 directory the programs attach to. Default: the cgroup2 mount
-    /// (/sys/fs/cgroup, or /sys/fs/cgroup/unified on hybrid hosts).
-    #[arg(long, env = "EBPF_CGROUP_PATH")]
-    pub ebpf_cgroup_path: Option<String>,
-
-    /// eBPF mode: bpffs directory where programs and maps are pinned, so containers stay
-    /// redirected (fail closed) while the agent is down.
-    #[arg(
-        long,
-        env = "EBPF_PIN_PATH",
-        default_value = "/sys/fs/bpf/metadataproxy"
-    )]
-    pub ebpf_pin_path: String,
-
-    /// eBPF mode: the IPv4 address containers' metadata connects are redirected to; the agent
-    /// must listen on it. Default: the address of the docker0 bridge.
-    #[arg(long, env = "EBPF_REDIRECT_ADDR")]
-    pub ebpf_redirect_addr: Option<String>,
-
-    /// eBPF mode: comma list of cgroup directories (relative to the cgroup2 root) whose
-    /// sub-cgroups are redirected, or `auto`: from Docker's cgroup driver and the running
-    /// containers' cgroups (`docker` for cgroupfs; `system.slice` and `docker.slice` for
-    /// systemd, where host services in the same slice keep the instance's metadata).
-    #[arg(long, env = "EBPF_CONTAINER_CGROUPS", default_value = "auto")]
-    pub ebpf_container_cgroups: String,
-
-    /// eBPF mode: on a clean shutdown, `keep` the programs attached (containers' metadata
-    /// connects are refused until the agent is back) or `detach` them (containers reach the
-    /// real service again).
-    #[arg(long, env = "EBPF_ON_SHUTDOWN", default_value = "keep")]
-    pub ebpf_on_shutdown: String,
-
-    /// Role for containers without IAM_ROLE (any role format). Unset: such containers get none.
-    #[arg(long, env = "DEFAULT_ROLE")]
-    pub default_role: Option<String>,
-
-    /// Account for bare role names. Unset: bare names are resolved with iam:GetRole.
-    #[arg(long, env = "DEFAULT_ACCOUNT_ID")]
-    pub default_account_id: Option<String>,
-
-    /// Log level: debug, info, warning, error, fatal, panic.
-    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
-    pub log_level: String,
-
-    /// Log format: text, json or gelf (one GELF 1.1 JSON object per line on stdout).
-    #[arg(long, env = "LOG_FORMAT", default_value = "text")]
-    pub log_format: String,
-
-    /// Docker daemon: unix:///path or tcp://host:port. Default: DOCKER_HOST, else
-    /// unix:///var/run/docker.sock.
-    #[arg(long, env = "DOCKER_URL")]
-    pub docker_url: Option<String>,
-
-    /// Docker daemon, as the Docker CLI reads it; used when DOCKER_URL is unset.
-    #[arg(long, env = "DOCKER_HOST", hide = true)]
-    pub docker_host: Option<String>,
-
-    /// How long to keep looking for the container behind an IP on credential routes (a
-    /// container that has just started may not be listed yet). Go duration.
-    #[arg(long, env = "CONTAINER_LOOKUP_TIMEOUT", default_value = "5s")]
-    pub container_lookup_timeout: String,
-
-    /// How often the container index is rebuilt from a full Docker listing, as a safety net
-    /// beside Docker's event stream (Go duration).
-    #[arg(long, env = "DOCKER_RECONCILE_INTERVAL", default_value = "60s")]
-    pub docker_reconcile_interval: String,
-
-    /// Fetch a container's credentials when it starts, before it asks (true or false).
-    #[arg(long, env = "CREDENTIAL_PREFETCH", default_value = "true")]
-    pub credential_prefetch: String,
-
-    /// Refresh credentials this long before they expire (Go duration). Must be shorter than
-    /// the session duration.
-    #[arg(long, env = "ROLE_CACHE_OFFSET", default_value = "15m")]
-    pub role_cache_offset: String,
-
-    /// Session name sent with sts:AssumeRole: 2-64 characters of [A-Za-z0-9+=,.@_-], with
-    /// optional {container_name}, {container_id} and {image} placeholders (other characters
-    /// in their values become `-`).
-    #[arg(long, env = "ROLE_SESSION_NAME", default_value = "go-metadataproxy")]
-    pub role_session_name: String,
-
-    /// Tag each session with the container's id, name and image (ContainerId, ContainerName,
-    /// Image), for CloudTrail; the roles' trust policies must allow sts:TagSession.
-    #[arg(long, env = "ROLE_SESSION_TAGS", default_value = "false")]
-    pub role_session_tags: String,
-
-    /// At most this many sts:AssumeRole calls per second; further calls wait their turn
-    /// (0: no limit).
-    #[arg(long, env = "STS_RATE_LIMIT", default_value = "100")]
-    pub sts_rate_limit: String,
-
-    /// Duration of the assumed-role sessions (Go duration, 15m to 12h).
-    #[arg(long, env = "ROLE_SESSION_DURATION", default_value = "1h")]
-    pub role_session_duration: String,
-
-    /// AWS region of the agent's STS and IAM clients. Unset: the SDK's usual sources, then the
-    /// metadata service (us-east-1 with METADATA_URL=builtin).
-    #[arg(long, env = "AWS_REGION")]
-    pub aws_region: Option<String>,
-
-    /// Where role credentials come from: `aws` (sts:AssumeRole and iam:GetRole through the AWS
-    /// SDK, its credentials, region and endpoints from the SDK's usual sources: AWS_PROFILE,
-    /// AWS_ENDPOINT_URL_STS, ...) or `builtin` (fake credentials issued by the agent itself,
-    /// for machines without an AWS account; no AWS service accepts them).
-    #[arg(long, env = "STS", default_value = "aws")]
-    pub sts: String,
-
-    /// Confirms STS=builtin on a host whose METADATA_URL is not builtin (most likely an EC2
-    /// instance, where fake credentials would be a mistake): true or false.
-    #[arg(long, env = "ACKNOWLEDGE_FAKE_CREDENTIALS", default_value = "false")]
-    pub acknowledge_fake_credentials: String,
-
-    /// Comma list of container labels copied, lower-cased, into metric labels (statsd family,
-    /// New Relic; Prometheus with PROMETHEUS_COPY_LABELS) and request log fields, as
-    /// `container<LABEL_SEPARATOR><label>`.
-    #[arg(long, env = "COPY_DOCKER_LABELS")]
-    pub copy_docker_labels: Option<String>,
-
-    /// Comma list of container environment keys copied like COPY_DOCKER_LABELS.
-    #[arg(long, env = "COPY_DOCKER_ENV")]
-    pub copy_docker_env: Option<String>,
-
-    /// Separator between `container` and the copied key in the label name.
-    #[arg(long, env = "LABEL_SEPARATOR", default_value = "_")]
-    pub label_separator: String,
-
-    /// statsd sink, host:port (UDP; label values folded into the metric name).
-    #[arg(long, env = "STATSD_ADDR")]
-    pub statsd_addr: Option<String>,
-
-    /// statsite sink, host:port (UDP; label values folded into the metric name).
-    #[arg(long, env = "STATSITE_ADDR")]
-    pub statsite_addr: Option<String>,
-
-    /// DogStatsD sink, host:port (UDP; labels as tags).
-    #[arg(long, env = "DATADOG_ADDR")]
-    pub datadog_addr: Option<String>,
-
-    /// How often the statsd-family sinks are sent what was recorded (Go duration).
-    #[arg(long, env = "METRICS_FLUSH_INTERVAL", default_value = "1s")]
-    pub metrics_flush_interval: String,
-
-    /// Prometheus exposition at the admin listener's /metrics.
-    #[arg(long, env = "ENABLE_PROMETHEUS")]
-    pub enable_prometheus: Option<String>,
-
-    /// Also put the COPY_DOCKER_* labels on Prometheus series (one series per distinct value:
-    /// only for low-cardinality labels).
-    #[arg(long, env = "PROMETHEUS_COPY_LABELS", default_value = "false")]
-    pub prometheus_copy_labels: String,
-
-    /// Add `request_path` and `remote_addr` to request metrics on the statsd family and New
-    /// Relic (never on Prometheus): one series per path and caller.
-    #[arg(long, env = "METRICS_UNBOUNDED_LABELS", default_value = "false")]
-    pub metrics_unbounded_labels: String,
-
-    /// New Relic application name (needs NEWRELIC_LICENSE).
-    #[arg(long, env = "NEWRELIC_APP_NAME")]
-    pub newrelic_app_name: Option<String>,
-
-    /// New Relic license (ingest) key (needs NEWRELIC_APP_NAME).
-    #[arg(long, env = "NEWRELIC_LICENSE", hide_env_values = true)]
-    pub newrelic_license: Option<String>,
-
-    /// New Relic Metric API endpoint (EU: https://metric-api.eu.newrelic.com/metric/v1).
-    #[arg(
-        long,
-        env = "NEWRELIC_ENDPOINT",
-        default_value = "https://metric-api.newrelic.com/metric/v1"
-    )]
-    pub newrelic_endpoint: String,
-
-    /// How often metrics are sent to New Relic (Go duration).
-    #[arg(long, env = "NEWRELIC_FLUSH_INTERVAL", default_value = "10s")]
-    pub newrelic_flush_interval: String,
-
-    /// Admin listener (/metrics, /healthz, /readyz), host:port; `off` disables it.
-    #[arg(long, env = "ADMIN_ADDR", default_value = "127.0.0.1:8001")]
-    pub admin_addr: String,
-
-    /// Also serve /metrics on the proxy port, as go-metadataproxy did (containers can read it).
-    #[arg(long, env = "METRICS_ON_PROXY_PORT", default_value = "false")]
-    pub metrics_on_proxy_port: String,
-
-    /// IMDSv2 tokens: `optional` (requests without a token are served, as IMDSv1) or
-    /// `required` (every request but the token PUT needs a valid token, else 401).
-    #[arg(long, env = "IMDSV2", default_value = "optional")]
-    pub imdsv2: String,
-
-    /// File keeping the IMDSv2 token key across restarts (created, mode 0600, on first
-    /// start); `none`: a key in memory only, so every token a client holds gets 401 after a
-    /// restart. Default: /var/lib/metadataproxy/token.key as root, else
-    /// $XDG_STATE_HOME (or ~/.local/state)/metadataproxy/token.key.
-    #[arg(long, env = "TOKEN_KEY_FILE")]
-    pub token_key_file: Option<String>,
-
-    /// Replace the IMDSv2 token key this often (Go duration, at least 6h: tokens sealed with
-    /// the key before stay valid until they expire); 0: never.
-    #[arg(long, env = "TOKEN_KEY_ROTATION", default_value = "24h")]
-    pub token_key_rotation: String,
-
-    /// Passthrough paths forwarded: comma list of patterns after the API version (`*`, `?`
-    /// within a segment, `**` any segments; a pattern covers its subtree).
-    #[arg(long, env = "PASSTHROUGH_ALLOW", default_value = crate::policy::DEFAULT_ALLOW)]
-    pub passthrough_allow: String,
-
-    /// Passthrough paths refused (404), same patterns; deny wins over allow. Empty: none.
-    #[arg(long, env = "PASSTHROUGH_DENY", default_value = crate::policy::DEFAULT_DENY)]
-    pub passthrough_deny: String,
-
-    /// Roles every container may assume: comma list of role ARN patterns (`*`, `?`). Unset,
-    /// with no ROLE_POLICY_FILE: any role.
-    #[arg(long, env = "ALLOWED_ROLES")]
-    pub allowed_roles: Option<String>,
-
-    /// JSON role policy: {"rules": [{"roles": [ARN patterns], "images": [patterns],
-    /// "labels": {"key": "value"}}]}; a role is allowed when a rule (or ALLOWED_ROLES) allows it.
-    #[arg(long, env = "ROLE_POLICY_FILE")]
-    pub role_policy_file: Option<String>,
-
-    /// Append audit lines (one per credential issuance) to this file instead of stdout.
-    #[arg(long, env = "AUDIT_LOG_FILE")]
-    pub audit_log_file: Option<String>,
-
-    /// Requests per second per caller (container) before 429; 0: no limit.
-    #[arg(long, env = "REQUEST_RATE_LIMIT", default_value = DEFAULT_REQUEST_RATE)]
-    pub request_rate_limit: String,
-
-    /// Requests a caller may make at once above REQUEST_RATE_LIMIT; 0: as many as the rate;
-    /// unset: twice the rate.
-    #[arg(long, env = "REQUEST_RATE_BURST")]
-    pub request_rate_burst: Option<String>,
-
-    /// Largest request head (request line and headers) in bytes, 8192 to 1048576; past it, 431.
-    #[arg(long, env = "MAX_HEADER_BYTES", default_value = "16384")]
-    pub max_header_bytes: String,
-
-    /// Time a client has to send the request head (Go duration); past it, the connection closes.
-    #[arg(long, env = "HEADER_READ_TIMEOUT", default_value = "10s")]
-    pub header_read_timeout: String,
-
-    /// Time a client has to send the request body (Go duration); past it, 400.
-    #[arg(long, env = "BODY_READ_TIMEOUT", default_value = "10s")]
-    pub body_read_timeout: String,
-
-    /// Open connections to the proxy port at most; more are closed at once.
-    #[arg(long, env = "MAX_CONNECTIONS", default_value = "4096")]
-    pub max_connections: String,
-
-    /// Open connections from one peer address at most; 0: no per-address cap.
-    #[arg(long, env = "MAX_CONNECTIONS_PER_IP", default_value = "256")]
-    pub max_connections_per_ip: String,
-
-    /// Refuse (400) requests whose Host is not the metadata service's (169.254.169.254,
-    /// [fd00:ec2::254], instance-data): a defence against DNS rebinding.
-    #[arg(long, env = "CHECK_HOST_HEADER", default_value = "false")]
-    pub check_host_header: String,
-
-    /// How long in-flight requests may run after SIGTERM/SIGINT (Go duration).
-    #[arg(long, env = "SHUTDOWN_GRACE", default_value = "10s")]
-    pub shutdown_grace: String,
-
-    /// Emulated metadata (METADATA_URL=builtin): instance id.
-    #[arg(
-        long,
-        env = "BUILTIN_INSTANCE_ID",
-        default_value = "i-0123456789abcdef0"
-    )]
-    pub builtin_instance_id: String,
-
-    /// Emulated metadata: AMI id.
-    #[arg(long, env = "BUILTIN_AMI_ID", default_value = "ami-0123456789abcdef0")]
-    pub builtin_ami_id: String,
-
-    /// Emulated metadata: instance type.
-    #[arg(long, env = "BUILTIN_INSTANCE_TYPE", default_value = "t3.micro")]
-    pub builtin_instance_type: String,
-
-    /// Emulated metadata: private IPv4 address.
-    #[arg(long, env = "BUILTIN_LOCAL_IPV4", default_value = "10.0.0.10")]
-    pub builtin_local_ipv4: String,
-
-    /// Emulated metadata: MAC address.
-    #[arg(long, env = "BUILTIN_MAC", default_value = "02:00:00:00:00:01")]
-    pub builtin_mac: String,
-
-    /// Emulated metadata: availability zone. Default: the region (AWS_REGION or us-east-1)
-    /// followed by `a`.
-    #[arg(long, env = "BUILTIN_AVAILABILITY_ZONE")]
-    pub builtin_availability_zone: Option<String>,
-
-    /// Emulated metadata: account id in the instance identity document; with STS=builtin,
-    /// also the account of bare role names.
-    #[arg(long, env = "BUILTIN_ACCOUNT_ID", default_value = "123456789012")]
-    pub builtin_account_id: String,
-}
-
-/// Maintenance commands: each removes what an earlier agent left in the kernel (an agent of
-/// another mode reports it at start and in `/readyz`), says what it removed or that there was
-/// nothing, and exits 0; non-zero with the reason when it could not.
-#[derive(Debug, Clone, clap::Subcommand)]
-pub enum Command {
-    /// eBPF mode's pinned programs and maps.
-    Ebpf {
-        #[command(subcommand)]
-        /// What to do with them.
-        action: EbpfCommand,
-    },
-    /// The agent's nf_tables table (`INTERCEPT=iptables`).
-    Iptables {
-        #[command(subcommand)]
-        /// What to do with it.
-        action: IptablesCommand,
-    },
-}
-
-/// `metadataproxy ebpf ...`.
-#[derive(Debug, Clone, clap::Subcommand)]
-pub enum EbpfCommand {
-    /// Detach the programs pinned under the pin directory and remove the pins (links and
-    /// maps). Containers' metadata connects are no longer redirected to an agent.
-    Detach {
-        /// The pin directory (a bpffs directory). Default: EBPF_PIN_PATH, else
-        /// /sys/fs/bpf/metadataproxy.
-        #[arg(long)]
-        pin_path: Option<String>,
-    },
-}
-
-/// `metadataproxy iptables ...`.
-#[derive(Debug, Clone, clap::Subcommand)]
-pub enum IptablesCommand {
-    /// Delete the agent's nf_tables table (`ip metadataproxy`), whoever left it.
-    Remove,
-}
 
 /// A validated configuration.
 #[derive(Debug, Clone)]
@@ -510,81 +95,6 @@ pub struct Config {
     pub ebpf_pin_path: Option<std::path::PathBuf>,
 }
 
-/// Where the IMDSv2 token key is kept, and how often it is replaced.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenKeyConfig {
-    /// `TOKEN_KEY_FILE` (`None`: `none`, in memory only).
-    pub file: Option<std::path::PathBuf>,
-    /// `TOKEN_KEY_ROTATION` (`None`: `0`, never).
-    pub rotation: Option<Duration>,
-}
-
-impl Default for TokenKeyConfig {
-    fn default() -> Self {
-        TokenKeyConfig {
-            file: None,
-            rotation: Some(Duration::from_secs(86_400)),
-        }
-    }
-}
-
-/// Where passthrough requests go.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum UpstreamConfig {
-    /// A real (or fake) metadata service at this base URL (scheme and authority only).
-    Url(http::Uri),
-    /// The built-in emulated metadata tree.
-    Builtin(BuiltinValues),
-}
-
-/// Where role credentials come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StsConfig {
-    /// `sts:AssumeRole` and `iam:GetRole` through the AWS SDK.
-    Aws,
-    /// The built-in STS: fake credentials issued by the agent (`STS=builtin`).
-    Builtin {
-        /// The account of bare role names (`BUILTIN_ACCOUNT_ID`).
-        account_id: AccountId,
-    },
-}
-
-/// Values served by the built-in emulated metadata service.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BuiltinValues {
-    /// `meta-data/instance-id`.
-    pub instance_id: String,
-    /// `meta-data/ami-id`.
-    pub ami_id: String,
-    /// `meta-data/instance-type`.
-    pub instance_type: String,
-    /// `meta-data/local-ipv4`.
-    pub local_ipv4: std::net::Ipv4Addr,
-    /// `meta-data/mac`.
-    pub mac: String,
-    /// `meta-data/placement/availability-zone`.
-    pub availability_zone: String,
-    /// `meta-data/placement/region`.
-    pub region: String,
-    /// Account in `dynamic/instance-identity/document`.
-    pub account_id: String,
-}
-
-impl Default for BuiltinValues {
-    fn default() -> Self {
-        BuiltinValues {
-            instance_id: "i-0123456789abcdef0".into(),
-            ami_id: "ami-0123456789abcdef0".into(),
-            instance_type: "t3.micro".into(),
-            local_ipv4: std::net::Ipv4Addr::new(10, 0, 0, 10),
-            mac: "02:00:00:00:00:01".into(),
-            availability_zone: "us-east-1a".into(),
-            region: "us-east-1".into(),
-            account_id: "123456789012".into(),
-        }
-    }
-}
-
 /// How container traffic reaches the agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Intercept {
@@ -594,205 +104,6 @@ pub enum Intercept {
     Iptables(IptablesConfig),
     /// The kernel program redirects and tags connections.
     Ebpf(EbpfConfig),
-}
-
-/// iptables mode settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IptablesConfig {
-    /// Interfaces whose metadata traffic is redirected (`IPTABLES_INTERFACES`).
-    pub interfaces: Vec<InterfaceMatch>,
-    /// Clean-shutdown policy (`IPTABLES_ON_SHUTDOWN`).
-    pub on_shutdown: RulesOnShutdown,
-}
-
-/// An interface name, or a prefix of names (`br-+`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum InterfaceMatch {
-    /// This interface.
-    Exact(String),
-    /// Every interface whose name starts with this.
-    Prefix(String),
-}
-
-impl InterfaceMatch {
-    /// Parses `docker0` or `br-+` / `br-*`; `None` for names the kernel cannot have.
-    pub fn parse(s: &str) -> Option<InterfaceMatch> {
-        let (name, prefix) = match s.strip_suffix(['+', '*']) {
-            Some(p) => (p, true),
-            None => (s, false),
-        };
-        // IFNAMSIZ is 16 with the NUL; no '/', ':' or white space in interface names.
-        let valid = !name.is_empty()
-            && name.len() < 16
-            && name
-                .chars()
-                .all(|c| c.is_ascii_graphic() && !matches!(c, '/' | ':' | '+' | '*'));
-        match (valid, prefix) {
-            (false, _) => None,
-            (true, true) => Some(InterfaceMatch::Prefix(name.to_string())),
-            (true, false) => Some(InterfaceMatch::Exact(name.to_string())),
-        }
-    }
-
-    /// What the kernel compares the interface name register with: the name padded with NULs
-    /// to 16 bytes, or the prefix alone.
-    pub fn match_bytes(&self) -> Vec<u8> {
-        match self {
-            InterfaceMatch::Exact(n) => {
-                let mut v = n.as_bytes().to_vec();
-                v.resize(16, 0);
-                v
-            }
-            InterfaceMatch::Prefix(p) => p.as_bytes().to_vec(),
-        }
-    }
-}
-
-impl fmt::Display for InterfaceMatch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            InterfaceMatch::Exact(n) => f.write_str(n),
-            InterfaceMatch::Prefix(p) => write!(f, "{p}+"),
-        }
-    }
-}
-
-/// What a clean shutdown does with iptables mode's rules.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RulesOnShutdown {
-    /// Remove exactly the agent's table.
-    Remove,
-    /// Leave it: fail closed.
-    Keep,
-}
-
-/// eBPF mode settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EbpfConfig {
-    /// cgroup2 directory to attach to (`EBPF_CGROUP_PATH`); `None`: the cgroup2 mount.
-    pub cgroup_path: Option<std::path::PathBuf>,
-    /// bpffs pin directory (`EBPF_PIN_PATH`).
-    pub pin_path: std::path::PathBuf,
-    /// Redirect target (`EBPF_REDIRECT_ADDR`); `None`: docker0's address.
-    pub redirect_addr: Option<std::net::Ipv4Addr>,
-    /// Container parent cgroups (`EBPF_CONTAINER_CGROUPS`); `None`: `auto`, settled at start-up
-    /// by `identity::cgroup::container_parents`.
-    pub container_cgroups: Option<Vec<String>>,
-    /// Clean-shutdown policy (`EBPF_ON_SHUTDOWN`).
-    pub on_shutdown: OnShutdown,
-}
-
-/// What a clean shutdown does with the kernel programs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnShutdown {
-    /// Leave them attached: fail closed.
-    Keep,
-    /// Detach and unpin them.
-    Detach,
-}
-
-/// Logging settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LogConfig {
-    /// Least severe level written.
-    pub level: tracing::Level,
-    /// Line format.
-    pub format: LogFormat,
-}
-
-/// Log line formats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    /// Human-readable `key=value` lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-    /// One GELF 1.1 JSON object per line.
-    Gelf,
-}
-
-/// Metrics and admin settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TelemetryConfig {
-    /// `COPY_DOCKER_LABELS`.
-    pub copy_docker_labels: Vec<String>,
-    /// `COPY_DOCKER_ENV`.
-    pub copy_docker_env: Vec<String>,
-    /// `LABEL_SEPARATOR`.
-    pub label_separator: String,
-    /// `STATSD_ADDR`.
-    pub statsd_addr: Option<String>,
-    /// `STATSITE_ADDR`.
-    pub statsite_addr: Option<String>,
-    /// `DATADOG_ADDR`.
-    pub datadog_addr: Option<String>,
-    /// `METRICS_FLUSH_INTERVAL`.
-    pub flush_interval: Duration,
-    /// `ENABLE_PROMETHEUS`.
-    pub enable_prometheus: bool,
-    /// `PROMETHEUS_COPY_LABELS`.
-    pub prometheus_copy_labels: bool,
-    /// `METRICS_UNBOUNDED_LABELS`.
-    pub unbounded_labels: bool,
-    /// `NEWRELIC_*`.
-    pub newrelic: Option<NewRelicConfig>,
-    /// `ADMIN_ADDR` (`None`: off).
-    pub admin_addr: Option<SocketAddr>,
-    /// `METRICS_ON_PROXY_PORT`.
-    pub metrics_on_proxy_port: bool,
-}
-
-impl Default for TelemetryConfig {
-    fn default() -> Self {
-        TelemetryConfig {
-            copy_docker_labels: Vec::new(),
-            copy_docker_env: Vec::new(),
-            label_separator: "_".into(),
-            statsd_addr: None,
-            statsite_addr: None,
-            datadog_addr: None,
-            flush_interval: Duration::from_secs(1),
-            enable_prometheus: false,
-            prometheus_copy_labels: false,
-            unbounded_labels: false,
-            newrelic: None,
-            admin_addr: None,
-            metrics_on_proxy_port: false,
-        }
-    }
-}
-
-impl TelemetryConfig {
-    /// The copied Docker labels and env keys with their label names:
-    /// `container<LABEL_SEPARATOR><key>`, lower-cased.
-    pub fn copied_labels(&self) -> crate::identity::CopiedLabels {
-        let name = |k: &String| format!("container{}{}", self.label_separator, k.to_lowercase());
-        crate::identity::CopiedLabels {
-            labels: self
-                .copy_docker_labels
-                .iter()
-                .map(|k| (k.clone(), name(k)))
-                .collect(),
-            env: self
-                .copy_docker_env
-                .iter()
-                .map(|k| (k.clone(), name(k)))
-                .collect(),
-        }
-    }
-}
-
-/// The New Relic export.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewRelicConfig {
-    /// `NEWRELIC_APP_NAME`.
-    pub app_name: String,
-    /// `NEWRELIC_LICENSE`, never printed.
-    pub license: crate::roles::Secret,
-    /// `NEWRELIC_ENDPOINT`.
-    pub endpoint: http::Uri,
-    /// `NEWRELIC_FLUSH_INTERVAL`.
-    pub interval: Duration,
 }
 
 /// An invalid setting: names the variable, its flag, the value and what was expected.
@@ -1427,18 +738,6 @@ fn builtin_account_id(a: &Args) -> Result<AccountId, ConfigError> {
     })
 }
 
-fn non_empty(v: &Option<String>) -> Option<&str> {
-    v.as_deref().map(str::trim).filter(|s| !s.is_empty())
-}
-
-fn positive_duration(variable: &'static str, value: &str) -> Result<Duration, ConfigError> {
-    match parse_go_duration(value) {
-        Ok(d) if !d.is_zero() => Ok(d),
-        Ok(_) => Err(invalid(variable, value, "must be greater than zero")),
-        Err(e) => Err(invalid(variable, value, e)),
-    }
-}
-
 fn parse_sts(a: &Args, upstream: &UpstreamConfig) -> Result<StsConfig, ConfigError> {
     let acknowledged = parse_bool(a.acknowledge_fake_credentials.trim()).ok_or_else(|| {
         invalid(
@@ -1553,164 +852,6 @@ fn parse_upstream(a: &Args, region: Option<&str>) -> Result<UpstreamConfig, Conf
     ))
 }
 
-fn parse_docker_url(variable: &'static str, v: &str) -> Result<DockerUrl, ConfigError> {
-    if let Some(path) = v.strip_prefix("unix://") {
-        if path.starts_with('/') {
-            return Ok(DockerUrl::Unix(path.to_string()));
-        }
-    } else if let Some(addr) = v
-        .strip_prefix("tcp://")
-        .or_else(|| v.strip_prefix("http://"))
-    {
-        let addr = addr.trim_end_matches('/');
-        if is_host_port(addr) {
-            return Ok(DockerUrl::Tcp(addr.to_string()));
-        }
-    }
-    Err(invalid(
-        variable,
-        v,
-        "expected unix:///path/to/docker.sock or tcp://host:port",
-    ))
-}
-
-fn comma_list(variable: &'static str, v: &Option<String>) -> Result<Vec<String>, ConfigError> {
-    let Some(raw) = non_empty(v) else {
-        return Ok(Vec::new());
-    };
-    let mut out = Vec::new();
-    for item in raw.split(',').map(str::trim) {
-        if item.is_empty() || item.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(invalid(
-                variable,
-                raw,
-                "expected a comma-separated list of names without empty items or spaces",
-            ));
-        }
-        out.push(item.to_string());
-    }
-    Ok(out)
-}
-
-fn host_port(variable: &'static str, v: &Option<String>) -> Result<Option<String>, ConfigError> {
-    match non_empty(v) {
-        None => Ok(None),
-        Some(s) if is_host_port(s) => Ok(Some(s.to_string())),
-        Some(s) => Err(invalid(variable, s, "expected host:port")),
-    }
-}
-
-fn is_host_port(s: &str) -> bool {
-    if s.parse::<SocketAddr>().is_ok() {
-        return true;
-    }
-    match s.rsplit_once(':') {
-        Some((host, port)) => {
-            !host.is_empty()
-                && host
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
-                && port.parse::<u16>().is_ok_and(|p| p != 0)
-        }
-        None => false,
-    }
-}
-
-fn parse_bool(v: &str) -> Option<bool> {
-    match v.to_ascii_lowercase().as_str() {
-        "1" | "true" | "t" | "yes" | "on" => Some(true),
-        "0" | "false" | "f" | "no" | "off" => Some(false),
-        _ => None,
-    }
-}
-
-/// A region name: lowercase letters, digits and dashes, such as `us-east-1` or `cn-north-1`.
-fn is_region(r: &str) -> bool {
-    !r.is_empty()
-        && r.len() <= 32
-        && r.contains('-')
-        && r.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && r.chars().last().is_some_and(|c| c.is_ascii_digit())
-}
-
-/// Parses a Go `time.ParseDuration` string: `300ms`, `1.5h`, `1h30m`, `0`.
-/// Negative durations are refused: nothing here means anything negative.
-pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    if s == "0" {
-        return Ok(Duration::ZERO);
-    }
-    if s.is_empty() {
-        return Err("expected a duration such as 15m, 1h30m or 500ms".into());
-    }
-    if s.starts_with('-') {
-        return Err("must not be negative".into());
-    }
-    let s = s.strip_prefix('+').unwrap_or(s);
-    let bytes = s.as_bytes();
-    let mut i = 0;
-    let mut total_nanos: u128 = 0;
-    while i < bytes.len() {
-        let start = i;
-        while i < bytes.len() && (bytes[i].is_ascii_digit() || bytes[i] == b'.') {
-            i += 1;
-        }
-        let number = &s[start..i];
-        let unit_start = i;
-        while i < bytes.len() && !(bytes[i].is_ascii_digit() || bytes[i] == b'.') {
-            i += 1;
-        }
-        let unit = &s[unit_start..i];
-        let scale: u128 = match unit {
-            "ns" => 1,
-            "us" | "µs" | "μs" => 1_000,
-            "ms" => 1_000_000,
-            "s" => 1_000_000_000,
-            "m" => 60_000_000_000,
-            "h" => 3_600_000_000_000,
-            "" => {
-                return Err(format!(
-                    "missing unit after {number:?} (use ns, us, ms, s, m or h)"
-                ))
-            }
-            other => {
-                return Err(format!(
-                    "unknown unit {other:?} (use ns, us, ms, s, m or h)"
-                ))
-            }
-        };
-        let (int_part, frac_part) = number.split_once('.').unwrap_or((number, ""));
-        if (int_part.is_empty() && frac_part.is_empty()) || frac_part.contains('.') {
-            return Err(format!("bad number {number:?}"));
-        }
-        let int: u128 = if int_part.is_empty() {
-            0
-        } else {
-            int_part
-                .parse()
-                .map_err(|_| format!("bad number {number:?}"))?
-        };
-        let mut nanos = int
-            .checked_mul(scale)
-            .ok_or_else(|| "duration too large".to_string())?;
-        let mut frac_scale = scale;
-        for d in frac_part.bytes() {
-            frac_scale /= 10;
-            nanos = nanos
-                .checked_add(u128::from(d - b'0') * frac_scale)
-                .ok_or_else(|| "duration too large".to_string())?;
-        }
-        total_nanos = total_nanos
-            .checked_add(nanos)
-            .filter(|n| *n <= u128::from(u64::MAX))
-            .ok_or_else(|| "duration too large".to_string())?;
-    }
-    let secs = (total_nanos / 1_000_000_000) as u64;
-    let sub = (total_nanos % 1_000_000_000) as u32;
-    Ok(Duration::new(secs, sub))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1720,7 +861,7 @@ mod tests {
         for (k, v) in pairs {
             argv.push(format!("--{k}={v}"));
         }
-        Args::try_parse_from(argv).expect("flags parse")
+        Args::parse_from_vars(argv.iter().skip(1).map(String::as_str), []).expect("flags parse")
     }
 
     fn err(pairs: &[(&str, &str)]) -> ConfigError {
@@ -2003,24 +1144,52 @@ mod tests {
     }
 
     #[test]
+    fn variables_are_read_from_the_map_given_and_a_flag_wins() {
+        let from_vars = |argv: &[&str], vars: &[(&str, &str)]| {
+            Config::try_from(
+                Args::parse_from_vars(argv.iter().copied(), vars.iter().copied()).unwrap(),
+            )
+        };
+        let c = from_vars(
+            &[],
+            &[
+                ("PORT", "9000"),
+                ("DEFAULT_ROLE", "web"),
+                ("NOT_A_SETTING", "x"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.default_role.as_ref().map(|r| r.name()), Some("web"));
+        let c = from_vars(&["--port=7000"], &[("PORT", "9000")]).unwrap();
+        assert_eq!(c.listen.port(), 7000);
+        let e = from_vars(&[], &[("PORT", "eighty")]).unwrap_err();
+        assert_eq!(e.variable, "PORT");
+        // An empty map: the defaults.
+        assert_eq!(from_vars(&[], &[]).unwrap().listen.port(), 8000);
+    }
+
+    #[test]
     fn maintenance_commands_parse_beside_the_agents_flags() {
-        let a = Args::try_parse_from(["metadataproxy", "--port=9000"]).unwrap();
+        let a = Args::parse_from_vars(["--port=9000"], []).unwrap();
         assert!(a.command.is_none());
-        let a = Args::try_parse_from(["metadataproxy", "ebpf", "detach"]).unwrap();
+        let a = Args::parse_from_vars(["ebpf", "detach"], []).unwrap();
         assert!(matches!(
             a.command,
             Some(Command::Ebpf {
                 action: EbpfCommand::Detach { pin_path: None }
             })
         ));
-        let a = Args::try_parse_from([
-            "metadataproxy",
-            "--ebpf-pin-path=/sys/fs/bpf/a",
-            "ebpf",
-            "detach",
-            "--pin-path",
-            "/sys/fs/bpf/b",
-        ])
+        let a = Args::parse_from_vars(
+            [
+                "--ebpf-pin-path=/sys/fs/bpf/a",
+                "ebpf",
+                "detach",
+                "--pin-path",
+                "/sys/fs/bpf/b",
+            ],
+            [],
+        )
         .unwrap();
         assert_eq!(a.ebpf_pin_path, "/sys/fs/bpf/a");
         match a.command {
@@ -2029,15 +1198,15 @@ mod tests {
             }) => assert_eq!(pin_path.as_deref(), Some("/sys/fs/bpf/b")),
             other => panic!("{other:?}"),
         }
-        let a = Args::try_parse_from(["metadataproxy", "iptables", "remove"]).unwrap();
+        let a = Args::parse_from_vars(["iptables", "remove"], []).unwrap();
         assert!(matches!(
             a.command,
             Some(Command::Iptables {
                 action: IptablesCommand::Remove
             })
         ));
-        assert!(Args::try_parse_from(["metadataproxy", "ebpf"]).is_err());
-        assert!(Args::try_parse_from(["metadataproxy", "iptables", "install"]).is_err());
+        assert!(Args::parse_from_vars(["ebpf"], []).is_err());
+        assert!(Args::parse_from_vars(["iptables", "install"], []).is_err());
     }
 
     #[test]
