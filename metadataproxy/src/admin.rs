@@ -33,8 +33,6 @@ pub enum Interception {
     Ebpf(Arc<KernelRedirect>),
 }
 
-/// Content type of the Prometheus text exposition.
-pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// A successful check of the agent's own AWS credentials is trusted this long.
 const CREDENTIALS_CHECK_TTL: Duration = Duration::from_secs(30);
 /// How long the credentials check may take.
@@ -215,7 +213,7 @@ impl Admin {
                     let mut r = text(StatusCode::OK, handle.render());
                     r.headers_mut().insert(
                         http::header::CONTENT_TYPE,
-                        HeaderValue::from_static(PROMETHEUS_CONTENT_TYPE),
+                        HeaderValue::from_static(crate::metrics::PROMETHEUS_CONTENT_TYPE),
                     );
                     r
                 }

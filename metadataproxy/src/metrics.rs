@@ -15,6 +15,10 @@ use std::time::Duration;
 
 use metrics::{counter, gauge, histogram, Label};
 
+/// Content type of the Prometheus text exposition (the admin port's `/metrics`, and the
+/// proxy port's with `METRICS_ON_PROXY_PORT`).
+pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
 /// Every request, by handler, role, status and error (`counter`).
 pub const HTTP_REQUEST: &str = "metadataproxy.http_request";
 /// Request latency by handler, in seconds (`histogram`).

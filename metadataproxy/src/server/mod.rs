@@ -496,7 +496,7 @@ fn metrics_page(handle: &metrics_exporter_prometheus::PrometheusHandle) -> Respo
     let mut resp = Response::new(Bytes::from(handle.render()));
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,
-        HeaderValue::from_static(crate::admin::PROMETHEUS_CONTENT_TYPE),
+        HeaderValue::from_static(crate::metrics::PROMETHEUS_CONTENT_TYPE),
     );
     resp
 }
