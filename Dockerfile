@@ -8,7 +8,7 @@ FROM scratch
 COPY target/image/metadataproxy /usr/local/bin/metadataproxy
 COPY target/image/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 # TOKEN_KEY_FILE's directory: mount a volume here to keep IMDSv2 tokens valid when the agent's
-# container is re-created (README, "The container image").
+# container is re-created (docs/deployment.md, "The container image").
 # (/var/lib itself root's: copied first without --chown; the copy keeps the mode 0700.)
 COPY target/image/empty /var/lib
 COPY --chown=65534:65534 target/image/state /var/lib/

@@ -1,5 +1,6 @@
 //! The binary: invalid configuration exits 64 naming the variable; `--help` documents every
-//! variable; a valid configuration serves and drains on SIGTERM.
+//! variable, and docs/configuration.md every flag of `--help`; a valid configuration serves and
+//! drains on SIGTERM.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -420,4 +421,158 @@ fn http_get(addr: &str, path: &str) -> String {
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out
+}
+
+/// One option of a `--help` text: its long flag, and the variable and default clap prints
+/// beside it (`[env: NAME=]`, `[default: VALUE]`).
+#[derive(Debug)]
+struct HelpOption {
+    /// `metadataproxy` and the subcommand words before the flag, for messages.
+    command: String,
+    flag: String,
+    env: Option<String>,
+    default: Option<String>,
+}
+
+/// The text between `open` and the next `]` in `text`, if `open` is there.
+fn bracketed<'a>(text: &'a str, open: &str) -> Option<&'a str> {
+    let rest = &text[text.find(open)? + open.len()..];
+    Some(&rest[..rest.find(']')?])
+}
+
+/// Every option the binary's `--help` prints, for `words` (the subcommand) and each of its
+/// subcommands in turn.
+fn help_options(words: &[&str]) -> Vec<HelpOption> {
+    // A clean environment: clap prints the value of a variable that is set (`[env: HOST=x]`).
+    let out = Command::new(BIN)
+        .env_clear()
+        .args(words)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{words:?} --help: {out:?}");
+    let help = String::from_utf8(out.stdout).unwrap();
+    let command = std::iter::once("metadataproxy")
+        .chain(words.iter().copied())
+        .collect::<Vec<_>>()
+        .join(" ");
+    // Each option's block runs from its flag line to the next option or section.
+    let mut blocks: Vec<String> = Vec::new();
+    let mut subcommands = Vec::new();
+    let mut section = "";
+    for line in help.lines() {
+        if !line.starts_with(' ') && line.ends_with(':') {
+            section = line;
+            continue;
+        }
+        let indent = line.len() - line.trim_start().len();
+        let item = line.trim_start();
+        match section {
+            "Options:" if item.starts_with('-') && indent <= 6 => blocks.push(item.to_string()),
+            "Options:" if !blocks.is_empty() => {
+                let last = blocks.last_mut().unwrap();
+                last.push(' ');
+                last.push_str(item);
+            }
+            "Commands:" if indent == 2 => {
+                let name = item.split_whitespace().next().unwrap_or_default();
+                if name != "help" {
+                    subcommands.push(name.to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut options: Vec<HelpOption> = blocks
+        .iter()
+        .map(|block| {
+            let flag = block
+                .split([' ', ',', '='])
+                .find(|w| w.starts_with("--"))
+                .unwrap_or_else(|| {
+                    panic!("{command} --help: an option without a long flag: {block}")
+                });
+            HelpOption {
+                command: command.clone(),
+                flag: flag.to_string(),
+                env: bracketed(block, "[env: ")
+                    .and_then(|e| e.split('=').next())
+                    .map(str::to_string),
+                default: bracketed(block, "[default: ").map(str::to_string),
+            }
+        })
+        .collect();
+    for sub in &subcommands {
+        let mut deeper: Vec<&str> = words.to_vec();
+        deeper.push(sub);
+        options.extend(help_options(&deeper));
+    }
+    options
+}
+
+#[test]
+fn every_flag_of_help_is_in_the_configuration_doc() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/configuration.md");
+    let doc = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let options = help_options(&[]);
+    // The parse itself: a help text it could not read would make this test pass on nothing.
+    let host = options.iter().find(|o| o.flag == "--host").expect("--host");
+    assert_eq!(
+        (host.env.as_deref(), host.default.as_deref()),
+        (Some("HOST"), Some("0.0.0.0"))
+    );
+    assert!(
+        options.iter().any(|o| o.flag == "--pin-path"),
+        "{options:?}"
+    );
+    assert!(options.iter().filter(|o| o.env.is_some()).count() > 50);
+
+    // A flag with a variable has its table row: `| `NAME` | `--flag` | default | meaning |`,
+    // its default (when `--help` prints one) in the third cell. Any other flag is named
+    // somewhere, in backticks.
+    let rows: Vec<Vec<&str>> = doc
+        .lines()
+        .filter(|l| l.starts_with('|'))
+        .map(|l| l.split('|').map(str::trim).collect())
+        .collect();
+    let mut missing = Vec::new();
+    for o in &options {
+        let flag = format!("`{}`", o.flag);
+        let Some(env) = &o.env else {
+            if !doc.contains(&flag) {
+                missing.push(format!("{}: {flag} is not in the doc", o.command));
+            }
+            continue;
+        };
+        let Some(row) = rows.iter().find(|r| r.get(2) == Some(&flag.as_str())) else {
+            missing.push(format!(
+                "{}: no row `| `{env}` | {flag} | ... |` in the doc",
+                o.command
+            ));
+            continue;
+        };
+        if row[1] != format!("`{env}`") {
+            missing.push(format!(
+                "{}: {flag}'s row names {} instead of its variable `{env}`",
+                o.command, row[1]
+            ));
+        }
+        if let Some(default) = &o.default {
+            if !row
+                .get(3)
+                .is_some_and(|c| c.contains(&format!("`{default}`")))
+            {
+                missing.push(format!(
+                    "{}: {flag}'s row does not give its default `{default}`: {}",
+                    o.command,
+                    row.join(" | ")
+                ));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "docs/configuration.md does not match --help:\n{}",
+        missing.join("\n")
+    );
 }

@@ -454,7 +454,7 @@ impl Agent {
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        // Through the environment, so that `args` stay as the README writes them.
+        // Through the environment, so that `args` stay as the docs write them.
         let key_dir = own_key_file(&mut cmd, env);
         for (k, v) in env {
             cmd.env(k, v);
@@ -908,7 +908,7 @@ impl Rule {
     }
 
     /// The classic-mode DNAT of `169.254.169.254:80` from `source` arriving on `iface` to
-    /// `to_ip:to_port`, as the README documents it.
+    /// `to_ip:to_port`, as docs/deployment.md documents it.
     pub fn dnat(iface: &str, source: &str, to_ip: &str, to_port: u16) -> Rule {
         let to = format!("{to_ip}:{to_port}");
         Rule::insert(

@@ -1,4 +1,4 @@
-//! The README's "With an AWS profile" walkthrough against moto: the agent started with
+//! The "With an AWS profile" walkthrough of docs/deployment.md against moto: the agent started with
 //! `AWS_PROFILE` (and nothing else of AWS's but `AWS_ENDPOINT_URL`, pointing at a counter in
 //! front of moto instead of AWS) takes its credentials and region from the SDK's chain, and a
 //! container gets working credentials for its role through the same path as on EC2.
@@ -22,7 +22,7 @@ use metadataproxy_tests::{
     Agent, AwsCounter, TestEnv,
 };
 
-const README: &str = include_str!("../../README.md");
+const DEPLOYMENT: &str = include_str!("../../docs/deployment.md");
 
 const AGENT: &str = "AWS_PROFILE=dev cargo run --release -p metadataproxy -- --metadata-url \
      builtin --host \"$BRIDGE_IP\" --port 8000";
@@ -30,11 +30,11 @@ const CONTAINER: &str = "docker run --rm -e IAM_ROLE=arn:aws:iam::123456789012:r
      busybox wget -qO- http://$BRIDGE_IP:8000/latest/meta-data/iam/security-credentials/dev-app";
 const ROLE_ARN: &str = "arn:aws:iam::123456789012:role/dev-app";
 
-/// `line`, which the README must contain as written.
-fn readme(line: &str) -> &str {
+/// `line`, which docs/deployment.md must contain as written.
+fn documented(line: &str) -> &str {
     assert!(
-        README.contains(line),
-        "the README no longer shows this step: {line}"
+        DEPLOYMENT.contains(line),
+        "docs/deployment.md no longer shows this step: {line}"
     );
     line
 }
@@ -103,11 +103,11 @@ impl Drop for Profiles {
     }
 }
 
-/// Starts the agent as the README does, with `env` (the profile or the credentials server)
+/// Starts the agent as docs/deployment.md does, with `env` (the profile or the credentials server)
 /// and `AWS_ENDPOINT_URL` at `aws`; `PATH` as a shell has it (a `credential_process` runs in
 /// `sh`).
 fn start_agent(bridge_ip: &str, aws: &AwsCounter, env: &[(&str, &str)]) -> Agent {
-    let flags = readme(AGENT)
+    let flags = documented(AGENT)
         .strip_prefix("AWS_PROFILE=dev cargo run --release -p metadataproxy -- ")
         .expect("the agent's command")
         .replace("\"$BRIDGE_IP\"", bridge_ip)
@@ -123,9 +123,9 @@ fn start_agent(bridge_ip: &str, aws: &AwsCounter, env: &[(&str, &str)]) -> Agent
     Agent::launch(&args, &all)
 }
 
-/// The README's container step, in `sh` with `BRIDGE_IP` set.
+/// The documented container step, in `sh` with `BRIDGE_IP` set.
 fn container_step(env: &TestEnv, agent: &Agent, bridge_ip: &str) -> Output {
-    let line = readme(CONTAINER)
+    let line = documented(CONTAINER)
         .replace(":8000/", &format!(":{}/", agent.port))
         .replace(" busybox ", &format!(" {} ", env.image));
     Command::new("timeout")

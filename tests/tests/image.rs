@@ -1,6 +1,6 @@
 //! The agent image (Dockerfile, `FROM scratch`, built by the test command with
-//! `scripts/build-image.sh`) run as a host agent container with the README's `docker run`
-//! lines, in classic mode (the operator's DNAT rule), in iptables mode (the agent's own rules)
+//! `scripts/build-image.sh`) run as a host agent container with the `docker run` lines of
+//! docs/deployment.md ("The container image"), in classic mode (the operator's DNAT rule), in iptables mode (the agent's own rules)
 //! and in eBPF mode; a workload container gets its role's credentials in each.
 
 use std::process::Command;
@@ -14,7 +14,7 @@ use metadataproxy_tests::{
 
 const MD: &str = "http://169.254.169.254/latest/meta-data";
 
-/// The README's `docker run` flags for eBPF mode.
+/// The `docker run` flags for eBPF mode (docs/deployment.md, "The container image").
 const EBPF_RUN_FLAGS: &[&str] = &[
     "--net=host",
     "--cgroupns=host",
@@ -29,7 +29,7 @@ const EBPF_RUN_FLAGS: &[&str] = &[
     "/sys/fs/cgroup:/sys/fs/cgroup:ro",
 ];
 
-/// The README's `docker run` flags for iptables mode.
+/// The `docker run` flags for iptables mode (docs/deployment.md, "The container image").
 const IPTABLES_RUN_FLAGS: &[&str] = &[
     "--net=host",
     "--cap-add=NET_ADMIN",
@@ -54,7 +54,7 @@ fn free_port() -> u16 {
 /// The agent running as a container; removed when dropped, with its state volume.
 struct AgentContainer {
     name: String,
-    /// The README's `-v metadataproxy-state:/var/lib/metadataproxy`, one per test.
+    /// The documented `-v metadataproxy-state:/var/lib/metadataproxy`, one per test.
     volume: String,
 }
 
@@ -157,7 +157,7 @@ impl Drop for AgentContainer {
     }
 }
 
-/// What the test adds to the README's lines: its own ports, the fake upstream, moto (by
+/// What the test adds to the documented lines: its own ports, the fake upstream, moto (by
 /// host name, so that name resolution in the static binary is exercised), test credentials.
 fn test_env_vars(
     upstream: &FakeUpstream,
@@ -186,7 +186,7 @@ fn the_image_serves_a_workload_in_classic_mode() {
     let env = test_env();
     let upstream = FakeUpstream::start();
     let aws = AwsCounter::start(&env.moto_url);
-    // README: "Classic mode (your DNAT rules)": not root, only the Docker socket's group.
+    // docs/deployment.md, "Classic mode (your DNAT rules)": not root, the socket's group only.
     let socket_group = std::fs::metadata("/var/run/docker.sock")
         .map(|m| std::os::unix::fs::MetadataExt::gid(&m).to_string())
         .expect("the Docker socket");
@@ -303,7 +303,7 @@ fn the_image_serves_a_workload_in_iptables_mode_and_removes_its_rules_on_stop() 
     let aws = AwsCounter::start(&env.moto_url);
     let c = Container::start(&env, "image-ipt", None, &[("IAM_ROLE", "image-ipt-role")]);
     let before = netfilter_snapshot();
-    // README: "iptables mode", with the default IPTABLES_ON_SHUTDOWN=remove.
+    // docs/deployment.md: "iptables mode", with the default IPTABLES_ON_SHUTDOWN=remove.
     let (agent, _) = AgentContainer::run_ready("iptables", IPTABLES_RUN_FLAGS, |port, admin| {
         let mut vars = test_env_vars(&upstream, &aws, port, admin);
         vars.push(("INTERCEPT", "iptables".into()));
@@ -348,7 +348,7 @@ fn the_image_serves_a_workload_in_ebpf_mode() {
         vars.push(("EBPF_ON_SHUTDOWN", "detach".into()));
         vars
     };
-    // README: "eBPF mode".
+    // docs/deployment.md: "eBPF mode".
     let (agent, _) = AgentContainer::run_ready("ebpf", EBPF_RUN_FLAGS, vars);
     let c = Container::start(&env, "image-ebpf", None, &[("IAM_ROLE", "image-ebpf-role")]);
     let r = c.wget(&format!("{MD}/iam/security-credentials/image-ebpf-role"));
@@ -392,7 +392,7 @@ fn restarting_the_agent_container_in_iptables_mode_with_keep_never_lets_a_worklo
     restart_while_polling("restart-ipt", IPTABLES_RUN_FLAGS, || {
         vec![
             ("INTERCEPT", "iptables".into()),
-            // The README's line for production: the rules stay while the agent is away.
+            // The documented line for production: the rules stay while the agent is away.
             ("IPTABLES_ON_SHUTDOWN", "keep".into()),
         ]
     });

@@ -294,12 +294,12 @@ fn keep_keeps_the_ipv6_table_and_the_next_agent_takes_it_over() {
 }
 
 #[test]
-fn the_readmes_ip6tables_lines_refuse_the_ipv6_endpoint_in_classic_mode() {
+fn the_documented_ip6tables_lines_refuse_the_ipv6_endpoint_in_classic_mode() {
     let s = Setup::new("classic-v6", 67, "fd00:dead:beef:2::/64");
     s.assert_reaches_the_catcher();
     let before = ip6tables_snapshot();
     {
-        // "Deploying in classic mode", as printed there (INTERCEPT=none: no agent table).
+        // docs/deployment.md, "Classic mode", as printed there (INTERCEPT=none: no agent table).
         let mut rules = Vec::new();
         for chain in ["FORWARD", "INPUT"] {
             for iface in ["docker0", "br-+"] {
