@@ -1,5 +1,6 @@
 //! What the agent measures, through the `metrics` facade. Every metric the agent records is
-//! named and labelled here, so that the README's table and the sinks have one source.
+//! named and labelled here, so that the table in docs/operations.md and the sinks have one
+//! source.
 //!
 //! Names use dots (`metadataproxy.http_request`), as the statsd family and New Relic expect;
 //! the Prometheus sink turns them into `metadataproxy_http_request_total` and the like.

@@ -53,7 +53,7 @@ pub struct Args {
     pub metadata_timeout: String,
 
     /// How container metadata traffic reaches the agent: `none` (the operator installs the
-    /// iptables rules, see the README), `iptables` (the agent installs and removes its own
+    /// iptables rules, see docs/deployment.md), `iptables` (the agent installs and removes its own
     /// netfilter rules) or `ebpf` (a kernel program redirects containers' connects and tags
     /// them with their cgroup).
     #[arg(long, env = "INTERCEPT", default_value = "none")]
@@ -247,7 +247,7 @@ pub struct Args {
     #[arg(long, env = "NEWRELIC_FLUSH_INTERVAL", default_value = "10s")]
     pub newrelic_flush_interval: String,
 
-    /// Admin listener (/metrics, /healthz, /readyz), host:port; `off` disables it.
+    /// Admin listener (/metrics, /healthz, /readyz), ip:port; `off` disables it.
     #[arg(long, env = "ADMIN_ADDR", default_value = "127.0.0.1:8001")]
     pub admin_addr: String,
 
@@ -403,7 +403,8 @@ pub enum EbpfCommand {
 /// `metadataproxy iptables ...`.
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum IptablesCommand {
-    /// Delete the agent's nf_tables table (`ip metadataproxy`), whoever left it.
+    /// Delete the agent's nf_tables tables (`ip metadataproxy` and `ip6 metadataproxy`),
+    /// whoever left them.
     Remove,
 }
 
