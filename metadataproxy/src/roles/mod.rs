@@ -16,7 +16,7 @@ pub use builtin::{
     BuiltinSts, FAKE_ACCESS_KEY_PREFIX, FAKE_ROLE_ID_PREFIX, FAKE_SECRET_PREFIX, FAKE_TOKEN_PREFIX,
 };
 pub use issuer::{IssueError, Issued, Issuer, IssuerSettings};
-pub use session::{session_tags, SessionTemplate};
+pub use session::{session_tags, SessionTemplate, SessionTemplateError};
 pub use sts::{
     AssumeRole, AssumeRoleRequest, AwsError, Credentials, GetRole, Rendered, SdkIam, SdkSts, Secret,
 };
