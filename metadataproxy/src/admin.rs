@@ -87,7 +87,8 @@ impl Admin {
         let check = self.leftovers.clone();
         let found = tokio::task::spawn_blocking(move || check.find())
             .await
-            .map_err(|e| e.to_string())??;
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
         if found.is_empty() {
             return Ok("none".into());
         }

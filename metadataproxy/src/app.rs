@@ -1,7 +1,12 @@
 //! Wiring: builds the components from a [`Config`] into the [`Services`] the server uses, and
 //! starts the agent's background work. Every external dependency is an `Arc<dyn Trait>` seam,
 //! so tests wire [`Services`] from fakes with [`services`].
+//!
+//! Whatever stops the agent from starting is a [`StartupError`], which names the setting at
+//! fault and keeps the error behind it; `main` reports it in one place.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,9 +18,12 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 use crate::admin::Readiness;
 use crate::builtin::Emulator;
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Config, StsConfig, UpstreamConfig};
+use crate::config::{Config, ConfigError, StsConfig, UpstreamConfig, EXIT_CONFIG};
+use crate::ebpf::EbpfError;
 use crate::identity::kernel::{CgroupResolver, CgroupTree, KernelIdentity};
 use crate::identity::{Attestor, ContainerIndex, ContainerLookup, DockerLookup};
+use crate::imdsv2::KeyFileError;
+use crate::netfilter::NetfilterError;
 use crate::roles::{
     AccountId, AssumeRole, BuiltinSts, CacheSettings, CredentialCache, GetRole, Issuer,
     IssuerSettings, Partition, RoleResolver, SdkIam, SdkSts,
@@ -24,6 +32,76 @@ use crate::server::handlers::passthrough::Forwarder;
 use crate::server::Services;
 use crate::telemetry::export::Exporters;
 use crate::upstream::{HttpUpstream, Upstream};
+
+/// Why the agent could not start. Each message names the variable at fault (or the address it
+/// could not bind), as the agent has always printed it.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// An invalid setting.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The async runtime could not be built.
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    /// The metadata port (`HOST`, `PORT`) could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// `ADMIN_ADDR` could not be bound.
+    #[error("cannot listen on ADMIN_ADDR {addr}: {source}")]
+    AdminListen {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// `INTERCEPT=ebpf` could not attach its programs.
+    #[error("cannot start eBPF mode: {0}")]
+    Ebpf(#[source] EbpfError),
+    /// `INTERCEPT=iptables` could not install its rules.
+    #[error("cannot start iptables mode: {0}")]
+    Iptables(#[source] NetfilterError),
+    /// `AUDIT_LOG_FILE` cannot be appended to.
+    #[error("AUDIT_LOG_FILE={}: cannot open it for appending: {source}", .path.display())]
+    AuditLog {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// `TOKEN_KEY_FILE` cannot be used (and is never replaced by a fresh key).
+    #[error(
+        "TOKEN_KEY_FILE={}: {source} (fix or delete the file: deleting it invalidates every \
+         token clients hold; or set TOKEN_KEY_FILE to another path, or none)",
+        .path.display()
+    )]
+    TokenKeyFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        source: KeyFileError,
+    },
+}
+
+impl StartupError {
+    /// The process's exit status: 64 (`EX_USAGE`) for an invalid setting, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            StartupError::Config(_) => EXIT_CONFIG as u8,
+            StartupError::Runtime(_)
+            | StartupError::Listen { .. }
+            | StartupError::AdminListen { .. }
+            | StartupError::Ebpf(_)
+            | StartupError::Iptables(_)
+            | StartupError::AuditLog { .. }
+            | StartupError::TokenKeyFile { .. } => 1,
+        }
+    }
+}
 
 /// The external services behind the seams.
 #[derive(Debug)]
@@ -107,17 +185,14 @@ impl App {
         config: &Config,
         kernel: Option<Arc<dyn KernelIdentity>>,
         exporters: &Exporters,
-    ) -> Result<App, String> {
-        let audit = crate::audit::Audit::open(config.audit_log_file.as_deref()).map_err(|e| {
-            format!(
-                "AUDIT_LOG_FILE={}: cannot open it for appending: {e}",
-                config
-                    .audit_log_file
-                    .as_deref()
-                    .unwrap_or(std::path::Path::new(""))
-                    .display()
-            )
-        })?;
+    ) -> Result<App, StartupError> {
+        let audit =
+            crate::audit::Audit::open(config.audit_log_file.as_deref()).map_err(|source| {
+                StartupError::AuditLog {
+                    path: config.audit_log_file.clone().unwrap_or_default(),
+                    source,
+                }
+            })?;
         let tokens = open_token_keys(config)?;
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let aws = match &config.sts {
@@ -210,7 +285,7 @@ fn spawn_state_gauges(index: Arc<ContainerIndex>, issuer: Arc<Issuer>) {
 /// The IMDSv2 token keys of `TOKEN_KEY_FILE`: read, or created on first start. Fails (naming
 /// the variable and the file) when the file cannot be used; never falls back to a fresh key,
 /// which would cost every client holding a token a 401.
-fn open_token_keys(config: &Config) -> Result<crate::imdsv2::TokenKeys, String> {
+fn open_token_keys(config: &Config) -> Result<crate::imdsv2::TokenKeys, StartupError> {
     use crate::imdsv2::{KeyFileState, TokenKeys};
     let rotation = config.token_key.rotation;
     let Some(path) = &config.token_key.file else {
@@ -221,12 +296,9 @@ fn open_token_keys(config: &Config) -> Result<crate::imdsv2::TokenKeys, String> 
         return Ok(TokenKeys::ephemeral(rotation));
     };
     let (keys, state) = TokenKeys::open_file(path, rotation, std::time::SystemTime::now())
-        .map_err(|e| {
-            format!(
-                "TOKEN_KEY_FILE={}: {e} (fix or delete the file: deleting it invalidates every \
-                 token clients hold; or set TOKEN_KEY_FILE to another path, or none)",
-                path.display()
-            )
+        .map_err(|source| StartupError::TokenKeyFile {
+            path: path.clone(),
+            source,
         })?;
     match state {
         KeyFileState::Created => tracing::info!(

@@ -11,6 +11,14 @@ use std::path::PathBuf;
 
 use crate::config::{Config, Intercept};
 
+/// Why the leftovers could not be looked for.
+#[derive(Debug, thiserror::Error)]
+pub enum LeftoverError {
+    /// The kernel's nf_tables could not be read.
+    #[error("cannot look for the nf_tables table: {0}")]
+    Tables(#[source] crate::netfilter::NetfilterError),
+}
+
 /// What another mode left in the kernel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Leftover {
@@ -105,7 +113,7 @@ impl LeftoverCheck {
     }
 
     /// What is there now. Blocking (a netlink round trip, a few `stat`s).
-    pub fn find(&self) -> Result<Vec<Leftover>, String> {
+    pub fn find(&self) -> Result<Vec<Leftover>, LeftoverError> {
         let mut found = Vec::new();
         if let Some(pin_path) = &self.ebpf_pin_path {
             let links = crate::ebpf::pinned_links(pin_path);
@@ -122,7 +130,7 @@ impl LeftoverCheck {
                 // Without CAP_NET_ADMIN (classic mode run as nobody) the table cannot be read,
                 // and the operator's own rules are what matters there.
                 Err(e) if is_permission(&e) => {}
-                Err(e) => return Err(format!("cannot look for the nf_tables table: {e}")),
+                Err(e) => return Err(LeftoverError::Tables(e)),
             }
         }
         Ok(found)

@@ -1,11 +1,12 @@
-//! The agent: configuration → components → serve → drain on SIGTERM/SIGINT.
+//! The agent: configuration → components → serve → drain on SIGTERM/SIGINT. Whatever stops
+//! it from starting is a [`StartupError`], reported in one place ([`fail`]).
 
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
 use metadataproxy::admin::{self, Admin, Interception};
-use metadataproxy::app::App;
+use metadataproxy::app::{App, StartupError};
 use metadataproxy::config::{
     Args, Command, Config, EbpfCommand, Intercept, IptablesCommand, EXIT_CONFIG,
 };
@@ -17,6 +18,7 @@ use metadataproxy::{notify, server, telemetry};
 fn main() -> ExitCode {
     let args = match Args::try_parse() {
         Ok(a) => a,
+        // clap prints `--help` to standard output and usage errors to standard error itself.
         Err(e) => {
             let code = if e.use_stderr() { EXIT_CONFIG } else { 0 };
             let _ = e.print();
@@ -29,82 +31,70 @@ fn main() -> ExitCode {
     if let Some(command) = &args.command {
         return maintenance(command, &args);
     }
-    let config = match Config::try_from(args) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("metadataproxy: {e}");
-            return ExitCode::from(EXIT_CONFIG as u8);
-        }
-    };
-    telemetry::init(config.log);
-    raise_open_files_limit(config.limits.max_connections);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("metadataproxy: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(run(config))
+    match start(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
 }
 
-async fn run(config: Config) -> ExitCode {
+/// The one report of a failed start: logged (once logging is up), printed to standard error,
+/// and the exit status (64 for an invalid setting).
+fn fail(e: &StartupError) -> ExitCode {
+    tracing::error!(error = %e, "cannot start");
+    eprintln!("metadataproxy: {e}");
+    ExitCode::from(e.exit_code())
+}
+
+fn start(args: Args) -> Result<(), StartupError> {
+    let config = Config::try_from(args)?;
+    telemetry::init(config.log);
+    raise_open_files_limit(config.limits.max_connections);
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(StartupError::Runtime)?
+        .block_on(run(config))
+}
+
+async fn run(config: Config) -> Result<(), StartupError> {
     let exporters = telemetry::export::install(&config.telemetry, telemetry::hostname());
-    let listener = match tokio::net::TcpListener::bind(config.listen).await {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(listen = %config.listen, error = %e, "cannot listen");
-            eprintln!("metadataproxy: cannot listen on {}: {e}", config.listen);
-            return ExitCode::FAILURE;
-        }
-    };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartupError::Listen {
+            addr: config.listen,
+            source,
+        })?;
     let listen = listener.local_addr().unwrap_or(config.listen);
     // Both listeners before interception: a start-up that fails must not leave the kernel
     // redirect pointing at an agent that is not there.
     let admin_listener = match config.telemetry.admin_addr {
         None => None,
-        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
-            Ok(l) => Some(l),
-            Err(e) => {
-                tracing::error!(admin_addr = %addr, error = %e, "cannot listen");
-                eprintln!("metadataproxy: cannot listen on ADMIN_ADDR {addr}: {e}");
-                return ExitCode::FAILURE;
-            }
-        },
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartupError::AdminListen { addr, source })?,
+        ),
     };
     let mut redirect = None;
     let mut nat_rules = None;
     match &config.intercept {
         Intercept::None => {}
         Intercept::Ebpf(ebpf) => {
-            match metadataproxy::identity::DockerLookup::new(config.docker.clone())
+            let parents = metadataproxy::identity::DockerLookup::new(config.docker.clone())
                 .settle_container_parents(
                     ebpf.container_cgroups.as_deref(),
                     std::time::Duration::from_secs(2),
                 )
                 .await
-                .map_err(metadataproxy::ebpf::EbpfError::from)
-                .and_then(|parents| KernelRedirect::install(ebpf, &parents, listen))
-            {
-                Ok(k) => redirect = Some(Arc::new(k)),
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot start eBPF mode");
-                    eprintln!("metadataproxy: cannot start eBPF mode: {e}");
-                    return ExitCode::FAILURE;
-                }
-            }
+                .map_err(|e| StartupError::Ebpf(e.into()))?;
+            let installed =
+                KernelRedirect::install(ebpf, &parents, listen).map_err(StartupError::Ebpf)?;
+            redirect = Some(Arc::new(installed));
         }
-        Intercept::Iptables(ipt) => match NatRules::install(ipt, listen) {
-            Ok(r) => nat_rules = Some(Arc::new(r)),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot start iptables mode");
-                eprintln!("metadataproxy: cannot start iptables mode: {e}");
-                return ExitCode::FAILURE;
-            }
-        },
+        Intercept::Iptables(ipt) => {
+            let installed = NatRules::install(ipt, listen).map_err(StartupError::Iptables)?;
+            nat_rules = Some(Arc::new(installed));
+        }
     }
     if let Some(redirect) = &redirect {
         // Started before Docker: docker0 gets its address when dockerd starts, just before it
@@ -151,15 +141,14 @@ async fn run(config: Config) -> ExitCode {
     let app = match App::build(&config, kernel, &exporters).await {
         Ok(app) => app,
         Err(e) => {
-            tracing::error!(error = %e, "cannot start");
-            eprintln!("metadataproxy: {e}");
+            // Interception is in place: take it away again, as at a shutdown.
             if let Some(redirect) = &redirect {
                 redirect.shutdown();
             }
             if let Some(rules) = &nat_rules {
                 rules.shutdown();
             }
-            return ExitCode::FAILURE;
+            return Err(e);
         }
     };
     let admin_addr = match admin_listener {
@@ -210,7 +199,7 @@ async fn run(config: Config) -> ExitCode {
         // Waits for a repair in flight; none runs after it.
         let _ = tokio::task::spawn_blocking(move || rules.shutdown()).await;
     }
-    ExitCode::SUCCESS
+    Ok(())
 }
 
 /// `metadataproxy ebpf detach`, `metadataproxy iptables remove`: 0 once removed or when there

@@ -9,6 +9,9 @@
 //!
 //! Role patterns are matched against the whole role ARN; `*` matches any run of characters
 //! (`/` included, as in IAM policies) and `?` one character.
+//!
+//! A pattern or policy file that cannot be used is a [`PolicyError`] naming the pattern; the
+//! configuration adds the variable.
 
 use std::collections::BTreeMap;
 
@@ -42,15 +45,66 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
     p[pi..].iter().all(|c| *c == '*')
 }
 
+/// Why a pattern or the role policy file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// A pattern with whitespace or control characters.
+    #[error("{pattern:?}: no spaces or control characters")]
+    Unprintable {
+        /// The pattern.
+        pattern: String,
+    },
+    /// A path pattern with `//`.
+    #[error("{pattern:?}: empty segment")]
+    EmptySegment {
+        /// The pattern.
+        pattern: String,
+    },
+    /// A path pattern with `**` inside a segment (`a**`).
+    #[error("{pattern:?}: `**` must be a whole segment")]
+    PartialDoubleStar {
+        /// The pattern.
+        pattern: String,
+    },
+    /// A path pattern that starts with the API version.
+    #[error(
+        "{pattern:?}: patterns start after the API version (write `user-data`, not \
+         `latest/user-data`)"
+    )]
+    ApiVersion {
+        /// The pattern.
+        pattern: String,
+    },
+    /// A path pattern deeper than any canonical path.
+    #[error("{pattern:?}: more than {MAX_SEGMENTS} segments")]
+    TooDeep {
+        /// The pattern.
+        pattern: String,
+    },
+    /// A role pattern that is not a whole ARN.
+    #[error("{pattern:?}: role patterns match whole ARNs (arn:aws:iam::123456789012:role/...)")]
+    NotAnArn {
+        /// The pattern.
+        pattern: String,
+    },
+    /// The role policy file is not the expected JSON.
+    #[error("{0}")]
+    Json(#[source] serde_json::Error),
+    /// A role policy rule with an empty `roles` list.
+    #[error("a rule with no roles allows nothing")]
+    RuleWithoutRoles,
+}
+
 /// A path pattern, split into segments.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct PathPattern(Vec<String>);
 
 impl PathPattern {
-    fn parse(raw: &str) -> Result<PathPattern, String> {
+    fn parse(raw: &str) -> Result<PathPattern, PolicyError> {
+        let pattern = || raw.to_string();
         let trimmed = raw.trim().trim_matches('/');
-        if trimmed.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(format!("{raw:?}: no spaces or control characters"));
+        if is_unprintable(trimmed) {
+            return Err(PolicyError::Unprintable { pattern: pattern() });
         }
         let segments: Vec<String> = if trimmed.is_empty() {
             Vec::new()
@@ -58,21 +112,19 @@ impl PathPattern {
             trimmed.split('/').map(str::to_lowercase).collect()
         };
         if segments.iter().any(|s| s.is_empty()) {
-            return Err(format!("{raw:?}: empty segment"));
+            return Err(PolicyError::EmptySegment { pattern: pattern() });
         }
         if segments.iter().any(|s| s.contains("**") && s != "**") {
-            return Err(format!("{raw:?}: `**` must be a whole segment"));
+            return Err(PolicyError::PartialDoubleStar { pattern: pattern() });
         }
         if segments
             .first()
             .is_some_and(|f| f == "latest" || f.starts_with(|c: char| c.is_ascii_digit()))
         {
-            return Err(format!(
-                "{raw:?}: patterns start after the API version (write `user-data`, not `latest/user-data`)"
-            ));
+            return Err(PolicyError::ApiVersion { pattern: pattern() });
         }
         if segments.len() > MAX_SEGMENTS {
-            return Err(format!("{raw:?}: more than {MAX_SEGMENTS} segments"));
+            return Err(PolicyError::TooDeep { pattern: pattern() });
         }
         Ok(PathPattern(segments))
     }
@@ -123,8 +175,8 @@ pub const DEFAULT_DENY: &str = "user-data";
 
 impl PathPolicy {
     /// Parses comma lists of patterns.
-    pub fn parse(allow: &str, deny: &str) -> Result<PathPolicy, String> {
-        let list = |raw: &str| -> Result<Vec<PathPattern>, String> {
+    pub fn parse(allow: &str, deny: &str) -> Result<PathPolicy, PolicyError> {
+        let list = |raw: &str| -> Result<Vec<PathPattern>, PolicyError> {
             raw.split(',')
                 .filter(|p| !p.trim().is_empty())
                 .map(PathPattern::parse)
@@ -194,7 +246,7 @@ impl RolePolicy {
     /// From `ALLOWED_ROLES` (ARN patterns for every container) and the rules of
     /// `ROLE_POLICY_FILE`'s JSON (`{"rules": [{"roles": [...], "images": [...], "labels":
     /// {...}}]}`).
-    pub fn parse(allowed: &str, file: Option<&str>) -> Result<RolePolicy, String> {
+    pub fn parse(allowed: &str, file: Option<&str>) -> Result<RolePolicy, PolicyError> {
         let mut rules = Vec::new();
         let patterns: Vec<String> = allowed
             .split(',')
@@ -213,10 +265,10 @@ impl RolePolicy {
             });
         }
         if let Some(json) = file {
-            let doc: PolicyFile = serde_json::from_str(json).map_err(|e| e.to_string())?;
+            let doc: PolicyFile = serde_json::from_str(json).map_err(PolicyError::Json)?;
             for rule in &doc.rules {
                 if rule.roles.is_empty() {
-                    return Err("a rule with no roles allows nothing".into());
+                    return Err(PolicyError::RuleWithoutRoles);
                 }
                 for p in &rule.roles {
                     check_arn_pattern(p)?;
@@ -238,16 +290,22 @@ impl RolePolicy {
     }
 }
 
-fn check_arn_pattern(p: &str) -> Result<(), String> {
+fn check_arn_pattern(p: &str) -> Result<(), PolicyError> {
     if !p.starts_with("arn:") && p != "*" {
-        return Err(format!(
-            "{p:?}: role patterns match whole ARNs (arn:aws:iam::123456789012:role/...)"
-        ));
+        return Err(PolicyError::NotAnArn {
+            pattern: p.to_string(),
+        });
     }
-    if p.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!("{p:?}: no spaces or control characters"));
+    if is_unprintable(p) {
+        return Err(PolicyError::Unprintable {
+            pattern: p.to_string(),
+        });
     }
     Ok(())
+}
+
+fn is_unprintable(p: &str) -> bool {
+    p.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 #[cfg(test)]

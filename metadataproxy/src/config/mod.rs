@@ -130,11 +130,11 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-fn invalid(variable: &'static str, value: &str, reason: impl Into<String>) -> ConfigError {
+fn invalid(variable: &'static str, value: &str, reason: impl fmt::Display) -> ConfigError {
     ConfigError {
         variable,
         value: value.to_string(),
-        reason: reason.into(),
+        reason: reason.to_string(),
     }
 }
 

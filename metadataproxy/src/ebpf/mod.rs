@@ -69,14 +69,37 @@ pub enum EbpfError {
     /// Where containers live could not be settled (see `identity::cgroup::container_parents`).
     #[error(transparent)]
     Layout(#[from] crate::identity::cgroup::LayoutError),
-    /// Loading or attaching failed (permissions, kernel support).
-    #[error("{what}: {detail} (eBPF mode needs root or CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN, cgroup2 and BPF link support)")]
+    /// Loading, configuring or pinning failed (permissions, kernel support).
+    #[error("{what}: {} ({KERNEL_NEEDS})", chain(.source.as_ref()))]
     Kernel {
         /// The step.
         what: &'static str,
-        /// The error.
-        detail: String,
+        /// The error (aya's, or the kernel's errno).
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A kernel program could not be loaded or attached to the cgroup.
+    #[error("attach a kernel program: {program}: {} ({KERNEL_NEEDS})", chain(.source))]
+    Attach {
+        /// The program.
+        program: &'static str,
+        /// The error.
+        source: AttachError,
+    },
+}
+
+/// What eBPF mode needs of the host: said with every kernel failure.
+const KERNEL_NEEDS: &str =
+    "eBPF mode needs root or CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN, cgroup2 and BPF link support";
+
+/// Why a program could not be loaded, attached, or its link kept.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    /// Loading or attaching the program.
+    #[error(transparent)]
+    Program(#[from] aya::programs::ProgramError),
+    /// Turning its attachment into a link that outlives the agent.
+    #[error(transparent)]
+    Link(#[from] aya::programs::links::LinkError),
 }
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> EbpfError + 'a {
@@ -87,17 +110,21 @@ fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
     }
 }
 
-fn kernel<E: std::error::Error>(what: &'static str) -> impl FnOnce(E) -> EbpfError {
-    move |e| {
-        let mut detail = e.to_string();
-        let mut source = e.source();
-        while let Some(inner) = source {
-            detail.push_str(": ");
-            detail.push_str(&inner.to_string());
-            source = inner.source();
-        }
-        EbpfError::Kernel { what, detail }
+fn kernel<E>(what: &'static str) -> impl FnOnce(E) -> EbpfError
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    move |e| EbpfError::Kernel {
+        what,
+        source: Box::new(e),
     }
+}
+
+/// `error` and its sources, joined by `: `: aya keeps the kernel's reason (the errno) in a
+/// source, and the message is all an operator sees.
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let texts: Vec<String> = anyhow::Chain::new(error).map(|e| e.to_string()).collect();
+    texts.join(": ")
 }
 
 /// The attached kernel programs and the agent's handle on their connection records.
@@ -387,7 +414,7 @@ trait CgroupProgram: Sized {
     fn load_and_attach(
         program: &mut aya::programs::Program,
         cgroup: &std::fs::File,
-    ) -> Result<FdLink, String>;
+    ) -> Result<FdLink, AttachError>;
 }
 
 /// Both program kinds load, attach to a cgroup and hand over their link the same way.
@@ -397,16 +424,11 @@ macro_rules! cgroup_program {
             fn load_and_attach(
                 program: &mut aya::programs::Program,
                 cgroup: &std::fs::File,
-            ) -> Result<FdLink, String> {
-                let p: &mut $kind = program.try_into().map_err(|e| format!("{e}"))?;
-                p.load().map_err(|e| e.to_string())?;
-                let id = p
-                    .attach(cgroup, CgroupAttachMode::Single)
-                    .map_err(|e| e.to_string())?;
-                p.take_link(id)
-                    .map_err(|e| e.to_string())?
-                    .try_into()
-                    .map_err(|e: aya::programs::links::LinkError| e.to_string())
+            ) -> Result<FdLink, AttachError> {
+                let p: &mut $kind = program.try_into()?;
+                p.load()?;
+                let id = p.attach(cgroup, CgroupAttachMode::Single)?;
+                Ok(p.take_link(id)?.try_into()?)
             }
         }
     };
@@ -419,7 +441,7 @@ cgroup_program!(SockOps);
 /// the previous agent's link: one attachment before, one after, and no gap.
 fn attach_pinned<P: CgroupProgram>(
     bpf: &mut Ebpf,
-    name: &str,
+    name: &'static str,
     cgroup: &std::fs::File,
     pin_dir: &Path,
 ) -> Result<(), EbpfError> {
@@ -432,9 +454,9 @@ fn attach_pinned<P: CgroupProgram>(
         }
     }
     let program = bpf.program_mut(name).expect("program in object");
-    let link = P::load_and_attach(program, cgroup).map_err(|detail| EbpfError::Kernel {
-        what: "attach a kernel program",
-        detail: format!("{name}: {detail}"),
+    let link = P::load_and_attach(program, cgroup).map_err(|source| EbpfError::Attach {
+        program: name,
+        source,
     })?;
     link.pin(&new_pin).map_err(kernel("pin a link"))?;
     if old_pin.exists() {
@@ -538,10 +560,7 @@ fn ensure_bpffs(pin_path: &Path) -> Result<(), EbpfError> {
             nix::mount::MsFlags::empty(),
             None::<&str>,
         )
-        .map_err(|e| EbpfError::Kernel {
-            what: "mount bpffs at /sys/fs/bpf",
-            detail: e.to_string(),
-        })?;
+        .map_err(kernel("mount bpffs at /sys/fs/bpf"))?;
         return std::fs::create_dir_all(pin_path).map_err(io("create", pin_path));
     }
     Err(EbpfError::NotBpfFs(pin_path.to_path_buf()))
@@ -597,4 +616,30 @@ fn own_cgroup_id(root: &Path) -> Result<u64, EbpfError> {
         .trim_start_matches('/');
     let dir = root.join(rel);
     cgroup_id(&dir).map_err(io("stat cgroup", &dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Shaped like aya's syscall errors: the errno is the source, not in the message.
+    #[derive(Debug, thiserror::Error)]
+    #[error("`bpf_prog_load` failed")]
+    struct Syscall(#[source] std::io::Error);
+
+    #[test]
+    fn kernel_failures_say_the_errno_and_keep_the_source() {
+        let e = kernel("load the kernel object")(Syscall(std::io::Error::from_raw_os_error(
+            nix::libc::EPERM,
+        )));
+        let text = e.to_string();
+        assert!(
+            text.starts_with("load the kernel object: `bpf_prog_load` failed: ")
+                && text.contains("(os error 1)")
+                && text.ends_with(&format!("({KERNEL_NEEDS})")),
+            "{text}"
+        );
+        let source = std::error::Error::source(&e).expect("the source is kept");
+        assert!(source.downcast_ref::<Syscall>().is_some());
+    }
 }

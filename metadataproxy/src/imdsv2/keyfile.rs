@@ -14,6 +14,9 @@
 //! agent's user and readable by nobody else (mode 0600 or stricter); anything else stops
 //! start-up with a message naming the file. It is written whole into a temporary file beside
 //! it and renamed into place, so a crash never leaves half a key.
+//!
+//! Every failure is a [`KeyFileError`]; its message says what is wrong with the file ("it is
+//! ..."), so the caller prefixes the variable and the path, and it never prints a key.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read as _, Write as _};
@@ -50,9 +53,186 @@ pub struct Stored {
     pub previous: Option<(KeyBytes, u64)>,
 }
 
-/// Reads the key file at `path`: `Ok(None)` when there is none. The error says what is wrong
-/// with it, without naming the variable or printing any key.
-pub fn read(path: &Path) -> Result<Option<Stored>, String> {
+/// What is wrong with a token key file, or what could not be done with it. The message speaks
+/// of the file as "it", without the variable, and never holds a key.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFileError {
+    /// A file operation failed.
+    #[error("{}: {source}", describe(.op, .path))]
+    Io {
+        /// What was being done.
+        op: Op,
+        /// The file, or for [`Op::CreateDirectory`] and [`Op::WriteTemporary`] its directory.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The file is a symbolic link (it is opened with `O_NOFOLLOW`).
+    #[error("it is a symbolic link; expected a regular file")]
+    Symlink,
+    /// The file is a directory, a device, a socket, ...
+    #[error("it is not a regular file")]
+    NotRegular,
+    /// Someone else owns the file.
+    #[error(
+        "it is owned by uid {owner}, but the agent runs as uid {agent}: anyone who can replace \
+         the key can forge tokens"
+    )]
+    OtherOwner {
+        /// The file's owner.
+        owner: u32,
+        /// The agent's effective uid.
+        agent: u32,
+    },
+    /// Others may read or change the file.
+    #[error(
+        "its permissions {mode:04o} let others read or change it; expected 0600 \
+         (chmod 600 {})",
+        .path.display()
+    )]
+    LooseMode {
+        /// The permission bits.
+        mode: u32,
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file is larger than any key file.
+    #[error("it is {len} bytes, the wrong size for a token key file (at most {MAX_FILE_LEN})")]
+    TooLarge {
+        /// Its size.
+        len: u64,
+    },
+    /// The file grew past the limit while it was read.
+    #[error("it is over {MAX_FILE_LEN} bytes, the wrong size for a token key file")]
+    GrewTooLarge,
+    /// The path has no directory to write the file in.
+    #[error("it has no directory")]
+    NoDirectory,
+    /// The file was there a moment ago, and is gone (another agent removed it).
+    #[error("it disappeared while the agent was creating it")]
+    Vanished,
+    /// The text is not a key file.
+    #[error(transparent)]
+    Format(#[from] FormatError),
+}
+
+/// A file operation on the key file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// Opening it for reading.
+    Open,
+    /// Reading its owner, mode and size.
+    Inspect,
+    /// Reading its text.
+    Read,
+    /// Creating its missing directory.
+    CreateDirectory,
+    /// Writing the temporary file beside it.
+    WriteTemporary,
+    /// Linking a first file into place.
+    Create,
+    /// Renaming a new file over it.
+    Replace,
+}
+
+fn describe(op: &Op, path: &Path) -> String {
+    match op {
+        Op::Open => "cannot open it".into(),
+        Op::Inspect => "cannot read its attributes".into(),
+        Op::Read => "cannot read it".into(),
+        Op::CreateDirectory => format!("cannot create its directory {}", path.display()),
+        Op::WriteTemporary => format!("cannot write a file in {}", path.display()),
+        Op::Create => "cannot create it".into(),
+        Op::Replace => "cannot replace it".into(),
+    }
+}
+
+fn io(op: Op, path: &Path) -> impl FnOnce(std::io::Error) -> KeyFileError + '_ {
+    move |source| KeyFileError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Why a text is not a token key file. Line numbers count from 1.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FormatError {
+    /// Lines end in `\r\n`.
+    #[error("it has carriage returns: not a token key file")]
+    CarriageReturn,
+    /// The first line is not the header.
+    #[error("it does not start with `{HEADER}`: not a token key file")]
+    NoHeader,
+    /// Only the header.
+    #[error("it has no `current` line: the wrong size for a token key file")]
+    NoCurrent,
+    /// A line that is not the record expected there.
+    #[error("line {line}: expected a `{name}` record")]
+    UnexpectedRecord {
+        /// The line.
+        line: usize,
+        /// The record expected.
+        name: &'static str,
+    },
+    /// A record without a valid time.
+    #[error("line {line}: expected a time in Unix seconds after `{name}`")]
+    Time {
+        /// The line.
+        line: usize,
+        /// The record.
+        name: &'static str,
+    },
+    /// A record without a key.
+    #[error("line {line}: no key after the time")]
+    NoKey {
+        /// The line.
+        line: usize,
+    },
+    /// Text after the key.
+    #[error("line {line}: unexpected text after the key")]
+    TrailingText {
+        /// The line.
+        line: usize,
+    },
+    /// The key has characters outside base64url.
+    #[error("line {line}: the key is not base64url")]
+    NotBase64 {
+        /// The line.
+        line: usize,
+    },
+    /// The key's text does not decode (its length is wrong).
+    #[error(
+        "line {line}: the key is {chars} characters, the wrong size (expected {})",
+        (KEY_LEN * 4).div_ceil(3)
+    )]
+    KeyText {
+        /// The line.
+        line: usize,
+        /// How many characters it has.
+        chars: usize,
+    },
+    /// The key decodes to the wrong number of bytes.
+    #[error("line {line}: the key is {bytes} bytes, the wrong size (expected {KEY_LEN})")]
+    KeyLength {
+        /// The line.
+        line: usize,
+        /// How many bytes it has.
+        bytes: usize,
+    },
+    /// More lines than a key file has.
+    #[error("line {line}: unexpected; a token key file has at most three lines")]
+    ExtraLine {
+        /// The line.
+        line: usize,
+    },
+    /// No newline at the end.
+    #[error("its last line is cut short (no newline): the wrong size")]
+    CutShort,
+}
+
+/// Reads the key file at `path`: `Ok(None)` when there is none.
+pub fn read(path: &Path) -> Result<Option<Stored>, KeyFileError> {
     let mut file = match OpenOptions::new()
         .read(true)
         .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
@@ -60,74 +240,57 @@ pub fn read(path: &Path) -> Result<Option<Stored>, String> {
     {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => {
-            return Err("it is a symbolic link; expected a regular file".into())
-        }
-        Err(e) => return Err(format!("cannot open it: {e}")),
+        Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => return Err(KeyFileError::Symlink),
+        Err(e) => return Err(io(Op::Open, path)(e)),
     };
-    let meta = file
-        .metadata()
-        .map_err(|e| format!("cannot read its attributes: {e}"))?;
+    let meta = file.metadata().map_err(io(Op::Inspect, path))?;
     check_attributes(&meta, path)?;
     let mut text = String::new();
     std::io::Read::by_ref(&mut file)
         .take(MAX_FILE_LEN + 1)
         .read_to_string(&mut text)
-        .map_err(|e| format!("cannot read it: {e}"))?;
+        .map_err(io(Op::Read, path))?;
     if text.len() as u64 > MAX_FILE_LEN {
-        return Err(format!(
-            "it is over {MAX_FILE_LEN} bytes, the wrong size for a token key file"
-        ));
+        return Err(KeyFileError::GrewTooLarge);
     }
-    parse(&text).map(Some)
+    Ok(Some(parse(&text)?))
 }
 
-fn check_attributes(meta: &std::fs::Metadata, path: &Path) -> Result<(), String> {
+fn check_attributes(meta: &std::fs::Metadata, path: &Path) -> Result<(), KeyFileError> {
     if !meta.is_file() {
-        return Err("it is not a regular file".into());
+        return Err(KeyFileError::NotRegular);
     }
-    let euid = nix::unistd::geteuid().as_raw();
-    if meta.uid() != euid {
-        return Err(format!(
-            "it is owned by uid {}, but the agent runs as uid {euid}: anyone who can replace \
-             the key can forge tokens",
-            meta.uid()
-        ));
+    let agent = nix::unistd::geteuid().as_raw();
+    if meta.uid() != agent {
+        return Err(KeyFileError::OtherOwner {
+            owner: meta.uid(),
+            agent,
+        });
     }
     let mode = meta.mode() & 0o7777;
     if mode & 0o077 != 0 {
-        return Err(format!(
-            "its permissions {mode:04o} let others read or change it; expected 0600 \
-             (chmod 600 {})",
-            path.display()
-        ));
+        return Err(KeyFileError::LooseMode {
+            mode,
+            path: path.to_path_buf(),
+        });
     }
     if meta.len() > MAX_FILE_LEN {
-        return Err(format!(
-            "it is {} bytes, the wrong size for a token key file (at most {MAX_FILE_LEN})",
-            meta.len()
-        ));
+        return Err(KeyFileError::TooLarge { len: meta.len() });
     }
     Ok(())
 }
 
 /// Parses the file's text.
-pub fn parse(text: &str) -> Result<Stored, String> {
+pub fn parse(text: &str) -> Result<Stored, FormatError> {
     if text.contains('\r') {
-        return Err("it has carriage returns: not a token key file".into());
+        return Err(FormatError::CarriageReturn);
     }
     let mut lines = text.lines().enumerate().map(|(i, l)| (i + 1, l));
     match lines.next() {
         Some((_, HEADER)) => {}
-        _ => {
-            return Err(format!(
-                "it does not start with `{HEADER}`: not a token key file"
-            ))
-        }
+        _ => return Err(FormatError::NoHeader),
     }
-    let (n, line) = lines
-        .next()
-        .ok_or("it has no `current` line: the wrong size for a token key file")?;
+    let (n, line) = lines.next().ok_or(FormatError::NoCurrent)?;
     let (created, current) = record(n, line, "current")?;
     let previous = match lines.next() {
         None => None,
@@ -136,13 +299,11 @@ pub fn parse(text: &str) -> Result<Stored, String> {
             Some((key, until))
         }
     };
-    if let Some((n, _)) = lines.next() {
-        return Err(format!(
-            "line {n}: unexpected; a token key file has at most three lines"
-        ));
+    if let Some((line, _)) = lines.next() {
+        return Err(FormatError::ExtraLine { line });
     }
     if !text.ends_with('\n') {
-        return Err("its last line is cut short (no newline): the wrong size".into());
+        return Err(FormatError::CutShort);
     }
     Ok(Stored {
         current,
@@ -151,10 +312,10 @@ pub fn parse(text: &str) -> Result<Stored, String> {
     })
 }
 
-fn record(n: usize, line: &str, name: &str) -> Result<(u64, KeyBytes), String> {
-    let mut fields = line.split(' ');
+fn record(line: usize, text: &str, name: &'static str) -> Result<(u64, KeyBytes), FormatError> {
+    let mut fields = text.split(' ');
     if fields.next() != Some(name) {
-        return Err(format!("line {n}: expected a `{name}` record"));
+        return Err(FormatError::UnexpectedRecord { line, name });
     }
     let time = fields
         .next()
@@ -165,32 +326,31 @@ fn record(n: usize, line: &str, name: &str) -> Result<(u64, KeyBytes), String> {
                 && (t.len() == 1 || !t.starts_with('0'))
         })
         .and_then(|t| t.parse::<u64>().ok())
-        .ok_or_else(|| format!("line {n}: expected a time in Unix seconds after `{name}`"))?;
-    let encoded = fields
-        .next()
-        .ok_or_else(|| format!("line {n}: no key after the time"))?;
+        .ok_or(FormatError::Time { line, name })?;
+    let encoded = fields.next().ok_or(FormatError::NoKey { line })?;
     if fields.next().is_some() {
-        return Err(format!("line {n}: unexpected text after the key"));
+        return Err(FormatError::TrailingText { line });
     }
     if !encoded
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     {
-        return Err(format!("line {n}: the key is not base64url"));
+        return Err(FormatError::NotBase64 { line });
     }
-    let raw = URL_SAFE_NO_PAD.decode(encoded).map_err(|_| {
-        format!(
-            "line {n}: the key is {} characters, the wrong size (expected {})",
-            encoded.len(),
-            (KEY_LEN * 4).div_ceil(3)
-        )
-    })?;
-    let key: [u8; KEY_LEN] = raw.as_slice().try_into().map_err(|_| {
-        format!(
-            "line {n}: the key is {} bytes, the wrong size (expected {KEY_LEN})",
-            raw.len()
-        )
-    })?;
+    // The decoder's own error is left out: it can quote a character of the key.
+    let raw = URL_SAFE_NO_PAD
+        .decode(encoded)
+        .map_err(|_| FormatError::KeyText {
+            line,
+            chars: encoded.len(),
+        })?;
+    let key: [u8; KEY_LEN] = raw
+        .as_slice()
+        .try_into()
+        .map_err(|_| FormatError::KeyLength {
+            line,
+            bytes: raw.len(),
+        })?;
     Ok((time, KeyBytes(key)))
 }
 
@@ -213,14 +373,14 @@ pub fn render(stored: &Stored) -> String {
 /// Writes a first key file at `path`, unless one appeared meanwhile (another agent starting
 /// at the same moment): `Ok(false)` then, and the caller reads that one. Missing directories
 /// are created, mode 0700.
-pub fn create(path: &Path, stored: &Stored) -> Result<bool, String> {
+pub fn create(path: &Path, stored: &Stored) -> Result<bool, KeyFileError> {
     let dir = directory(path)?;
     if !dir.exists() {
         std::fs::DirBuilder::new()
             .mode(0o700)
             .recursive(true)
             .create(&dir)
-            .map_err(|e| format!("cannot create its directory {}: {e}", dir.display()))?;
+            .map_err(io(Op::CreateDirectory, &dir))?;
     }
     let tmp = write_temporary(&dir, path, stored)?;
     let linked = std::fs::hard_link(&tmp, path);
@@ -231,31 +391,31 @@ pub fn create(path: &Path, stored: &Stored) -> Result<bool, String> {
             Ok(true)
         }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
-        Err(e) => Err(format!("cannot create it: {e}")),
+        Err(e) => Err(io(Op::Create, path)(e)),
     }
 }
 
 /// Replaces the key file at `path` with `stored`, whole (after a rotation).
-pub fn replace(path: &Path, stored: &Stored) -> Result<(), String> {
+pub fn replace(path: &Path, stored: &Stored) -> Result<(), KeyFileError> {
     let dir = directory(path)?;
     let tmp = write_temporary(&dir, path, stored)?;
     if let Err(e) = std::fs::rename(&tmp, path) {
         let _ = std::fs::remove_file(&tmp);
-        return Err(format!("cannot replace it: {e}"));
+        return Err(io(Op::Replace, path)(e));
     }
     sync_directory(&dir);
     Ok(())
 }
 
-fn directory(path: &Path) -> Result<PathBuf, String> {
+fn directory(path: &Path) -> Result<PathBuf, KeyFileError> {
     match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => Ok(d.to_path_buf()),
-        _ => Err("it has no directory".into()),
+        _ => Err(KeyFileError::NoDirectory),
     }
 }
 
 /// A new file (mode 0600) beside `path` holding `stored`, flushed to disk.
-fn write_temporary(dir: &Path, path: &Path, stored: &Stored) -> Result<PathBuf, String> {
+fn write_temporary(dir: &Path, path: &Path, stored: &Stored) -> Result<PathBuf, KeyFileError> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -271,13 +431,13 @@ fn write_temporary(dir: &Path, path: &Path, stored: &Stored) -> Result<PathBuf, 
         .mode(0o600)
         .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
         .open(&tmp)
-        .map_err(|e| format!("cannot write a file in {}: {e}", dir.display()))?;
+        .map_err(io(Op::WriteTemporary, dir))?;
     let written = file
         .write_all(render(stored).as_bytes())
         .and_then(|()| file.sync_all());
     if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
-        return Err(format!("cannot write a file in {}: {e}", dir.display()));
+        return Err(io(Op::WriteTemporary, dir)(e));
     }
     Ok(tmp)
 }
@@ -361,7 +521,7 @@ mod tests {
             ),
         ];
         for (text, why) in cases {
-            let err = parse(&text).unwrap_err();
+            let err = parse(&text).unwrap_err().to_string();
             assert!(err.contains(why), "{text:?}: {err}");
             assert!(!err.contains(&key), "no key in errors: {err}");
         }
@@ -404,34 +564,44 @@ mod tests {
         let path = dir.join("token.key");
         std::fs::write(&path, render(&stored())).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let err = read(&path).unwrap_err();
+        let err = read(&path).unwrap_err().to_string();
         assert!(err.contains("0644") && err.contains("chmod 600"), "{err}");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert!(read(&path).unwrap().is_some());
 
         let link = dir.join("link.key");
         std::os::unix::fs::symlink(&path, &link).unwrap();
-        assert!(read(&link).unwrap_err().contains("symbolic link"));
+        assert!(matches!(read(&link), Err(KeyFileError::Symlink)));
 
         let sub = dir.join("sub.key");
         std::fs::create_dir(&sub).unwrap();
-        assert!(read(&sub).unwrap_err().contains("not a regular file"));
+        assert!(matches!(read(&sub), Err(KeyFileError::NotRegular)));
 
         let big = dir.join("big.key");
         std::fs::write(&big, "x".repeat(4096)).unwrap();
         std::fs::set_permissions(&big, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert!(read(&big).unwrap_err().contains("wrong size"));
+        assert!(read(&big).unwrap_err().to_string().contains("wrong size"));
 
         if nix::unistd::geteuid().is_root() {
             // As root (the test command), a file owned by someone else is refused too.
             std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
-            assert!(read(&path).unwrap_err().contains("owned by uid 65534"));
+            assert!(read(&path)
+                .unwrap_err()
+                .to_string()
+                .contains("owned by uid 65534"));
         }
 
         let deep = dir.join("big.key").join("state").join("token.key");
-        assert!(create(&deep, &stored())
-            .unwrap_err()
-            .contains("cannot create its directory"));
+        let err = create(&deep, &stored()).unwrap_err();
+        assert!(
+            err.to_string().contains("cannot create its directory"),
+            "{err}"
+        );
+        assert!(
+            matches!(&err, KeyFileError::Io { op: Op::CreateDirectory, source, .. }
+                if std::error::Error::source(&err).is_some() && source.raw_os_error().is_some()),
+            "the OS error is kept as the source: {err:?}"
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

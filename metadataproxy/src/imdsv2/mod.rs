@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+pub use keyfile::KeyFileError;
 use keyfile::{KeyBytes, Stored};
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
@@ -286,7 +287,7 @@ impl TokenKeys {
         path: &Path,
         rotation: Option<Duration>,
         now: SystemTime,
-    ) -> Result<(TokenKeys, KeyFileState), String> {
+    ) -> Result<(TokenKeys, KeyFileState), KeyFileError> {
         let (ring, state) = match keyfile::read(path)? {
             Some(stored) => Self::loaded(&stored, now),
             None => {
@@ -295,8 +296,7 @@ impl TokenKeys {
                     (ring, KeyFileState::Created)
                 } else {
                     // Another agent made it first: use its key.
-                    let stored = keyfile::read(path)?
-                        .ok_or("it disappeared while the agent was creating it")?;
+                    let stored = keyfile::read(path)?.ok_or(KeyFileError::Vanished)?;
                     Self::loaded(&stored, now)
                 }
             }
@@ -362,7 +362,7 @@ impl TokenKeys {
     /// Replaces the current key if it is older than `TOKEN_KEY_ROTATION`, writing the file
     /// first: `Ok(true)` when it did. When the file cannot be written the keys stay as they
     /// are (a rotation that would not survive a restart would cost every held token a 401).
-    pub fn rotate_if_due(&self, now: SystemTime) -> Result<bool, String> {
+    pub fn rotate_if_due(&self, now: SystemTime) -> Result<bool, KeyFileError> {
         if !self.ring().due(self.rotation, now) {
             return Ok(false);
         }
@@ -465,10 +465,10 @@ mod tests {
         let start = SystemTime::now();
         let a = Binding::Container("aaaa".into());
         let held = keys.mint(&a, Duration::from_secs(MAX_TTL), start);
-        assert_eq!(keys.rotate_if_due(start + DAY / 2), Ok(false));
+        assert_eq!(keys.rotate_if_due(start + DAY / 2).ok(), Some(false));
         let at = start + DAY + Duration::from_secs(5);
-        assert_eq!(keys.rotate_if_due(at), Ok(true));
-        assert_eq!(keys.rotate_if_due(at), Ok(false), "once per period");
+        assert_eq!(keys.rotate_if_due(at).ok(), Some(true));
+        assert_eq!(keys.rotate_if_due(at).ok(), Some(false), "once per period");
         let fresh = keys.mint(&a, Duration::from_secs(60), at);
         assert_eq!(keys.verify(&fresh, &a, at), Ok(()));
         // The held token was sealed with the previous key: still opened until the previous
@@ -478,7 +478,7 @@ mod tests {
         let last = at + Duration::from_secs(MAX_TTL);
         assert_eq!(keys.open(&held, last).unwrap_err(), TokenError::Invalid);
         let pre = keys.mint(&a, Duration::from_secs(MAX_TTL), at);
-        assert_eq!(keys.rotate_if_due(at + DAY), Ok(true));
+        assert_eq!(keys.rotate_if_due(at + DAY).ok(), Some(true));
         assert_eq!(
             keys.verify(&pre, &a, at + DAY + Duration::from_secs(MAX_TTL - 1)),
             Err(TokenError::Expired),
@@ -537,7 +537,7 @@ mod tests {
         use std::os::unix::fs::PermissionsExt as _;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         let err = TokenKeys::open_file(&path, None, SystemTime::now()).unwrap_err();
-        assert!(err.contains("wrong size"), "{err}");
+        assert!(err.to_string().contains("wrong size"), "{err}");
         assert_eq!(
             std::fs::read_to_string(&path).unwrap(),
             "metadataproxy-token-key v1\ncurrent 1 AAAA\n",

@@ -86,9 +86,18 @@ const IPS_DST_NAT: u32 = 0x20;
 /// Why the rules could not be installed.
 #[derive(Debug, thiserror::Error)]
 pub enum NetfilterError {
-    /// The listen address cannot be a redirect target.
-    #[error("{0}")]
-    Target(String),
+    /// `HOST` is a loopback address: redirected connections cannot reach it.
+    #[error(
+        "INTERCEPT=iptables: HOST {0} is a loopback address, which containers' redirected \
+         connections cannot reach; use 0.0.0.0 (the default) or an address of the host"
+    )]
+    LoopbackHost(Ipv4Addr),
+    /// `HOST` is IPv6: the redirect is IPv4.
+    #[error(
+        "INTERCEPT=iptables: HOST {0} is IPv6; the redirect is IPv4 (use 0.0.0.0, the default, \
+         or an IPv4 address of the host)"
+    )]
+    Ipv6Host(Ipv6Addr),
     /// The kernel refused.
     #[error("{source}{hint}")]
     Kernel {
@@ -134,16 +143,9 @@ impl Target {
         let port = listen.port();
         match listen.ip() {
             IpAddr::V4(ip) if ip.is_unspecified() => Ok(Target::Redirect { port }),
-            IpAddr::V4(ip) if ip.is_loopback() => Err(NetfilterError::Target(format!(
-                "INTERCEPT=iptables: HOST {ip} is a loopback address, which containers' \
-                 redirected connections cannot reach; use 0.0.0.0 (the default) or an address \
-                 of the host"
-            ))),
+            IpAddr::V4(ip) if ip.is_loopback() => Err(NetfilterError::LoopbackHost(ip)),
             IpAddr::V4(ip) => Ok(Target::Dnat { ip, port }),
-            IpAddr::V6(ip) => Err(NetfilterError::Target(format!(
-                "INTERCEPT=iptables: HOST {ip} is IPv6; the redirect is IPv4 (use 0.0.0.0, the \
-                 default, or an IPv4 address of the host)"
-            ))),
+            IpAddr::V6(ip) => Err(NetfilterError::Ipv6Host(ip)),
         }
     }
 

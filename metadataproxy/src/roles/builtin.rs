@@ -61,10 +61,7 @@ impl BuiltinSts {
 }
 
 fn validation(message: String) -> AwsError {
-    AwsError {
-        code: "ValidationError".into(),
-        message,
-    }
+    AwsError::permanent("ValidationError", message)
 }
 
 /// `len` random characters of `charset`.

@@ -17,10 +17,11 @@ pub use builtin::{
     BuiltinSts, FAKE_ACCESS_KEY_PREFIX, FAKE_ROLE_ID_PREFIX, FAKE_SECRET_PREFIX, FAKE_TOKEN_PREFIX,
 };
 pub use issuer::{IssueError, Issued, Issuer, IssuerSettings};
-pub use session::{session_tags, SessionTemplate};
+pub use session::{session_tags, SessionTemplate, SessionTemplateError};
 pub use settings::StsConfig;
 pub use sts::{
-    AssumeRole, AssumeRoleRequest, AwsError, Credentials, GetRole, Rendered, SdkIam, SdkSts, Secret,
+    AssumeRole, AssumeRoleRequest, AwsError, Credentials, GetRole, Rendered, Retry, SdkIam, SdkSts,
+    Secret,
 };
 
 use crate::clock::Clock;
@@ -90,7 +91,8 @@ pub struct CacheSettings {
     /// At most this many AssumeRole calls per second; further calls queue (`STS_RATE_LIMIT`).
     /// Retries count: every HTTP attempt takes its turn.
     pub rate_limit: u32,
-    /// Attempts per AssumeRole when STS throttles or fails on its side (5xx, network).
+    /// Attempts per AssumeRole when STS throttles or fails on its side (5xx, network): when
+    /// the SDK classifies the failure as retryable ([`Retry`]).
     pub max_attempts: u32,
     /// Backoff before the second attempt; doubled for each further one, with full jitter.
     pub retry_base: Duration,
@@ -282,15 +284,16 @@ impl CredentialCache {
             CompResult::Inserted(e) | CompResult::ReplacedWith(e) | CompResult::Unchanged(e) => {
                 Ok(e.into_value())
             }
-            CompResult::StillNone(_) | CompResult::Removed(_) => Err(AwsError {
-                code: "Internal".into(),
-                message: "credential cache entry vanished".into(),
-            }),
+            CompResult::StillNone(_) | CompResult::Removed(_) => Err(AwsError::permanent(
+                "Internal",
+                "credential cache entry vanished",
+            )),
         }
     }
 
     /// AssumeRole, retried with exponential backoff and full jitter while the error is one
-    /// that may pass (throttling, 5xx, network); every attempt waits for the rate limiter.
+    /// that may pass ([`AwsError::retry`]: throttling, 5xx, network, as the SDK classified
+    /// it); every attempt waits for the rate limiter.
     async fn assume_role_with_retries(
         &self,
         req: &AssumeRoleRequest,
@@ -315,6 +318,7 @@ impl CredentialCache {
                     tracing::debug!(
                         role_name = req.role_arn.name(),
                         aws_error_code = %e.code,
+                        retry = e.retry.as_str(),
                         attempt,
                         delay_ms = delay.as_millis() as u64,
                         "AssumeRole failed; retrying"
@@ -403,10 +407,7 @@ mod tests {
                 // Let concurrent callers pile up behind this call.
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 if self.fail.load(Ordering::SeqCst) {
-                    return Err(AwsError {
-                        code: "AccessDenied".into(),
-                        message: "no".into(),
-                    });
+                    return Err(AwsError::permanent("AccessDenied", "no"));
                 }
                 let now = Clock::now(&*self.clock);
                 Ok(Credentials {
@@ -624,11 +625,11 @@ mod tests {
         }
     }
 
-    /// Answers from a script: an error code, or success when the script says `None` or is
-    /// used up.
+    /// Answers from a script: an error code with the SDK's classification, or success when the
+    /// script says `None` or is used up.
     #[derive(Debug)]
     struct ScriptedSts {
-        script: Mutex<std::collections::VecDeque<Option<&'static str>>>,
+        script: Mutex<std::collections::VecDeque<Option<(&'static str, Retry)>>>,
         calls: AtomicUsize,
     }
 
@@ -639,10 +640,11 @@ mod tests {
         ) -> BoxFuture<'a, Result<Credentials, AwsError>> {
             Box::pin(async move {
                 self.calls.fetch_add(1, Ordering::SeqCst);
-                if let Some(Some(code)) = self.script.lock().unwrap().pop_front() {
+                if let Some(Some((code, retry))) = self.script.lock().unwrap().pop_front() {
                     return Err(AwsError {
                         code: code.into(),
                         message: "scripted".into(),
+                        retry,
                     });
                 }
                 let now = std::time::SystemTime::now();
@@ -660,7 +662,7 @@ mod tests {
         }
     }
 
-    fn scripted(script: &[Option<&'static str>]) -> (Arc<ScriptedSts>, CredentialCache) {
+    fn scripted(script: &[Option<(&'static str, Retry)>]) -> (Arc<ScriptedSts>, CredentialCache) {
         let sts = Arc::new(ScriptedSts {
             script: Mutex::new(script.iter().copied().collect()),
             calls: AtomicUsize::new(0),
@@ -675,7 +677,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn throttling_and_5xx_are_retried_with_backoff() {
-        let (sts, cache) = scripted(&[Some("Throttling"), Some("Http503")]);
+        let (sts, cache) = scripted(&[
+            Some(("Throttling", Retry::Throttled)),
+            Some(("Http503", Retry::Transient)),
+        ]);
         let start = tokio::time::Instant::now();
         cache
             .get(&request(None))
@@ -688,15 +693,30 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn retries_stop_after_max_attempts_and_access_denied_is_not_retried() {
-        let (sts, cache) = scripted(&[Some("Throttling"); 5]);
+        let (sts, cache) = scripted(&[Some(("Throttling", Retry::Throttled)); 5]);
         let e = cache.get(&request(None)).await.unwrap_err();
         assert_eq!(e.code, "Throttling");
         assert_eq!(sts.calls.load(Ordering::SeqCst), 3);
 
-        let (sts, cache) = scripted(&[Some("AccessDenied")]);
+        let (sts, cache) = scripted(&[Some(("AccessDenied", Retry::No))]);
         let e = cache.get(&request(None)).await.unwrap_err();
         assert_eq!(e.code, "AccessDenied");
         assert_eq!(sts.calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_follow_the_classification_not_the_code() {
+        // The code is for logs and metrics; whether to retry is the SDK's verdict.
+        let (sts, cache) = scripted(&[Some(("Throttling", Retry::No))]);
+        cache.get(&request(None)).await.unwrap_err();
+        assert_eq!(sts.calls.load(Ordering::SeqCst), 1);
+
+        let (sts, cache) = scripted(&[Some(("SomethingNew", Retry::Transient))]);
+        cache
+            .get(&request(None))
+            .await
+            .expect("second attempt succeeds");
+        assert_eq!(sts.calls.load(Ordering::SeqCst), 2);
     }
 
     #[derive(Debug, Default)]

@@ -18,6 +18,23 @@ enum Part {
     Image,
 }
 
+/// Why a `ROLE_SESSION_NAME` template was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SessionTemplateError {
+    /// A `{` without its `}`.
+    #[error("unclosed {{ in the template")]
+    Unclosed,
+    /// A placeholder other than the three there are.
+    #[error("unknown placeholder {{{0}}} (use {{container_name}}, {{container_id}} or {{image}})")]
+    UnknownPlaceholder(String),
+    /// Literal text with characters STS refuses in a session name.
+    #[error("expected characters of A-Z a-z 0-9 + = , . @ _ - around placeholders")]
+    Characters,
+    /// A template without placeholders that is too short or too long for STS.
+    #[error("expected 2 to 64 characters")]
+    Length,
+}
+
 /// STS `RoleSessionName` characters.
 fn is_session_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || "+=,.@_-".contains(c)
@@ -25,24 +42,19 @@ fn is_session_char(c: char) -> bool {
 
 impl SessionTemplate {
     /// Parses a template; literal text must already be valid session-name characters.
-    pub fn parse(s: &str) -> Result<SessionTemplate, String> {
+    pub fn parse(s: &str) -> Result<SessionTemplate, SessionTemplateError> {
         let mut parts = Vec::new();
         let mut rest = s;
         while !rest.is_empty() {
             match rest.find('{') {
                 Some(0) => {
-                    let end = rest
-                        .find('}')
-                        .ok_or_else(|| "unclosed { in the template".to_string())?;
+                    let end = rest.find('}').ok_or(SessionTemplateError::Unclosed)?;
                     parts.push(match &rest[1..end] {
                         "container_name" => Part::ContainerName,
                         "container_id" => Part::ContainerId,
                         "image" => Part::Image,
                         other => {
-                            return Err(format!(
-                                "unknown placeholder {{{other}}} (use {{container_name}}, \
-                                 {{container_id}} or {{image}})"
-                            ))
+                            return Err(SessionTemplateError::UnknownPlaceholder(other.to_string()))
                         }
                     });
                     rest = &rest[end + 1..];
@@ -51,10 +63,7 @@ impl SessionTemplate {
                     let end = found.unwrap_or(rest.len());
                     let literal = &rest[..end];
                     if !literal.chars().all(is_session_char) {
-                        return Err(
-                            "expected characters of A-Z a-z 0-9 + = , . @ _ - around placeholders"
-                                .into(),
-                        );
+                        return Err(SessionTemplateError::Characters);
                     }
                     parts.push(Part::Literal(literal.to_string()));
                     rest = &rest[end..];
@@ -63,7 +72,7 @@ impl SessionTemplate {
         }
         let template = SessionTemplate { parts };
         if template.is_static() && !(2..=64).contains(&s.len()) {
-            return Err("expected 2 to 64 characters".into());
+            return Err(SessionTemplateError::Length);
         }
         Ok(template)
     }
