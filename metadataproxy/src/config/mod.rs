@@ -12,8 +12,8 @@ mod args;
 mod values;
 
 pub use args::{Args, Command, EbpfCommand, IptablesCommand};
-pub use values::parse_go_duration;
 use values::*;
+pub use values::{parse_go_duration, DurationError};
 
 pub use crate::ebpf::{EbpfConfig, OnShutdown};
 pub use crate::identity::DockerUrl;

@@ -109,18 +109,41 @@ pub(super) fn is_region(r: &str) -> bool {
         && r.chars().last().is_some_and(|c| c.is_ascii_digit())
 }
 
+/// Why a Go duration was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    /// Nothing given.
+    #[error("expected a duration such as 15m, 1h30m or 500ms")]
+    Empty,
+    /// A leading `-`.
+    #[error("must not be negative")]
+    Negative,
+    /// A number without its unit.
+    #[error("missing unit after {0:?} (use ns, us, ms, s, m or h)")]
+    MissingUnit(String),
+    /// A unit Go does not know.
+    #[error("unknown unit {0:?} (use ns, us, ms, s, m or h)")]
+    UnknownUnit(String),
+    /// Not a decimal number.
+    #[error("bad number {0:?}")]
+    BadNumber(String),
+    /// More than `u64::MAX` nanoseconds.
+    #[error("duration too large")]
+    TooLarge,
+}
+
 /// Parses a Go `time.ParseDuration` string: `300ms`, `1.5h`, `1h30m`, `0`.
 /// Negative durations are refused: nothing here means anything negative.
-pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_go_duration(s: &str) -> Result<Duration, DurationError> {
     let s = s.trim();
     if s == "0" {
         return Ok(Duration::ZERO);
     }
     if s.is_empty() {
-        return Err("expected a duration such as 15m, 1h30m or 500ms".into());
+        return Err(DurationError::Empty);
     }
     if s.starts_with('-') {
-        return Err("must not be negative".into());
+        return Err(DurationError::Negative);
     }
     let s = s.strip_prefix('+').unwrap_or(s);
     let bytes = s.as_bytes();
@@ -144,42 +167,32 @@ pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
             "s" => 1_000_000_000,
             "m" => 60_000_000_000,
             "h" => 3_600_000_000_000,
-            "" => {
-                return Err(format!(
-                    "missing unit after {number:?} (use ns, us, ms, s, m or h)"
-                ))
-            }
-            other => {
-                return Err(format!(
-                    "unknown unit {other:?} (use ns, us, ms, s, m or h)"
-                ))
-            }
+            "" => return Err(DurationError::MissingUnit(number.to_string())),
+            other => return Err(DurationError::UnknownUnit(other.to_string())),
         };
         let (int_part, frac_part) = number.split_once('.').unwrap_or((number, ""));
         if (int_part.is_empty() && frac_part.is_empty()) || frac_part.contains('.') {
-            return Err(format!("bad number {number:?}"));
+            return Err(DurationError::BadNumber(number.to_string()));
         }
         let int: u128 = if int_part.is_empty() {
             0
         } else {
             int_part
                 .parse()
-                .map_err(|_| format!("bad number {number:?}"))?
+                .map_err(|_| DurationError::BadNumber(number.to_string()))?
         };
-        let mut nanos = int
-            .checked_mul(scale)
-            .ok_or_else(|| "duration too large".to_string())?;
+        let mut nanos = int.checked_mul(scale).ok_or(DurationError::TooLarge)?;
         let mut frac_scale = scale;
         for d in frac_part.bytes() {
             frac_scale /= 10;
             nanos = nanos
                 .checked_add(u128::from(d - b'0') * frac_scale)
-                .ok_or_else(|| "duration too large".to_string())?;
+                .ok_or(DurationError::TooLarge)?;
         }
         total_nanos = total_nanos
             .checked_add(nanos)
             .filter(|n| *n <= u128::from(u64::MAX))
-            .ok_or_else(|| "duration too large".to_string())?;
+            .ok_or(DurationError::TooLarge)?;
     }
     let secs = (total_nanos / 1_000_000_000) as u64;
     let sub = (total_nanos % 1_000_000_000) as u32;
