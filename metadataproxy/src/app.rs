@@ -103,6 +103,28 @@ impl StartupError {
     }
 }
 
+/// Adds the rules of `ROLE_POLICY_FILE` to the role policy of `config`: the file is read by
+/// the application at start-up, not by the configuration parser. An unreadable or invalid file
+/// is a configuration error naming the variable (exit 64).
+pub fn read_role_policy(config: &mut Config) -> Result<(), ConfigError> {
+    let Some(path) = &config.role_policy_file else {
+        return Ok(());
+    };
+    let refused = |reason: String| ConfigError {
+        variable: "ROLE_POLICY_FILE",
+        value: path.display().to_string(),
+        reason,
+    };
+    let json =
+        std::fs::read_to_string(path).map_err(|e| refused(format!("cannot read it: {e}")))?;
+    config.roles = config
+        .roles
+        .clone()
+        .with_file(&json)
+        .map_err(|e| refused(e.to_string()))?;
+    Ok(())
+}
+
 /// The external services behind the seams.
 #[derive(Debug)]
 pub struct Deps {

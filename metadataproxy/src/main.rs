@@ -46,7 +46,8 @@ fn fail(e: &StartupError) -> ExitCode {
 }
 
 fn start(args: Args) -> Result<(), StartupError> {
-    let config = Config::try_from(args)?;
+    let mut config = Config::try_from(args)?;
+    metadataproxy::app::read_role_policy(&mut config)?;
     telemetry::init(config.log);
     raise_open_files_limit(config.limits.max_connections);
     tokio::runtime::Builder::new_multi_thread()

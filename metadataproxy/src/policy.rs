@@ -243,6 +243,12 @@ pub struct RolePolicy {
 }
 
 impl RolePolicy {
+    /// This policy with the rules of `ROLE_POLICY_FILE`'s JSON added.
+    pub fn with_file(mut self, json: &str) -> Result<RolePolicy, PolicyError> {
+        self.rules.extend(RolePolicy::parse("", Some(json))?.rules);
+        Ok(self)
+    }
+
     /// From `ALLOWED_ROLES` (ARN patterns for every container) and the rules of
     /// `ROLE_POLICY_FILE`'s JSON (`{"rules": [{"roles": [...], "images": [...], "labels":
     /// {...}}]}`).

@@ -83,8 +83,11 @@ pub struct Config {
     pub token_key: TokenKeyConfig,
     /// `PASSTHROUGH_ALLOW`, `PASSTHROUGH_DENY`.
     pub passthrough: crate::policy::PathPolicy,
-    /// `ALLOWED_ROLES`, `ROLE_POLICY_FILE`.
+    /// `ALLOWED_ROLES`; the rules of `ROLE_POLICY_FILE` are added by
+    /// `app::read_role_policy`.
     pub roles: crate::policy::RolePolicy,
+    /// `ROLE_POLICY_FILE`, as given.
+    pub role_policy_file: Option<std::path::PathBuf>,
     /// `AUDIT_LOG_FILE`.
     pub audit_log_file: Option<std::path::PathBuf>,
     /// Connection, rate and request-size limits.
@@ -314,26 +317,10 @@ impl TryFrom<Args> for Config {
                     .map_err(|e| invalid("PASSTHROUGH_DENY", &a.passthrough_deny, e))
             })?;
         let allowed_roles = a.allowed_roles.clone().unwrap_or_default();
-        let policy_json =
-            match non_empty(&a.role_policy_file) {
-                None => None,
-                Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
-                    invalid("ROLE_POLICY_FILE", path, format!("cannot read it: {e}"))
-                })?),
-            };
         let roles = crate::policy::RolePolicy::parse(&allowed_roles, None)
-            .map_err(|e| invalid("ALLOWED_ROLES", &allowed_roles, e))
-            .and_then(|_| {
-                crate::policy::RolePolicy::parse(&allowed_roles, policy_json.as_deref()).map_err(
-                    |e| {
-                        invalid(
-                            "ROLE_POLICY_FILE",
-                            a.role_policy_file.as_deref().unwrap_or_default(),
-                            e,
-                        )
-                    },
-                )
-            })?;
+            .map_err(|e| invalid("ALLOWED_ROLES", &allowed_roles, e))?;
+        // Read by the application (`app::read_role_policy`), not here.
+        let role_policy_file = non_empty(&a.role_policy_file).map(std::path::PathBuf::from);
         let audit_log_file = match non_empty(&a.audit_log_file) {
             None => None,
             Some(p) if std::path::Path::new(p).is_absolute() => Some(std::path::PathBuf::from(p)),
@@ -370,6 +357,7 @@ impl TryFrom<Args> for Config {
             token_key,
             passthrough,
             roles,
+            role_policy_file,
             audit_log_file,
             limits,
             ebpf_pin_path,
