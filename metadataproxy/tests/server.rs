@@ -6,7 +6,8 @@ mod common;
 
 use std::sync::atomic::Ordering;
 
-use common::{container, raw_request, Harness, SECRET_MARK};
+use common::{container, raw_request, Harness};
+use metadataproxy::testing::SECRET_MARK;
 
 const CREDS: &str = "/latest/meta-data/iam/security-credentials/";
 
