@@ -5,6 +5,8 @@
 //! Built for `cfg(test)` and with the `test-util` feature (which the test crates turn on); the
 //! agent's own build leaves it out.
 
+mod paths;
 mod sts;
 
+pub use paths::{DISGUISES, IAM_PATHS};
 pub use sts::{FakeIam, FakeSts, SECRET_MARK, TOKEN_MARK};
