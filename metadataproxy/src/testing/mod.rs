@@ -5,8 +5,10 @@
 //! Built for `cfg(test)` and with the `test-util` feature (which the test crates turn on); the
 //! agent's own build leaves it out.
 
+mod agent;
 mod paths;
 mod sts;
 
+pub use agent::{clean_command, TEST_SDK};
 pub use paths::{DISGUISES, IAM_PATHS};
 pub use sts::{FakeIam, FakeSts, SECRET_MARK, TOKEN_MARK};
