@@ -28,8 +28,11 @@ use metadataproxy::testing::{clean_command, TEST_SDK};
 use tokio::runtime::Runtime;
 
 pub mod bench;
+pub mod docker;
 pub mod readme;
 pub mod sinks;
+
+pub use docker::DockerSocket;
 
 /// One runtime for every async fixture of a test binary.
 pub fn rt() -> &'static Runtime {
@@ -1247,90 +1250,6 @@ pub fn map_entries(pinned: &std::path::Path) -> usize {
     );
     let v: serde_json::Value = serde_json::from_str(&out).expect("bpftool JSON");
     v.as_array().map(Vec::len).unwrap_or(0)
-}
-
-/// A unix-socket proxy in front of the Docker daemon that records every API request line the
-/// agent sends (`GET /v1.41/containers/json`, ...), to count Docker calls.
-#[derive(Debug)]
-pub struct DockerCounter {
-    /// The socket the agent should use (`DOCKER_URL=unix://...`).
-    pub socket: PathBuf,
-    requests: Arc<Mutex<Vec<String>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl DockerCounter {
-    /// A proxy to `/var/run/docker.sock` on a fresh socket named after `name`.
-    pub fn start(name: &str) -> DockerCounter {
-        let socket = std::env::temp_dir().join(format!("mp-test-docker-{name}.sock"));
-        let _ = std::fs::remove_file(&socket);
-        let _enter = rt().enter();
-        let listener = tokio::net::UnixListener::bind(&socket).expect("bind the Docker proxy");
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let seen = requests.clone();
-        let task = rt().spawn(async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            while let Ok((client, _)) = listener.accept().await {
-                let seen = seen.clone();
-                tokio::spawn(async move {
-                    let Ok(daemon) = tokio::net::UnixStream::connect("/var/run/docker.sock").await
-                    else {
-                        return;
-                    };
-                    let (mut client_rd, mut client_wr) = client.into_split();
-                    let (mut daemon_rd, mut daemon_wr) = daemon.into_split();
-                    let upstream = async move {
-                        let mut buf = vec![0u8; 16 * 1024];
-                        loop {
-                            let n = match client_rd.read(&mut buf).await {
-                                Ok(0) | Err(_) => break,
-                                Ok(n) => n,
-                            };
-                            // Request bodies of the calls the agent makes are empty, so every
-                            // request line starts a chunk or follows a blank line.
-                            let text = String::from_utf8_lossy(&buf[..n]);
-                            for line in text.split("\r\n") {
-                                let is_request = ["GET ", "POST ", "HEAD ", "DELETE ", "PUT "]
-                                    .iter()
-                                    .any(|m| line.starts_with(m))
-                                    && line.ends_with(" HTTP/1.1");
-                                if is_request {
-                                    seen.lock().expect("lock").push(line.to_string());
-                                }
-                            }
-                            if daemon_wr.write_all(&buf[..n]).await.is_err() {
-                                break;
-                            }
-                        }
-                    };
-                    let downstream = tokio::io::copy(&mut daemon_rd, &mut client_wr);
-                    let _ = tokio::join!(upstream, downstream);
-                });
-            }
-        });
-        DockerCounter {
-            socket,
-            requests,
-            task,
-        }
-    }
-
-    /// `unix://...` for `DOCKER_URL`.
-    pub fn url(&self) -> String {
-        format!("unix://{}", self.socket.display())
-    }
-
-    /// Every request line so far.
-    pub fn requests(&self) -> Vec<String> {
-        self.requests.lock().expect("lock").clone()
-    }
-}
-
-impl Drop for DockerCounter {
-    fn drop(&mut self) {
-        self.task.abort();
-        let _ = std::fs::remove_file(&self.socket);
-    }
 }
 
 /// The host's netfilter state as `iptables-save` and `nft list ruleset` print it, without
