@@ -43,8 +43,8 @@
 # ---------------------------------------------------------------------------------------------
 # Settings (may be set by the caller before sourcing)
 
-MP_REPO="${MP_REPO:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
-MP_RUN_DIR="${MP_RUN_DIR:-$MP_REPO/.test-run}"
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh" # MP_REPO, MP_RUN_DIR and the shared helpers
 MP_VENV="${MP_VENV:-$MP_REPO/.venv-moto}"
 MP_MOTO_PORT="${MP_MOTO_PORT:-5000}"
 MP_TEST_IMAGE="${MP_TEST_IMAGE:-metadataproxy-test/busybox:latest}"
@@ -81,34 +81,17 @@ _MP_IMAGE_RECIPE=1
 _MP_IMAGE_LABEL=org.metadataproxy.test.busybox
 
 # ---------------------------------------------------------------------------------------------
-# Helpers
-
-_mp_log() { printf '[test-env] %s\n' "$*" >&2; }
-_mp_err() { printf '[test-env] ERROR: %s\n' "$*" >&2; }
-
-# Microseconds since the epoch (EPOCHREALTIME's separator depends on the locale).
-_mp_now() { printf '%s' "${EPOCHREALTIME//[!0-9]/}"; }
-
-# _mp_since START: seconds elapsed since START, e.g. "1.42s".
-_mp_since() {
-  local us=$(($(_mp_now) - $1))
-  printf '%d.%02ds' $((us / 1000000)) $((us % 1000000 / 10000))
-}
+# Helpers (and those of scripts/lib.sh)
 
 _mp_state() { printf '%s/state/%s' "$MP_RUN_DIR" "$1"; }
+
+_mp_require_root() { _mp_must_be_root "docker daemon, iptables, apt-get"; }
 
 _mp_prepare_dirs() {
   mkdir -p "$MP_RUN_DIR/state" || {
     _mp_err "cannot create run directory $MP_RUN_DIR"
     return 1
   }
-}
-
-_mp_require_root() {
-  if [[ $EUID -ne 0 ]]; then
-    _mp_err "must run as root (docker daemon, iptables, apt-get)"
-    return 1
-  fi
 }
 
 # _mp_alive PID: the process exists and is not a zombie.
@@ -137,14 +120,6 @@ _mp_cmdline_has() {
   local args
   args=$(tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null) || return 1
   [[ $args == *"$2"* ]]
-}
-
-# _mp_tail FILE: show the end of a log after a failure.
-_mp_tail() {
-  [[ -s $1 ]] || return 0
-  printf '[test-env] ---- last lines of %s ----\n' "$1" >&2
-  tail -n "${2:-25}" "$1" >&2
-  printf '[test-env] ----\n' >&2
 }
 
 # _mp_stop_pid PID NAME SECONDS: SIGTERM, wait up to SECONDS, then SIGKILL.
@@ -204,52 +179,6 @@ _mp_listener_pid() {
 
 # ---------------------------------------------------------------------------------------------
 # 1. Dependencies
-
-_mp_pkg_installed() {
-  [[ $(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null) == installed ]]
-}
-
-# _mp_apt_install PKG...: install the packages that are not installed yet.
-_mp_apt_install() {
-  local log="$MP_RUN_DIR/apt.log" missing=() p t0 rc created_policy=0
-  t0=$(_mp_now)
-  for p in "$@"; do
-    _mp_pkg_installed "$p" || missing+=("$p")
-  done
-  if [[ ${#missing[@]} -eq 0 ]]; then
-    _mp_log "apt: $* already installed ($(_mp_since "$t0"))"
-    return 0
-  fi
-  _mp_log "apt: installing ${missing[*]} (log: $log)"
-  if [[ -z ${_MP_APT_UPDATED:-} ]]; then
-    if ! apt-get update >>"$log" 2>&1; then
-      _mp_err "apt-get update failed"
-      _mp_tail "$log"
-      return 1
-    fi
-    _MP_APT_UPDATED=1
-  fi
-  # Without systemd, docker.io's postinst would start dockerd through its init script, with
-  # the default flags (ip_forward=1, masquerading: containers could reach off this machine).
-  # A policy-rc.d that answers 101 forbids starting services during the install. Debian's
-  # container images already ship one; create it only if it is missing, and remove it after.
-  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-    printf '#!/bin/sh\n# temporary, from metadataproxy scripts/test-env.sh\nexit 101\n' \
-      >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && created_policy=1
-  fi
-  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" \
-    >>"$log" 2>&1
-  rc=$?
-  if [[ $created_policy -eq 1 ]]; then
-    rm -f /usr/sbin/policy-rc.d
-  fi
-  if [[ $rc -ne 0 ]]; then
-    _mp_err "apt-get install ${missing[*]} failed"
-    _mp_tail "$log"
-    return 1
-  fi
-  _mp_log "apt: installed ${missing[*]} ($(_mp_since "$t0"))"
-}
 
 # The venv is reusable when it imports moto's server and was made for the same pip spec.
 _mp_venv_ok() {

@@ -26,4 +26,6 @@ pub mod policy;
 pub mod roles;
 pub mod server;
 pub mod telemetry;
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
 pub mod upstream;

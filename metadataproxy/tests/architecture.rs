@@ -15,6 +15,8 @@ const LAYERS: &[&[&str]] = &[
     &["leftovers"],
     &["admin"],
     &["app"],
+    // Test support (the `test-util` feature): fakes and lists the tests share.
+    &["testing"],
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

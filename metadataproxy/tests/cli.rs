@@ -6,26 +6,20 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use metadataproxy::testing::{clean_command, TEST_SDK};
+
 const BIN: &str = env!("CARGO_BIN_EXE_metadataproxy");
 
 /// The agent with a clean environment: only `vars`, plus settings that keep the AWS SDK
 /// from looking anywhere but here.
 fn agent(vars: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.env_clear()
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-        .env("METADATA_URL", "builtin")
-        .env("ADMIN_ADDR", "127.0.0.1:0")
+    let settings = [
+        ("METADATA_URL", "builtin"),
+        ("ADMIN_ADDR", "127.0.0.1:0"),
         // Nothing left behind in the state directory of whoever runs the tests.
-        .env("TOKEN_KEY_FILE", "none");
-    for (k, v) in vars {
-        cmd.env(k, v);
-    }
-    cmd
+        ("TOKEN_KEY_FILE", "none"),
+    ];
+    clean_command(&[BIN], &[TEST_SDK, &settings, vars].concat())
 }
 
 #[test]

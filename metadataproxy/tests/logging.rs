@@ -5,8 +5,9 @@ mod common;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use common::{container, Harness, SECRET_MARK, TOKEN_MARK};
+use common::{container, Harness};
 use metadataproxy::config::{LogConfig, LogFormat};
+use metadataproxy::testing::{SECRET_MARK, TOKEN_MARK};
 
 const EXTERNAL_ID: &str = "EXTERNALIDVALUE";
 

@@ -19,7 +19,8 @@ use metadataproxy::identity::Connection;
 use metadataproxy::roles::Partition;
 use metadataproxy::server::{handle, Services};
 
-use common::{container, FakeIam, FakeLookup, FakeSts};
+use common::{container, FakeLookup};
+use metadataproxy::testing::{FakeIam, FakeSts};
 
 const CONTAINER_IP: &str = "172.17.0.2";
 

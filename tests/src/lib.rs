@@ -8,6 +8,7 @@
 //! Everything a test creates is named `mp-test-*` and removed when its guard is dropped.
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,10 +24,15 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use metadataproxy::builtin::Emulator;
 use metadataproxy::config::BuiltinValues;
+use metadataproxy::testing::{clean_command, TEST_SDK};
 use tokio::runtime::Runtime;
 
 pub mod bench;
+pub mod docker;
+pub mod readme;
 pub mod sinks;
+
+pub use docker::DockerSocket;
 
 /// One runtime for every async fixture of a test binary.
 pub fn rt() -> &'static Runtime {
@@ -107,6 +113,13 @@ pub fn agent_binary() -> PathBuf {
         bin.display()
     );
     bin
+}
+
+/// `wrapper` (a program that runs its last argument: `setpriv ...`, `sh -c ...`), then the
+/// agent binary.
+fn agent_argv(mut wrapper: Vec<OsString>) -> Vec<OsString> {
+    wrapper.push(agent_binary().into());
+    wrapper
 }
 
 /// The built-in emulator served on loopback, recording what reaches it.
@@ -408,63 +421,98 @@ impl Agent {
         aws_url: &str,
         vars: &[(&str, &str)],
     ) -> Agent {
-        let mut cmd = match cgroup {
-            None => Command::new(agent_binary()),
+        // `sh` moves itself into the cgroup, then becomes the agent.
+        let wrapper: Vec<OsString> = match cgroup {
+            None => Vec::new(),
             Some(dir) => {
                 std::fs::create_dir_all(dir).expect("create the agent's cgroup");
-                let mut c = Command::new("sh");
-                c.args(["-c", "echo $$ > \"$1/cgroup.procs\" && exec \"$2\"", "sh"])
-                    .arg(dir)
-                    .arg(agent_binary());
-                c
+                let script = "echo $$ > \"$1/cgroup.procs\" && exec \"$2\"";
+                vec![
+                    "sh".into(),
+                    "-c".into(),
+                    script.into(),
+                    "sh".into(),
+                    dir.into(),
+                ]
             }
         };
-        cmd.env_clear()
-            .env("HOST", "0.0.0.0")
-            .env("PORT", "0")
-            .env("LOG_FORMAT", "json")
-            .env("LOG_LEVEL", "debug")
-            .env("METADATA_URL", upstream_url)
-            .env("DOCKER_URL", "unix:///var/run/docker.sock")
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("AWS_CONFIG_FILE", "/dev/null")
-            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-            .env("AWS_ENDPOINT_URL", aws_url)
-            .env("ADMIN_ADDR", "127.0.0.1:0")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let key_dir = own_key_file(&mut cmd, vars);
-        for (k, v) in vars {
-            cmd.env(k, v);
-        }
-        Self::spawn(cmd, key_dir)
+        let settings = [
+            ("HOST", "0.0.0.0"),
+            ("PORT", "0"),
+            ("LOG_FORMAT", "json"),
+            ("LOG_LEVEL", "debug"),
+            ("METADATA_URL", upstream_url),
+            ("DOCKER_URL", "unix:///var/run/docker.sock"),
+            ("AWS_ENDPOINT_URL", aws_url),
+            ("ADMIN_ADDR", "127.0.0.1:0"),
+        ];
+        Self::spawn(&agent_argv(wrapper), &[TEST_SDK, &settings, vars].concat())
     }
 
     /// Starts the agent binary with `args` and an environment of `env` only, as a user would
     /// run it from a shell (no test credentials, no endpoints), but for two settings the
     /// fixture needs: JSON logs (which it reads) and an admin listener on a free port.
     pub fn launch(args: &[&str], env: &[(&str, &str)]) -> Agent {
-        let mut cmd = Command::new(agent_binary());
-        cmd.env_clear()
-            .env("LOG_FORMAT", "json")
-            .env("ADMIN_ADDR", "127.0.0.1:0")
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+        let mut argv = agent_argv(Vec::new());
+        argv.extend(args.iter().map(OsString::from));
         // Through the environment, so that `args` stay as the docs write them.
-        let key_dir = own_key_file(&mut cmd, env);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        Self::spawn(cmd, key_dir)
+        let fixture = [("LOG_FORMAT", "json"), ("ADMIN_ADDR", "127.0.0.1:0")];
+        Self::spawn(&argv, &[&fixture, env].concat())
     }
 
-    /// Spawns `cmd` (stdout piped) and waits for its ready line; `key_dir` is removed with
-    /// the agent.
-    fn spawn(mut cmd: Command, key_dir: Option<PathBuf>) -> Agent {
+    /// Runs `wrapper` (e.g. `setpriv ...`; none: nothing) and the agent binary with the test
+    /// SDK settings, the built-in upstream, no listener or key file of consequence and `vars`
+    /// on top, expecting it to refuse to start: its standard error. Fails if it starts (is
+    /// still running after 20 s) or exits 0.
+    pub fn start_up_failure(wrapper: &[&str], vars: &[(&str, &str)]) -> String {
+        let argv = agent_argv(wrapper.iter().map(OsString::from).collect());
+        let settings = [
+            ("PORT", "0"),
+            ("ADMIN_ADDR", "off"),
+            ("TOKEN_KEY_FILE", "none"),
+            ("METADATA_URL", "builtin"),
+        ];
+        let mut child = clean_command(&argv, &[TEST_SDK, &settings, vars].concat())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the agent");
+        let mut stderr = child.stderr.take().expect("stderr");
+        let read = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+            text
+        });
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait for the agent") {
+                break status;
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the agent started: {}", read.join().unwrap_or_default());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let stderr = read.join().expect("read the agent's stderr");
+        assert!(!status.success(), "the agent exited 0: {stderr}");
+        stderr
+    }
+
+    /// Spawns `argv` with the environment `vars` only (stdout piped) and waits for its ready
+    /// line. Unless `vars` name one, the agent gets a token key file of its own, removed with
+    /// it.
+    fn spawn(argv: &[OsString], vars: &[(&str, &str)]) -> Agent {
+        let key_dir =
+            (!vars.iter().any(|(k, _)| *k == "TOKEN_KEY_FILE")).then(|| scratch_dir("token-key"));
+        let key_file = key_dir
+            .as_ref()
+            .map(|dir| dir.join("token.key").display().to_string());
+        let mut all = vars.to_vec();
+        all.extend(key_file.as_deref().map(|f| ("TOKEN_KEY_FILE", f)));
+        let mut cmd = clean_command(argv, &all);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
         let mut child = cmd.spawn().expect("spawn agent");
         let stdout = child.stdout.take().expect("stdout");
         let logs = Arc::new(Mutex::new(Vec::new()));
@@ -538,6 +586,15 @@ impl Agent {
         self.child.id()
     }
 
+    /// Ctrl-C (SIGINT), as the README says to stop the agent: it exits 0.
+    pub fn interrupt(&mut self) {
+        let status = self.stop("-INT");
+        assert!(
+            status.success(),
+            "agent exit on Ctrl-C (SIGINT): {status:?}"
+        );
+    }
+
     /// Sends `signal` (`-TERM`, `-KILL`) and waits up to 20 s for the agent to exit.
     pub fn stop(&mut self, signal: &str) -> std::process::ExitStatus {
         run("kill", &[signal, &self.child.id().to_string()]);
@@ -563,18 +620,6 @@ impl Drop for Agent {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
-}
-
-/// Gives the agent of `cmd` its IMDSv2 token key in a file of its own (as it would have in
-/// /var/lib/metadataproxy), unless `vars` name one: nothing is left on the host. Returns the
-/// directory made for it, to remove with the agent.
-fn own_key_file(cmd: &mut Command, vars: &[(&str, &str)]) -> Option<PathBuf> {
-    if vars.iter().any(|(k, _)| *k == "TOKEN_KEY_FILE") {
-        return None;
-    }
-    let dir = scratch_dir("token-key");
-    cmd.env("TOKEN_KEY_FILE", dir.join("token.key"));
-    Some(dir)
 }
 
 /// A new, empty directory under the system's temporary directory, for one test's files
@@ -1205,90 +1250,6 @@ pub fn map_entries(pinned: &std::path::Path) -> usize {
     );
     let v: serde_json::Value = serde_json::from_str(&out).expect("bpftool JSON");
     v.as_array().map(Vec::len).unwrap_or(0)
-}
-
-/// A unix-socket proxy in front of the Docker daemon that records every API request line the
-/// agent sends (`GET /v1.41/containers/json`, ...), to count Docker calls.
-#[derive(Debug)]
-pub struct DockerCounter {
-    /// The socket the agent should use (`DOCKER_URL=unix://...`).
-    pub socket: PathBuf,
-    requests: Arc<Mutex<Vec<String>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl DockerCounter {
-    /// A proxy to `/var/run/docker.sock` on a fresh socket named after `name`.
-    pub fn start(name: &str) -> DockerCounter {
-        let socket = std::env::temp_dir().join(format!("mp-test-docker-{name}.sock"));
-        let _ = std::fs::remove_file(&socket);
-        let _enter = rt().enter();
-        let listener = tokio::net::UnixListener::bind(&socket).expect("bind the Docker proxy");
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let seen = requests.clone();
-        let task = rt().spawn(async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            while let Ok((client, _)) = listener.accept().await {
-                let seen = seen.clone();
-                tokio::spawn(async move {
-                    let Ok(daemon) = tokio::net::UnixStream::connect("/var/run/docker.sock").await
-                    else {
-                        return;
-                    };
-                    let (mut client_rd, mut client_wr) = client.into_split();
-                    let (mut daemon_rd, mut daemon_wr) = daemon.into_split();
-                    let upstream = async move {
-                        let mut buf = vec![0u8; 16 * 1024];
-                        loop {
-                            let n = match client_rd.read(&mut buf).await {
-                                Ok(0) | Err(_) => break,
-                                Ok(n) => n,
-                            };
-                            // Request bodies of the calls the agent makes are empty, so every
-                            // request line starts a chunk or follows a blank line.
-                            let text = String::from_utf8_lossy(&buf[..n]);
-                            for line in text.split("\r\n") {
-                                let is_request = ["GET ", "POST ", "HEAD ", "DELETE ", "PUT "]
-                                    .iter()
-                                    .any(|m| line.starts_with(m))
-                                    && line.ends_with(" HTTP/1.1");
-                                if is_request {
-                                    seen.lock().expect("lock").push(line.to_string());
-                                }
-                            }
-                            if daemon_wr.write_all(&buf[..n]).await.is_err() {
-                                break;
-                            }
-                        }
-                    };
-                    let downstream = tokio::io::copy(&mut daemon_rd, &mut client_wr);
-                    let _ = tokio::join!(upstream, downstream);
-                });
-            }
-        });
-        DockerCounter {
-            socket,
-            requests,
-            task,
-        }
-    }
-
-    /// `unix://...` for `DOCKER_URL`.
-    pub fn url(&self) -> String {
-        format!("unix://{}", self.socket.display())
-    }
-
-    /// Every request line so far.
-    pub fn requests(&self) -> Vec<String> {
-        self.requests.lock().expect("lock").clone()
-    }
-}
-
-impl Drop for DockerCounter {
-    fn drop(&mut self) {
-        self.task.abort();
-        let _ = std::fs::remove_file(&self.socket);
-    }
 }
 
 /// The host's netfilter state as `iptables-save` and `nft list ruleset` print it, without

@@ -12,32 +12,21 @@
 //! catcher on `169.254.169.254:80` that nothing reached the metadata address.
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
 use std::time::{Duration, SystemTime};
 
 use metadataproxy::clock::format_time;
+use metadataproxy_tests::readme;
 use metadataproxy_tests::sinks::HttpStub;
 use metadataproxy_tests::{
     assert_no_escape, caller_identity, catcher, create_role, docker0_gateway, serial, test_env,
     Agent, AwsCounter, TestEnv,
 };
 
-const DEPLOYMENT: &str = include_str!("../../docs/deployment.md");
-
 const AGENT: &str = "AWS_PROFILE=dev cargo run --release -p metadataproxy -- --metadata-url \
      builtin --host \"$BRIDGE_IP\" --port 8000";
 const CONTAINER: &str = "docker run --rm -e IAM_ROLE=arn:aws:iam::123456789012:role/dev-app \
      busybox wget -qO- http://$BRIDGE_IP:8000/latest/meta-data/iam/security-credentials/dev-app";
 const ROLE_ARN: &str = "arn:aws:iam::123456789012:role/dev-app";
-
-/// `line`, which docs/deployment.md must contain as written.
-fn documented(line: &str) -> &str {
-    assert!(
-        DEPLOYMENT.contains(line),
-        "docs/deployment.md no longer shows this step: {line}"
-    );
-    line
-}
 
 /// Profile files in a directory of their own, removed when dropped.
 struct Profiles(PathBuf);
@@ -103,16 +92,10 @@ impl Drop for Profiles {
     }
 }
 
-/// Starts the agent as docs/deployment.md does, with `env` (the profile or the credentials server)
+/// Starts the agent as the README does, with `env` (the profile or the credentials server)
 /// and `AWS_ENDPOINT_URL` at `aws`; `PATH` as a shell has it (a `credential_process` runs in
 /// `sh`).
 fn start_agent(bridge_ip: &str, aws: &AwsCounter, env: &[(&str, &str)]) -> Agent {
-    let flags = documented(AGENT)
-        .strip_prefix("AWS_PROFILE=dev cargo run --release -p metadataproxy -- ")
-        .expect("the agent's command")
-        .replace("\"$BRIDGE_IP\"", bridge_ip)
-        .replace("--port 8000", "--port 0");
-    let args: Vec<&str> = flags.split_whitespace().collect();
     let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into());
     let endpoint = aws.url();
     let mut all = vec![
@@ -120,19 +103,12 @@ fn start_agent(bridge_ip: &str, aws: &AwsCounter, env: &[(&str, &str)]) -> Agent
         ("AWS_ENDPOINT_URL", endpoint.as_str()),
     ];
     all.extend_from_slice(env);
-    Agent::launch(&args, &all)
-}
-
-/// The documented container step, in `sh` with `BRIDGE_IP` set.
-fn container_step(env: &TestEnv, agent: &Agent, bridge_ip: &str) -> Output {
-    let line = documented(CONTAINER)
-        .replace(":8000/", &format!(":{}/", agent.port))
-        .replace(" busybox ", &format!(" {} ", env.image));
-    Command::new("timeout")
-        .args(["60", "sh", "-c", &line])
-        .env("BRIDGE_IP", bridge_ip)
-        .output()
-        .expect("sh")
+    readme::DEPLOYMENT.start_agent(
+        AGENT,
+        "AWS_PROFILE=dev cargo run --release -p metadataproxy -- ",
+        bridge_ip,
+        &all,
+    )
 }
 
 /// A container gets working credentials for `dev-app` from `agent`, and every AWS call the
@@ -145,7 +121,7 @@ fn assert_served_as(
     access_key: &str,
     region: &str,
 ) {
-    let out = container_step(env, agent, bridge_ip);
+    let out = readme::DEPLOYMENT.run_step(env, agent, bridge_ip, CONTAINER);
     assert!(
         out.status.success(),
         "{out:?}\nagent log: {}",
@@ -172,14 +148,6 @@ fn assert_served_as(
             assert_eq!(parts[2], region, "STS called in another region: {scopes:?}");
         }
     }
-}
-
-fn interrupt(agent: &mut Agent) {
-    let status = agent.stop("-INT");
-    assert!(
-        status.success(),
-        "agent exit on Ctrl-C (SIGINT): {status:?}"
-    );
 }
 
 #[test]
@@ -217,7 +185,7 @@ fn an_aws_profile_gives_containers_their_roles_credentials_through_the_same_path
         !agent.raw_logs().contains("FAKE"),
         "STS=aws says nothing of fake credentials"
     );
-    interrupt(&mut agent);
+    agent.interrupt();
 
     // A `credential_process` profile (aws-vault's `export --format=json`, or the AWS CLI's
     // `configure export-credentials --format process` for SSO).
@@ -235,7 +203,7 @@ fn an_aws_profile_gives_containers_their_roles_credentials_through_the_same_path
         "AKIAVAULTPROCESS0001",
         "eu-central-1",
     );
-    interrupt(&mut agent);
+    agent.interrupt();
 
     // An ECS-style credentials server on loopback, as `aws-vault exec --ecs-server` sets up:
     // its address and token, the region it exports, and profiles without keys (aws-vault keeps
@@ -282,6 +250,6 @@ fn an_aws_profile_gives_containers_their_roles_credentials_through_the_same_path
         !asked.is_empty() && asked.iter().all(|r| r.path == "/creds"),
         "{asked:?}"
     );
-    interrupt(&mut agent);
+    agent.interrupt();
     assert_no_escape();
 }

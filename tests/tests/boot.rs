@@ -15,7 +15,7 @@ use std::time::Duration;
 use metadataproxy_tests::sinks::http_get;
 use metadataproxy_tests::{
     agent_binary, agent_table_exists, attachments, catcher, eventually, serial, test_env, Agent,
-    AgentTableCleanup, AwsCounter, Container, DockerCounter, FakeUpstream, PinDir,
+    AgentTableCleanup, AwsCounter, Container, DockerSocket, FakeUpstream, PinDir,
 };
 
 const MD: &str = "http://169.254.169.254/latest/meta-data";
@@ -74,7 +74,7 @@ impl<T> Drop for NotifyListener<T> {
     }
 }
 
-/// A `DOCKER_URL` whose socket does not exist yet: [`DockerCounter::start`] with the same
+/// A `DOCKER_URL` whose socket does not exist yet: [`DockerSocket::counting`] with the same
 /// name creates it.
 fn late_docker_url(name: &str) -> String {
     let socket = std::env::temp_dir().join(format!("mp-test-docker-{name}.sock"));
@@ -142,7 +142,7 @@ fn starts_before_docker(
     );
     assert_eq!(escapes(), Vec::<String>::new(), "reached the real address");
 
-    let docker = DockerCounter::start(name);
+    let docker = DockerSocket::counting(name);
     assert_eq!(docker.url(), docker_url);
     let synced = eventually(Duration::from_secs(15), || {
         let (status, ready) = readyz(&agent);

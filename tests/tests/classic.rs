@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use metadataproxy::testing::IAM_PATHS;
 use metadataproxy_tests::{
     caller_identity, create_role, docker0_gateway, error_descriptions, eventually, test_env, Agent,
     AwsCounter, Classic, Container, FakeUpstream, Network, Rule,
@@ -252,39 +253,6 @@ fn another_roles_name_is_404_and_makes_no_sts_call() {
     );
     assert!(upstream.emulator.recorded().is_empty());
 }
-
-/// Paths under `meta-data/iam` as a container can send them through busybox wget.
-const IAM_PATHS: &[&str] = &[
-    "/latest/meta-data/iam",
-    "/latest/meta-data/iam/",
-    "/latest/meta-data/iam/security-credentials/mine/junk",
-    "/latest/meta-data/iam/security-credentials/mine/junk/",
-    "/latest/meta-data/iam/security-credentials/theirs",
-    "/latest/meta-data/iam/info/",
-    "/latest/meta-data/iam/info/a/b",
-    "/latest/meta-data/iam/anything",
-    "/latest/meta-data/IAM/security-credentials/",
-    "/latest/Meta-Data/iam/info",
-    "/LATEST/META-DATA/IAM/INFO",
-    "/2009-04-04/meta-data/iam/security-credentials/",
-    "/2012-01-11/meta-data/iam/info",
-    "/1.0/meta-data/iam/security-credentials/mine",
-    "//latest/meta-data/iam/security-credentials/mine",
-    "/latest//meta-data/iam/info/a/b",
-    "/latest/./meta-data/iam/info/a/b",
-    "/latest/x/../meta-data/iam/info/a/b",
-    "/latest/meta-data%2Fiam%2Fsecurity-credentials%2F",
-    "/latest/meta-data/iam%2Fsecurity-credentials%2Fmine",
-    "/latest/meta-data/%69%61%6d/info/x/y",
-    "/latest/meta-data/%2e%2e/meta-data/iam/x/y",
-    "/latest/meta-data/iam/%2E%2E/iam/x/y",
-    "/latest/meta-data%252Fiam%252Finfo%252Fz",
-    "/latest/meta-data/iam;x/info/y/z",
-    "/latest/meta-data/iam%20/info/y/z",
-    "/meta-data/iam/info",
-    "/a/b/meta-data/iam/info",
-    "/latest/meta-data/iam/security-credentials/mine%2Fjunk",
-];
 
 #[test]
 fn no_iam_path_from_a_container_reaches_the_upstream() {

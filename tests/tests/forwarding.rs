@@ -5,41 +5,8 @@
 
 use std::time::Duration;
 
+use metadataproxy::testing::DISGUISES;
 use metadataproxy_tests::{eventually, Classic, Container};
-
-/// Spellings a black-box attack sent (every one of them forwarded by the first router), and
-/// decorated names of the paths the agent decides on.
-const DISGUISES: &[&str] = &[
-    "/latest/meta-data/x/%c0%ae%c0%ae/iam/security-credentials/mine",
-    "/latest/meta-data/x/%e0%80%ae%e0%80%ae/iam/security-credentials/mine",
-    "/latest/meta-data/x/%u002e%u002e/iam/security-credentials/mine",
-    "/latest/meta-data/x/%uff0e%uff0e/iam/security-credentials/mine",
-    "/latest/meta-data/x/%ef%bc%8e%ef%bc%8e/iam/security-credentials/mine",
-    "/latest/meta-data/x/%e3%80%82%e3%80%82/iam/security-credentials/mine",
-    "/latest/meta-data/x/.../iam/security-credentials/mine",
-    "/latest/meta-data/x/.%20./iam/security-credentials/mine",
-    "/latest/meta-data/x/..%ff/iam/security-credentials/mine",
-    "/latest/meta-data./iam/security-credentials/mine",
-    "/latest/meta-data~/iam/security-credentials/mine",
-    "/latest/meta-data/iam./security-credentials/mine",
-    "/latest/meta-data/iam%3f/security-credentials/mine",
-    "/latest/meta-data/iam%c0%af/security-credentials/mine",
-    "/latest/meta-data/identity-credentials./ec2/security-credentials/ec2-instance",
-    "/latest/meta-data/Identity-Credentials/ec2/info",
-    "/latest/meta-datax/iam/security-credentials/mine",
-    "/latest/meta_data/iam/security-credentials/mine",
-    "/latest/meta-data/iam+/security-credentials/mine",
-    "/latest/meta-data/x/iam/security-credentials/mine",
-    "/latest/api/token.",
-    "/latest/api/tokenx",
-    "/latest/api/token/x",
-    "/latest/user-data.",
-    "/latest/User-Data",
-    "/latest/user_data",
-    "/latest/user-data%20",
-    "/latest/user-data;x",
-    "/latest/meta-data/user-data",
-];
 
 #[test]
 fn disguised_paths_from_a_container_never_reach_the_upstream() {

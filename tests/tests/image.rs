@@ -1,6 +1,6 @@
 //! The agent image (Dockerfile, `FROM scratch`, built by the test command with
-//! `scripts/build-image.sh`) run as a host agent container with the `docker run` lines of
-//! docs/deployment.md ("The container image"), in classic mode (the operator's DNAT rule), in iptables mode (the agent's own rules)
+//! `scripts/build-image.sh`) run as a host agent container with the `docker run`
+//! lines of docs/deployment.md, in classic mode (the operator's DNAT rule), in iptables mode (the agent's own rules)
 //! and in eBPF mode; a workload container gets its role's credentials in each.
 
 use std::process::Command;
@@ -14,7 +14,7 @@ use metadataproxy_tests::{
 
 const MD: &str = "http://169.254.169.254/latest/meta-data";
 
-/// The `docker run` flags for eBPF mode (docs/deployment.md, "The container image").
+/// The `docker run` flags of docs/deployment.md for eBPF mode.
 const EBPF_RUN_FLAGS: &[&str] = &[
     "--net=host",
     "--cgroupns=host",
@@ -29,7 +29,7 @@ const EBPF_RUN_FLAGS: &[&str] = &[
     "/sys/fs/cgroup:/sys/fs/cgroup:ro",
 ];
 
-/// The `docker run` flags for iptables mode (docs/deployment.md, "The container image").
+/// The `docker run` flags of docs/deployment.md for iptables mode.
 const IPTABLES_RUN_FLAGS: &[&str] = &[
     "--net=host",
     "--cap-add=NET_ADMIN",
@@ -186,7 +186,7 @@ fn the_image_serves_a_workload_in_classic_mode() {
     let env = test_env();
     let upstream = FakeUpstream::start();
     let aws = AwsCounter::start(&env.moto_url);
-    // docs/deployment.md, "Classic mode (your DNAT rules)": not root, the socket's group only.
+    // docs/deployment.md: "Classic mode (your DNAT rules)": not root, only the Docker socket's group.
     let socket_group = std::fs::metadata("/var/run/docker.sock")
         .map(|m| std::os::unix::fs::MetadataExt::gid(&m).to_string())
         .expect("the Docker socket");
@@ -293,23 +293,42 @@ fn the_image_serves_a_workload_in_classic_mode() {
     );
 }
 
-#[test]
-fn the_image_serves_a_workload_in_iptables_mode_and_removes_its_rules_on_stop() {
+/// How docs/deployment.md runs the image in an interception mode.
+struct Mode {
+    /// Names the test's containers and the agent's volume.
+    name: &'static str,
+    /// The documented `docker run` flags.
+    flags: &'static [&'static str],
+    /// The mode's settings.
+    vars: Vec<(&'static str, String)>,
+    /// What the agent logs once `docker stop` has undone its interception.
+    undone: &'static str,
+}
+
+/// In `mode`, the image serves a workload (already running) its role's credentials and the
+/// upstream's answers, nothing reaches the real address, the HEALTHCHECK turns healthy, and
+/// `docker stop` undoes the interception: the host's netfilter state is as before.
+fn serves_a_workload_and_undoes_its_interception_on_stop(mode: Mode) {
     let _serial = serial();
     let _cleanup = AgentTableCleanup;
     let env = test_env();
     catcher().emulator.clear();
     let upstream = FakeUpstream::start();
     let aws = AwsCounter::start(&env.moto_url);
-    let c = Container::start(&env, "image-ipt", None, &[("IAM_ROLE", "image-ipt-role")]);
+    let role = format!("image-{}-role", mode.name);
+    let c = Container::start(
+        &env,
+        &format!("image-{}", mode.name),
+        None,
+        &[("IAM_ROLE", &role)],
+    );
     let before = netfilter_snapshot();
-    // docs/deployment.md: "iptables mode", with the default IPTABLES_ON_SHUTDOWN=remove.
-    let (agent, _) = AgentContainer::run_ready("iptables", IPTABLES_RUN_FLAGS, |port, admin| {
+    let (agent, _) = AgentContainer::run_ready(mode.name, mode.flags, |port, admin| {
         let mut vars = test_env_vars(&upstream, &aws, port, admin);
-        vars.push(("INTERCEPT", "iptables".into()));
+        vars.extend(mode.vars.iter().cloned());
         vars
     });
-    let r = c.wget(&format!("{MD}/iam/security-credentials/image-ipt-role"));
+    let r = c.wget(&format!("{MD}/iam/security-credentials/{role}"));
     assert_eq!(r.status, 200, "{}", agent.logs());
     let id = c.wget(&format!("{MD}/instance-id"));
     assert_eq!((id.status, id.body.as_str()), (200, "i-0123456789abcdef0"));
@@ -320,11 +339,7 @@ fn the_image_serves_a_workload_in_iptables_mode_and_removes_its_rules_on_stop() 
     })
     .unwrap_or_else(|| panic!("healthy: {} {}", agent.health(), agent.logs()));
     run("docker", &["stop", "-t", "20", &agent.name]);
-    assert!(
-        agent.logs().contains("interception rules removed"),
-        "{}",
-        agent.logs()
-    );
+    assert!(agent.logs().contains(mode.undone), "{}", agent.logs());
     assert!(!agent_table_exists());
     assert_same_netfilter(
         &before,
@@ -334,40 +349,30 @@ fn the_image_serves_a_workload_in_iptables_mode_and_removes_its_rules_on_stop() 
 }
 
 #[test]
-fn the_image_serves_a_workload_in_ebpf_mode() {
-    let _serial = serial();
-    let env = test_env();
-    catcher().emulator.clear();
-    let upstream = FakeUpstream::start();
-    let aws = AwsCounter::start(&env.moto_url);
+fn the_image_serves_a_workload_in_iptables_mode_and_removes_its_rules_on_stop() {
+    // docs/deployment.md: "iptables mode", with the default IPTABLES_ON_SHUTDOWN=remove.
+    serves_a_workload_and_undoes_its_interception_on_stop(Mode {
+        name: "iptables",
+        flags: IPTABLES_RUN_FLAGS,
+        vars: vec![("INTERCEPT", "iptables".into())],
+        undone: "interception rules removed",
+    });
+}
+
+#[test]
+fn the_image_serves_a_workload_in_ebpf_mode_and_detaches_on_stop() {
     let pins = PinDir::new("image");
-    let vars = |port, admin| {
-        let mut vars = test_env_vars(&upstream, &aws, port, admin);
-        vars.push(("INTERCEPT", "ebpf".into()));
-        vars.push(("EBPF_PIN_PATH", pins.as_str().to_string()));
-        vars.push(("EBPF_ON_SHUTDOWN", "detach".into()));
-        vars
-    };
-    // docs/deployment.md: "eBPF mode".
-    let (agent, _) = AgentContainer::run_ready("ebpf", EBPF_RUN_FLAGS, vars);
-    let c = Container::start(&env, "image-ebpf", None, &[("IAM_ROLE", "image-ebpf-role")]);
-    let r = c.wget(&format!("{MD}/iam/security-credentials/image-ebpf-role"));
-    assert_eq!(r.status, 200, "{}", agent.logs());
-    let id = c.wget(&format!("{MD}/instance-id"));
-    assert_eq!((id.status, id.body.as_str()), (200, "i-0123456789abcdef0"));
-    let escaped = catcher().emulator.recorded();
-    assert!(escaped.is_empty(), "reached the real address: {escaped:?}");
-    eventually(Duration::from_secs(45), || {
-        (agent.health() == "healthy").then_some(())
-    })
-    .unwrap_or_else(|| panic!("healthy: {} {}", agent.health(), agent.logs()));
-    // SIGTERM with EBPF_ON_SHUTDOWN=detach: the container stops and the programs go.
-    run("docker", &["stop", "-t", "20", &agent.name]);
-    assert!(
-        agent.logs().contains("eBPF redirect detached"),
-        "{}",
-        agent.logs()
-    );
+    // docs/deployment.md: "eBPF mode"; SIGTERM with EBPF_ON_SHUTDOWN=detach: the programs go.
+    serves_a_workload_and_undoes_its_interception_on_stop(Mode {
+        name: "ebpf",
+        flags: EBPF_RUN_FLAGS,
+        vars: vec![
+            ("INTERCEPT", "ebpf".into()),
+            ("EBPF_PIN_PATH", pins.as_str().to_string()),
+            ("EBPF_ON_SHUTDOWN", "detach".into()),
+        ],
+        undone: "eBPF redirect detached",
+    });
 }
 
 #[test]

@@ -3,11 +3,9 @@
 //! bound to their container; passthrough to an upstream that requires tokens.
 
 use std::os::unix::fs::PermissionsExt as _;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use metadataproxy_tests::{
-    agent_binary, caller_identity, eventually, scratch_dir, Agent, Classic, Container,
-};
+use metadataproxy_tests::{caller_identity, eventually, scratch_dir, Agent, Classic, Container};
 
 const MD: &str = "http://169.254.169.254/latest/meta-data";
 const TOKEN_URL: &str = "http://169.254.169.254/latest/api/token";
@@ -144,35 +142,8 @@ fn restart(s: &mut Classic, vars: &[(&str, &str)]) {
 
 /// The agent's start-up with `TOKEN_KEY_FILE=key`, expected to fail: its standard error.
 fn start_up_failure(key: &std::path::Path) -> String {
-    let mut child = std::process::Command::new(agent_binary())
-        .env_clear()
-        .env("PORT", "0")
-        .env("ADMIN_ADDR", "off")
-        .env("METADATA_URL", "builtin")
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("TOKEN_KEY_FILE", key)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn the agent");
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for the agent") {
-            break status;
-        }
-        if start.elapsed() > Duration::from_secs(20) {
-            let _ = child.kill();
-            panic!("the agent started with a bad TOKEN_KEY_FILE");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
-        .expect("read stderr");
-    assert!(!status.success(), "{stderr}");
-    stderr
+    let key = key.to_str().expect("utf-8 path");
+    Agent::start_up_failure(&[], &[("TOKEN_KEY_FILE", key)])
 }
 
 #[test]

@@ -3,13 +3,13 @@
 
 use std::time::Duration;
 
-use metadataproxy_tests::{eventually, Classic, Container, DockerCounter};
+use metadataproxy_tests::{eventually, Classic, Container, DockerSocket};
 
 const MD: &str = "http://169.254.169.254/latest/meta-data";
 
 #[test]
 fn a_warm_index_answers_without_docker_or_sts_calls_and_credentials_are_prefetched() {
-    let docker = DockerCounter::start("warm");
+    let docker = DockerSocket::counting("warm");
     let s = Classic::start(
         "index-warm",
         31,

@@ -283,27 +283,7 @@ fn a_connection_opened_before_the_rules_cannot_go_on_to_the_real_service() {
 /// Runs the agent in iptables mode with `vars`, through `wrapper` (e.g. `setpriv`), without
 /// a Docker daemon or AWS behind it: for start-up failures.
 fn start_up_failure(wrapper: &[&str], vars: &[(&str, &str)]) -> String {
-    let agent = metadataproxy_tests::agent_binary();
-    let mut argv: Vec<&str> = wrapper.to_vec();
-    argv.push(agent.to_str().expect("utf-8 path"));
-    let mut cmd = std::process::Command::new(argv[0]);
-    cmd.args(&argv[1..])
-        .env_clear()
-        .env("INTERCEPT", "iptables")
-        .env("PORT", "0")
-        .env("ADMIN_ADDR", "off")
-        .env("TOKEN_KEY_FILE", "none")
-        .env("METADATA_URL", "builtin")
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_EC2_METADATA_DISABLED", "true");
-    for (k, v) in vars {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().expect("run the agent");
-    assert!(!out.status.success(), "the agent started");
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    Agent::start_up_failure(wrapper, &[&[("INTERCEPT", "iptables")], vars].concat())
 }
 
 #[test]

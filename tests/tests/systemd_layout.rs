@@ -14,8 +14,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use metadataproxy_tests::{
-    agent_binary, assert_no_escape, catcher, cgroup2_root, eventually, run, serial, test_env,
-    Agent, AwsCounter, Container, FakeUpstream, PinDir, TestEnv,
+    assert_no_escape, catcher, cgroup2_root, eventually, run, serial, test_env, Agent, AwsCounter,
+    Container, FakeUpstream, PinDir, TestEnv,
 };
 
 /// A cgroup directory made for the test (or already there), removed at the end if the test
@@ -272,25 +272,17 @@ fn an_explicit_list_that_misses_the_containers_refuses_to_start_naming_them() {
     let app = container_in_system_slice(&env, &slice, "sd-refused", "r");
     let pins = PinDir::new("sdrefused");
     // The old default, which misses system.slice.
-    let out = Command::new(agent_binary())
-        .env_clear()
-        .env("INTERCEPT", "ebpf")
-        .env("EBPF_PIN_PATH", pins.as_str())
-        .env("EBPF_CONTAINER_CGROUPS", "docker,docker.slice")
-        .env("HOST", "0.0.0.0")
-        .env("PORT", "0")
-        .env("TOKEN_KEY_FILE", "none")
-        .env("METADATA_URL", "builtin")
-        .env("DOCKER_URL", "unix:///var/run/docker.sock")
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_ENDPOINT_URL", &env.moto_url)
-        .output()
-        .expect("run the agent");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "the agent started: {stderr}");
+    let stderr = Agent::start_up_failure(
+        &[],
+        &[
+            ("INTERCEPT", "ebpf"),
+            ("EBPF_PIN_PATH", pins.as_str()),
+            ("EBPF_CONTAINER_CGROUPS", "docker,docker.slice"),
+            ("HOST", "0.0.0.0"),
+            ("DOCKER_URL", "unix:///var/run/docker.sock"),
+            ("AWS_ENDPOINT_URL", &env.moto_url),
+        ],
+    );
     assert!(stderr.contains(&app.scope_path), "{stderr}");
     assert!(stderr.contains("EBPF_CONTAINER_CGROUPS"), "{stderr}");
     assert!(

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use metadataproxy_tests::sinks::http_get;
 use metadataproxy_tests::{
-    error_descriptions, eventually, rt, run, Agent, Classic, DockerCounter, Network, Rule,
+    error_descriptions, eventually, rt, run, Agent, Classic, DockerSocket, Network, Rule,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -155,7 +155,7 @@ fn request_blocking(src: &str, dst: &str, port: u16, method: &str, path: &str) -
 }
 
 /// The agent's container listings: each direct lookup is one (a full sync is one too).
-fn listings(docker: &DockerCounter) -> usize {
+fn listings(docker: &DockerSocket) -> usize {
     docker
         .requests()
         .iter()
@@ -165,7 +165,7 @@ fn listings(docker: &DockerCounter) -> usize {
 
 /// Waits until the agent has inspected the network `id` (it learns a network's subnets from
 /// its `create` event).
-fn wait_for_network(docker: &DockerCounter, id: &str) {
+fn wait_for_network(docker: &DockerSocket, id: &str) {
     eventually(Duration::from_secs(10), || {
         docker
             .requests()
@@ -195,7 +195,7 @@ fn lookups_by(admin: &str, source: &str) -> f64 {
 #[test]
 fn a_flood_from_an_address_no_container_owns_makes_a_docker_call_per_window_not_per_request() {
     const N: usize = 500;
-    let docker = DockerCounter::start("unknown-flood");
+    let docker = DockerSocket::counting("unknown-flood");
     let s = Classic::start(
         "unknown-flood",
         81,
@@ -272,7 +272,7 @@ fn a_flood_from_an_address_no_container_owns_makes_a_docker_call_per_window_not_
 
 #[test]
 fn host_addresses_get_their_404_at_once_and_cost_no_docker_call() {
-    let docker = DockerCounter::start("unknown-host");
+    let docker = DockerSocket::counting("unknown-host");
     let s = Classic::start(
         "unknown-host",
         82,
@@ -321,7 +321,7 @@ fn host_addresses_get_their_404_at_once_and_cost_no_docker_call() {
 
 #[test]
 fn a_container_started_while_its_address_is_remembered_as_no_container_is_served_at_once() {
-    let docker = DockerCounter::start("unknown-race");
+    let docker = DockerSocket::counting("unknown-race");
     let s = Classic::start(
         "unknown-race",
         83,

@@ -15,12 +15,11 @@
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use metadataproxy_tests::readme::README;
 use metadataproxy_tests::{
     agent_table_exists, assert_no_escape, catcher, docker0_gateway, eventually, imds_time_seconds,
     serial, test_env, Agent, AgentTableCleanup, Container, TestEnv,
 };
-
-const README: &str = include_str!("../../README.md");
 
 const BRIDGE_IP: &str =
     "BRIDGE_IP=$(ip -4 -o addr show dev docker0 | awk '{print $4}' | cut -d/ -f1)";
@@ -39,25 +38,10 @@ const DEMO_ON_METADATA_ADDRESS: &str = "docker run --rm -e IAM_ROLE=demo busybox
 const REPORTS_INFO_ON_METADATA_ADDRESS: &str = "docker run --rm -e IAM_ROLE=reports busybox \
      wget -qO- http://169.254.169.254/latest/meta-data/iam/info";
 
-/// `line`, which the README must contain as written.
-fn readme(line: &str) -> &str {
-    assert!(
-        README.contains(line),
-        "the README no longer shows this step: {line}"
-    );
-    line
-}
-
-/// Starts the agent from the README's command `line`: `prefix` is the part that names the
-/// binary (`cargo run ... --` or `sudo target/release/metadataproxy`), replaced by this build's.
+/// Starts the agent from the README's command `line` in a shell without any AWS setting; it
+/// warns that its credentials are fake.
 fn start_agent(line: &str, prefix: &str, bridge_ip: &str) -> Agent {
-    let flags = readme(line)
-        .strip_prefix(prefix)
-        .unwrap_or_else(|| panic!("{line:?} starts with {prefix:?}"))
-        .replace("\"$BRIDGE_IP\"", bridge_ip)
-        .replace("--port 8000", "--port 0");
-    let args: Vec<&str> = flags.split_whitespace().collect();
-    let agent = Agent::launch(&args, &[]);
+    let agent = README.start_agent(line, prefix, bridge_ip, &[]);
     let warned = agent.logs().iter().any(|l| {
         l["level"] == "WARN"
             && l["message"]
@@ -70,18 +54,6 @@ fn start_agent(line: &str, prefix: &str, bridge_ip: &str) -> Agent {
         agent.raw_logs()
     );
     agent
-}
-
-/// Runs the README's container command `line` in `sh`, as a user would, with `BRIDGE_IP` set.
-fn step(env: &TestEnv, agent: &Agent, bridge_ip: &str, line: &str) -> Output {
-    let line = readme(line)
-        .replace(":8000/", &format!(":{}/", agent.port))
-        .replace(" busybox ", &format!(" {} ", env.image));
-    Command::new("timeout")
-        .args(["60", "sh", "-c", &line])
-        .env("BRIDGE_IP", bridge_ip)
-        .output()
-        .expect("sh")
 }
 
 /// The credentials a step printed, checked for what the built-in STS issues.
@@ -148,15 +120,6 @@ fn sdk_access_key(env: &TestEnv, name: &str, endpoint: Option<&str>) -> String {
     v["AccessKeyId"].as_str().expect("AccessKeyId").to_string()
 }
 
-/// Ctrl-C, as the README says to stop the agent.
-fn interrupt(agent: &mut Agent) {
-    let status = agent.stop("-INT");
-    assert!(
-        status.success(),
-        "agent exit on Ctrl-C (SIGINT): {status:?}"
-    );
-}
-
 #[test]
 fn offline_at_docker0s_address_each_container_gets_its_own_fake_role() {
     let _serial = serial();
@@ -165,7 +128,10 @@ fn offline_at_docker0s_address_each_container_gets_its_own_fake_role() {
 
     // The README's way to find docker0's address gives what the interface has.
     let shown = Command::new("sh")
-        .args(["-c", &format!("{}; echo \"$BRIDGE_IP\"", readme(BRIDGE_IP))])
+        .args([
+            "-c",
+            &format!("{}; echo \"$BRIDGE_IP\"", README.shown(BRIDGE_IP)),
+        ])
         .output()
         .expect("sh");
     let bridge_ip = docker0_gateway();
@@ -177,7 +143,7 @@ fn offline_at_docker0s_address_each_container_gets_its_own_fake_role() {
         &bridge_ip,
     );
 
-    let demo = fake_credentials(&step(&env, &agent, &bridge_ip, DEMO_AT_BRIDGE));
+    let demo = fake_credentials(&README.run_step(&env, &agent, &bridge_ip, DEMO_AT_BRIDGE));
     let demo_key = demo["AccessKeyId"].as_str().unwrap();
     assert_eq!(
         audited_role(&agent, demo_key),
@@ -185,13 +151,13 @@ fn offline_at_docker0s_address_each_container_gets_its_own_fake_role() {
     );
 
     // Another container: its own role.
-    let arn = info_arn(&step(&env, &agent, &bridge_ip, REPORTS_INFO_AT_BRIDGE));
+    let arn = info_arn(&README.run_step(&env, &agent, &bridge_ip, REPORTS_INFO_AT_BRIDGE));
     assert_eq!(
         arn,
         "arn:aws:sts::123456789012:assumed-role/reports/go-metadataproxy"
     );
     // And not the first one's.
-    let out = step(&env, &agent, &bridge_ip, REPORTS_ASKS_FOR_DEMO_AT_BRIDGE);
+    let out = README.run_step(&env, &agent, &bridge_ip, REPORTS_ASKS_FOR_DEMO_AT_BRIDGE);
     assert!(!out.status.success(), "{out:?}");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("404 Not Found"),
@@ -208,7 +174,7 @@ fn offline_at_docker0s_address_each_container_gets_its_own_fake_role() {
         "arn:aws:iam::123456789012:role/demo"
     );
 
-    interrupt(&mut agent);
+    agent.interrupt();
     assert_no_escape();
 }
 
@@ -231,17 +197,14 @@ fn offline_on_the_metadata_address_with_iptables_and_rules_gone_on_ctrl_c() {
     );
     assert!(agent_table_exists());
 
-    let demo = fake_credentials(&step(&env, &agent, &bridge_ip, DEMO_ON_METADATA_ADDRESS));
+    let demo =
+        fake_credentials(&README.run_step(&env, &agent, &bridge_ip, DEMO_ON_METADATA_ADDRESS));
     assert_eq!(
         audited_role(&agent, demo["AccessKeyId"].as_str().unwrap()),
         "arn:aws:iam::123456789012:role/demo"
     );
-    let arn = info_arn(&step(
-        &env,
-        &agent,
-        &bridge_ip,
-        REPORTS_INFO_ON_METADATA_ADDRESS,
-    ));
+    let arn =
+        info_arn(&README.run_step(&env, &agent, &bridge_ip, REPORTS_INFO_ON_METADATA_ADDRESS));
     assert_eq!(
         arn,
         "arn:aws:sts::123456789012:assumed-role/reports/go-metadataproxy"
@@ -256,7 +219,7 @@ fn offline_on_the_metadata_address_with_iptables_and_rules_gone_on_ctrl_c() {
     );
     assert_no_escape();
 
-    interrupt(&mut agent);
+    agent.interrupt();
     assert!(
         !agent_table_exists(),
         "the agent's rules are still there after Ctrl-C"

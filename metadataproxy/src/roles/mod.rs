@@ -378,62 +378,28 @@ impl RateLimiter {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Mutex;
+    use std::sync::atomic::Ordering;
     use std::time::UNIX_EPOCH;
-
-    use futures_util::future::BoxFuture;
 
     use super::*;
     use crate::clock::ManualClock;
+    use crate::testing::{FakeIam, FakeSts};
 
-    /// Counts calls; hands out credentials valid for one hour from the shared clock.
-    #[derive(Debug)]
-    struct CountingSts {
-        calls: AtomicUsize,
-        clock: Arc<ManualClock>,
-        seen: Mutex<Vec<AssumeRoleRequest>>,
-        fail: std::sync::atomic::AtomicBool,
-    }
-
-    impl AssumeRole for CountingSts {
-        fn assume_role<'a>(
-            &'a self,
-            req: &'a AssumeRoleRequest,
-        ) -> BoxFuture<'a, Result<Credentials, AwsError>> {
-            Box::pin(async move {
-                let n = self.calls.fetch_add(1, Ordering::SeqCst);
-                self.seen.lock().unwrap().push(req.clone());
-                // Let concurrent callers pile up behind this call.
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                if self.fail.load(Ordering::SeqCst) {
-                    return Err(AwsError::permanent("AccessDenied", "no"));
-                }
-                let now = Clock::now(&*self.clock);
-                Ok(Credentials {
-                    access_key_id: format!("ASIA{n}"),
-                    secret_access_key: Secret::new("s"),
-                    session_token: Secret::new("t"),
-                    expiration: now + Duration::from_secs(3600),
-                    obtained_at: now,
-                    assumed_role_arn: "arn".into(),
-                    assumed_role_id: "id".into(),
-                    rendered: Default::default(),
-                })
-            })
-        }
-    }
-
-    fn setup(fail: bool) -> (Arc<CountingSts>, Arc<ManualClock>, CredentialCache) {
+    /// STS on a stopped clock; each call takes 20 ms, so that concurrent callers pile up
+    /// behind it.
+    fn counting_sts() -> (Arc<FakeSts>, Arc<ManualClock>) {
         let clock = Arc::new(ManualClock::new(
             UNIX_EPOCH + Duration::from_secs(1_800_000_000),
         ));
-        let sts = Arc::new(CountingSts {
-            calls: AtomicUsize::new(0),
-            clock: clock.clone(),
-            seen: Mutex::new(Vec::new()),
-            fail: fail.into(),
-        });
+        let sts = FakeSts::with_clock(clock.clone()).latency(Duration::from_millis(20));
+        (Arc::new(sts), clock)
+    }
+
+    fn setup(fail: bool) -> (Arc<FakeSts>, Arc<ManualClock>, CredentialCache) {
+        let (sts, clock) = counting_sts();
+        if fail {
+            sts.fail_with(Some("AccessDenied"));
+        }
         let cache = CredentialCache::new(sts.clone(), clock.clone(), CacheSettings::default());
         (sts, clock, cache)
     }
@@ -462,7 +428,7 @@ mod tests {
             })
             .collect();
         for t in tasks {
-            assert_eq!(t.await.unwrap(), "ASIA0");
+            assert_eq!(t.await.unwrap(), "ASIAFAKE0");
         }
         assert_eq!(sts.calls.load(Ordering::SeqCst), 1);
     }
@@ -477,7 +443,7 @@ mod tests {
         assert_ne!(a.access_key_id, none.access_key_id);
         assert_eq!(sts.calls.load(Ordering::SeqCst), 3);
         assert_eq!(cache.entry_count().await, 3);
-        let seen = sts.seen.lock().unwrap();
+        let seen = sts.requests.lock().unwrap();
         assert_eq!(seen[0].external_id.as_deref(), Some("a"));
         assert_eq!(seen[1].external_id.as_deref(), Some("b"));
     }
@@ -524,7 +490,7 @@ mod tests {
         let (sts, clock, cache) = setup(false);
         let req = request(None);
         let first = cache.get(&req).await.unwrap();
-        sts.fail.store(true, Ordering::SeqCst);
+        sts.fail_with(Some("AccessDenied"));
         // Past the refresh point: STS fails, the cached credentials are still served.
         clock.advance(Duration::from_secs(50 * 60));
         assert_eq!(
@@ -549,7 +515,7 @@ mod tests {
         assert_eq!(cache.get(&req).await.unwrap_err().code, "AccessDenied");
         assert_eq!(cache.stats.served_stale.load(Ordering::SeqCst), 3);
         // STS recovers: new credentials.
-        sts.fail.store(false, Ordering::SeqCst);
+        sts.fail_with(None);
         clock.advance(Duration::from_secs(5));
         assert_ne!(
             cache.get(&req).await.unwrap().access_key_id,
@@ -584,15 +550,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn assume_role_calls_stay_under_the_rate_limit() {
-        let clock = Arc::new(ManualClock::new(
-            UNIX_EPOCH + Duration::from_secs(1_800_000_000),
-        ));
-        let sts = Arc::new(CountingSts {
-            calls: AtomicUsize::new(0),
-            clock: clock.clone(),
-            seen: Mutex::new(Vec::new()),
-            fail: false.into(),
-        });
+        let (sts, clock) = counting_sts();
         let settings = CacheSettings {
             rate_limit: 10,
             ..CacheSettings::default()
@@ -625,48 +583,10 @@ mod tests {
         }
     }
 
-    /// Answers from a script: an error code with the SDK's classification, or success when the
-    /// script says `None` or is used up.
-    #[derive(Debug)]
-    struct ScriptedSts {
-        script: Mutex<std::collections::VecDeque<Option<(&'static str, Retry)>>>,
-        calls: AtomicUsize,
-    }
-
-    impl AssumeRole for ScriptedSts {
-        fn assume_role<'a>(
-            &'a self,
-            _req: &'a AssumeRoleRequest,
-        ) -> BoxFuture<'a, Result<Credentials, AwsError>> {
-            Box::pin(async move {
-                self.calls.fetch_add(1, Ordering::SeqCst);
-                if let Some(Some((code, retry))) = self.script.lock().unwrap().pop_front() {
-                    return Err(AwsError {
-                        code: code.into(),
-                        message: "scripted".into(),
-                        retry,
-                    });
-                }
-                let now = std::time::SystemTime::now();
-                Ok(Credentials {
-                    access_key_id: "ASIA".into(),
-                    secret_access_key: Secret::new("s"),
-                    session_token: Secret::new("t"),
-                    expiration: now + Duration::from_secs(3600),
-                    obtained_at: now,
-                    assumed_role_arn: "arn".into(),
-                    assumed_role_id: "id".into(),
-                    rendered: Default::default(),
-                })
-            })
-        }
-    }
-
-    fn scripted(script: &[Option<(&'static str, Retry)>]) -> (Arc<ScriptedSts>, CredentialCache) {
-        let sts = Arc::new(ScriptedSts {
-            script: Mutex::new(script.iter().copied().collect()),
-            calls: AtomicUsize::new(0),
-        });
+    /// STS answering from `script` (an error code with its classification, or success for
+    /// `None`), then succeeding.
+    fn scripted(script: &[Option<(&str, Retry)>]) -> (Arc<FakeSts>, CredentialCache) {
+        let sts = Arc::new(FakeSts::default().script(script));
         let cache = CredentialCache::new(
             sts.clone(),
             Arc::new(crate::clock::SystemClock),
@@ -719,21 +639,9 @@ mod tests {
         assert_eq!(sts.calls.load(Ordering::SeqCst), 2);
     }
 
-    #[derive(Debug, Default)]
-    struct CountingIam(AtomicUsize);
-
-    impl GetRole for CountingIam {
-        fn role_arn<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<RoleArn, AwsError>> {
-            Box::pin(async move {
-                self.0.fetch_add(1, Ordering::SeqCst);
-                Ok(RoleArn::parse(&format!("arn:aws:iam::210987654321:role/p/{name}")).unwrap())
-            })
-        }
-    }
-
     #[tokio::test]
     async fn bare_names_use_default_account_else_one_get_role() {
-        let iam = Arc::new(CountingIam::default());
+        let iam = Arc::new(FakeIam::default());
         let with_account = RoleResolver::new(
             Partition::for_region("us-east-1"),
             AccountId::parse("123456789012"),
@@ -750,7 +658,7 @@ mod tests {
         for _ in 0..3 {
             assert_eq!(
                 without.resolve(&spec).await.unwrap().as_str(),
-                "arn:aws:iam::210987654321:role/p/my-role"
+                "arn:aws:iam::210987654321:role/fake/my-role"
             );
         }
         assert_eq!(iam.0.load(Ordering::SeqCst), 1);

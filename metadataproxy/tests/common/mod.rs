@@ -5,9 +5,8 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use metadataproxy::app::Deps;
@@ -16,9 +15,8 @@ use metadataproxy::clock::SystemClock;
 use metadataproxy::config::{Args, BuiltinValues, Config};
 use metadataproxy::identity::kernel::{ConnRecord, KernelIdentity};
 use metadataproxy::identity::{Container, ContainerLookup, LookupError};
-use metadataproxy::roles::{
-    AssumeRole, AssumeRoleRequest, AwsError, Credentials, GetRole, Partition, RoleArn, Secret,
-};
+use metadataproxy::roles::Partition;
+use metadataproxy::testing::{FakeIam, FakeSts};
 use metadataproxy::upstream::{HttpUpstream, Upstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -42,56 +40,6 @@ impl ContainerLookup for FakeLookup {
             .find(|c| c.id == id)
             .cloned();
         Box::pin(async move { Ok(found) })
-    }
-}
-
-/// Counts AssumeRole calls and hands out recognisable secrets.
-#[derive(Debug, Default)]
-pub struct FakeSts {
-    pub calls: AtomicUsize,
-    pub requests: Mutex<Vec<AssumeRoleRequest>>,
-}
-
-pub const SECRET_MARK: &str = "SECRETKEYVALUE";
-pub const TOKEN_MARK: &str = "SESSIONTOKENVALUE";
-
-impl AssumeRole for FakeSts {
-    fn assume_role<'a>(
-        &'a self,
-        req: &'a AssumeRoleRequest,
-    ) -> BoxFuture<'a, Result<Credentials, AwsError>> {
-        Box::pin(async move {
-            let n = self.calls.fetch_add(1, Ordering::SeqCst);
-            self.requests.lock().unwrap().push(req.clone());
-            let now = SystemTime::now();
-            Ok(Credentials {
-                access_key_id: format!("ASIAFAKE{n}"),
-                secret_access_key: Secret::new(format!("{SECRET_MARK}{n}")),
-                session_token: Secret::new(format!("{TOKEN_MARK}{n}")),
-                expiration: now + req.duration,
-                obtained_at: now,
-                assumed_role_arn: format!(
-                    "arn:aws:sts::123456789012:assumed-role/{}/{}",
-                    req.role_arn.name(),
-                    req.session_name
-                ),
-                assumed_role_id: format!("AROAFAKE:{}", req.session_name),
-                rendered: metadataproxy::roles::Rendered::default(),
-            })
-        })
-    }
-}
-
-/// `iam:GetRole` that puts every role under `/fake/` in account 210987654321.
-#[derive(Debug, Default)]
-pub struct FakeIam(pub AtomicUsize);
-
-impl GetRole for FakeIam {
-    fn role_arn<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<RoleArn, AwsError>> {
-        Box::pin(async move {
-            self.0.fetch_add(1, Ordering::SeqCst);
-            Ok(RoleArn::parse(&format!("arn:aws:iam::210987654321:role/fake/{name}")).unwrap())
-        })
     }
 }
 

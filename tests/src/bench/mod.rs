@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use metadataproxy::testing::{clean_command, TEST_SDK};
+
 /// A port free when asked (bound to 0.0.0.0, then released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("0.0.0.0:0")
@@ -38,7 +40,10 @@ pub fn ready(addr: &str) -> bool {
 }
 
 /// The release agent, run with the default configuration plus `vars`, its log lines written to
-/// a file (as a deployment writes them to `docker logs`), not kept in memory.
+/// a file (as a deployment writes them to `docker logs`), not kept in memory. Started in the
+/// tests' clean environment, like [`crate::Agent`], but not through it: a load writes hundreds
+/// of MB of request lines, which the tests' agent keeps, and start-up is timed to the first
+/// `/readyz` 200 rather than to the ready line.
 #[derive(Debug)]
 pub struct BenchAgent {
     child: Child,
@@ -59,23 +64,16 @@ impl BenchAgent {
         let port = free_port();
         let admin = format!("127.0.0.1:{}", free_port());
         let log_file = std::fs::File::create(log).expect("agent log file");
-        let mut cmd = Command::new(binary);
-        cmd.env_clear()
-            .env("PORT", port.to_string())
-            .env("ADMIN_ADDR", &admin)
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("AWS_CONFIG_FILE", "/dev/null")
-            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-            .env("AWS_ENDPOINT_URL", aws_url)
-            .env("TOKEN_KEY_FILE", "none")
-            .stdout(Stdio::from(log_file))
-            .stderr(Stdio::inherit());
-        for (k, v) in vars {
-            cmd.env(k, v);
-        }
+        let port_text = port.to_string();
+        let settings = [
+            ("PORT", port_text.as_str()),
+            ("ADMIN_ADDR", &admin),
+            ("AWS_ENDPOINT_URL", aws_url),
+            ("TOKEN_KEY_FILE", "none"),
+        ];
+        let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let mut cmd = clean_command(&[binary], &[TEST_SDK, &settings, &vars].concat());
+        cmd.stdout(Stdio::from(log_file)).stderr(Stdio::inherit());
         let started = Instant::now();
         let mut child = cmd.spawn().expect("spawn the agent");
         loop {

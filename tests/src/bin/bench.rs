@@ -16,11 +16,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use metadataproxy_tests::bench::report::{latency, Line, Ratio, Report, Verdict};
-use metadataproxy_tests::bench::servers::{self, DockerStandIn, FakeContainer};
+use metadataproxy_tests::bench::servers;
 use metadataproxy_tests::bench::wrk::{self, Load};
 use metadataproxy_tests::bench::{agent_binary, BenchAgent};
+use metadataproxy_tests::docker::FakeContainer;
 use metadataproxy_tests::{
-    docker0_gateway, run, test_env, AwsCounter, Container, DockerCounter, FakeUpstream, TestEnv,
+    docker0_gateway, run, test_env, AwsCounter, Container, DockerSocket, FakeUpstream, TestEnv,
 };
 
 const ACCOUNT: &str = "123456789012";
@@ -215,7 +216,7 @@ impl Bench {
     /// Cached credentials and role listing at 1/16/64/256 connections, passthrough, against
     /// their baselines; Docker and STS calls during the agent's loads.
     fn hot_paths(&mut self, from: &Container, upstream: &FakeUpstream) -> (Vec<String>, usize) {
-        let docker = DockerCounter::start("bench");
+        let docker = DockerSocket::counting("bench");
         let agent = self.agent(
             "hot",
             &docker.url(),
@@ -555,7 +556,7 @@ impl Bench {
         real: &FakeContainer,
         sizes: &[usize],
         vars: impl Fn(usize) -> Vec<(&'static str, String)>,
-    ) -> (Vec<DockerStandIn>, Vec<BenchAgent>, Vec<usize>) {
+    ) -> (Vec<DockerSocket>, Vec<BenchAgent>, Vec<usize>) {
         let mut stand_ins = Vec::new();
         let mut agents = Vec::new();
         let mut roles_cached = Vec::new();
@@ -570,7 +571,7 @@ impl Bench {
                 .collect();
             containers.push(real.clone());
             let socket = self.work.join(format!("docker-{name}-{n}.sock"));
-            let docker = DockerStandIn::start(&socket, containers);
+            let docker = DockerSocket::stand_in(&socket, containers);
             let before = self.aws.count("AssumeRole");
             let agent = self.agent(&format!("{name}-{n}"), &docker.url(), &vars(n));
             // Prefetch: one AssumeRole per distinct role; wait until it has settled.
@@ -597,7 +598,7 @@ impl Bench {
     fn lookup_loads(
         &self,
         from: &Container,
-        stand_ins: &[DockerStandIn],
+        stand_ins: &[DockerSocket],
         agents: &[BenchAgent],
     ) -> (Vec<Load>, Vec<String>, usize) {
         let path = "/latest/meta-data/iam/security-credentials/bench-role";
