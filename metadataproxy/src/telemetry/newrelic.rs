@@ -123,10 +123,10 @@ pub async fn run(config: NewRelicConfig, recorder: PushRecorder, host: String) {
             // The whole exchange, body included, under the timeout: a stalled endpoint must
             // not stop the flushes.
             let exchange = async {
-                let resp = client.request(req).await.map_err(|e| e.to_string())?;
+                let resp = client.request(req).await?;
                 let status = resp.status();
                 let _ = resp.into_body().collect().await;
-                Ok::<_, String>(status)
+                Ok::<_, hyper_util::client::legacy::Error>(status)
             };
             match tokio::time::timeout(POST_TIMEOUT, exchange).await {
                 Ok(Ok(status)) if status.is_success() => {}
