@@ -7,8 +7,7 @@ mod common;
 use std::sync::atomic::Ordering;
 
 use common::{container, raw_request, Harness};
-use metadataproxy::testing::IAM_PATHS;
-use metadataproxy::testing::SECRET_MARK;
+use metadataproxy::testing::{CREDENTIAL_KEYS, IAM_PATHS, SECRET_MARK};
 
 const CREDS: &str = "/latest/meta-data/iam/security-credentials/";
 
@@ -50,18 +49,7 @@ async fn credentials_and_info_for_the_containers_own_role() {
     assert!(body.ends_with("}\n"));
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
-    assert_eq!(
-        keys,
-        [
-            "AccessKeyId",
-            "Code",
-            "Expiration",
-            "LastUpdated",
-            "SecretAccessKey",
-            "Token",
-            "Type"
-        ]
-    );
+    assert_eq!(keys, CREDENTIAL_KEYS);
     assert_eq!(v["Code"], "Success");
     assert_eq!(v["Type"], "AWS-HMAC");
     assert_eq!(v["Expiration"].as_str().unwrap().len(), 20);

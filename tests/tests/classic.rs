@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use metadataproxy::testing::IAM_PATHS;
+use metadataproxy::testing::{CREDENTIAL_KEYS, IAM_PATHS};
 use metadataproxy_tests::{
     caller_identity, create_role, docker0_gateway, error_descriptions, eventually, test_env, Agent,
     AwsCounter, Classic, Container, FakeUpstream, Network, Rule,
@@ -17,18 +17,7 @@ fn assert_contract_credentials(body: &str) -> serde_json::Value {
     assert!(body.ends_with("}\n"), "trailing newline: {body:?}");
     let v: serde_json::Value = serde_json::from_str(body).expect("credentials JSON");
     let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
-    assert_eq!(
-        keys,
-        [
-            "AccessKeyId",
-            "Code",
-            "Expiration",
-            "LastUpdated",
-            "SecretAccessKey",
-            "Token",
-            "Type"
-        ]
-    );
+    assert_eq!(keys, CREDENTIAL_KEYS);
     // serde_json sorts keys on its own; the raw order and indent are checked here.
     let mut expected = String::from("{\n");
     for (i, k) in keys.iter().enumerate() {

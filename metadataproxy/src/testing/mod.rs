@@ -12,3 +12,14 @@ mod sts;
 pub use agent::{clean_command, TEST_SDK};
 pub use paths::{DISGUISES, IAM_PATHS};
 pub use sts::{FakeIam, FakeSts, SECRET_MARK, TOKEN_MARK};
+
+/// The keys of the credentials JSON, in the contract's order.
+pub const CREDENTIAL_KEYS: [&str; 7] = [
+    "AccessKeyId",
+    "Code",
+    "Expiration",
+    "LastUpdated",
+    "SecretAccessKey",
+    "Token",
+    "Type",
+];
