@@ -4,12 +4,12 @@
 //! long flags becomes `--name=value`; any other line is passed to clap as one raw argument
 //! (so `--port`, `80`, `--help`, `-x` on separate lines also reach it). The flag names and
 //! their environment variables are read from clap itself, so new flags are fuzzed without
-//! changing this target, and the variables are removed from the process environment first
-//! (clap would read them for unset flags).
+//! changing this target; `Args::parse_from_vars` parses without reading the process
+//! environment, so the input alone decides.
 //!
-//! Flags that make `Config::try_from` touch the file system (names ending in `-file`, e.g.
-//! `ROLE_POLICY_FILE`, which reads the file) are left out: reading `/dev/zero` or a FIFO is
-//! not a parsing bug.
+//! Flags that name files (names ending in `-file`) are left out: what the application does
+//! with a path (the role policy file is read by `app::read_role_policy`, not here) is not a
+//! parsing question.
 //!
 //! Asserts:
 //! - neither parsing nor validation panics (errors are fine), and the error renders;
@@ -32,8 +32,7 @@ use metadataproxy::config::{parse_go_duration, Args, Config};
 const LICENSE_FLAG: &str = "newrelic-license";
 const PROBE_LICENSE: &str = "PROBE-LICENSE-VALUE";
 
-/// The agent's long flags, once, split into fuzzed and excluded ones; the environment is
-/// cleared of their variables on the way.
+/// The agent's long flags, once, split into fuzzed and excluded ones.
 struct Flags {
     fuzzed: Vec<String>,
     excluded: Vec<String>,
@@ -48,9 +47,6 @@ fn flags() -> &'static Flags {
             excluded: Vec::new(),
         };
         for arg in cmd.get_arguments() {
-            if let Some(env) = arg.get_env() {
-                std::env::remove_var(env);
-            }
             if let Some(long) = arg.get_long() {
                 if is_excluded(long) {
                     flags.excluded.push(long.to_string());
@@ -68,7 +64,7 @@ fn flags() -> &'static Flags {
     })
 }
 
-/// Flags whose validation does I/O.
+/// Flags that name files.
 fn is_excluded(long: &str) -> bool {
     long.ends_with("-file")
 }
