@@ -6,8 +6,9 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-# The eBPF tests put 169.254.169.254 on loopback with a recording catcher behind it, so that a
-# container request escaping interception lands in the catcher instead of timing out. Host
+# The eBPF tests put 169.254.169.254 (and the container credentials endpoint's 169.254.170.2)
+# on loopback with a recording catcher behind it, so that a container request escaping
+# interception lands in the catcher instead of timing out. Host
 # processes may then reach that loopback address only: the guard rejects 169.254.0.0/16 on
 # every other interface. (Read when test-env.sh is sourced.)
 export MP_GUARD_ALLOW_LOOPBACK=1
@@ -24,10 +25,16 @@ if command -v nft >/dev/null && { nft list table ip metadataproxy >/dev/null 2>&
   nft list table ip6 metadataproxy >/dev/null 2>&1; }; then
   AGENT_TABLE_BEFORE=1
 fi
+CONTAINER_CATCHER_ADDED=0
 add_catcher_address() {
   if ! ip -4 addr show dev lo | grep -q ' 169\.254\.169\.254/32'; then
     ip addr add 169.254.169.254/32 dev lo
     CATCHER_ADDED=1
+  fi
+  # The same for the container credentials endpoint's address.
+  if ! ip -4 addr show dev lo | grep -q ' 169\.254\.170\.2/32'; then
+    ip addr add 169.254.170.2/32 dev lo
+    CONTAINER_CATCHER_ADDED=1
   fi
 }
 cleanup() {
@@ -45,6 +52,9 @@ cleanup() {
   fi
   if [[ $CATCHER_ADDED == 1 ]]; then
     ip addr del 169.254.169.254/32 dev lo 2>/dev/null || true
+  fi
+  if [[ $CONTAINER_CATCHER_ADDED == 1 ]]; then
+    ip addr del 169.254.170.2/32 dev lo 2>/dev/null || true
   fi
   mp_cleanup
 }

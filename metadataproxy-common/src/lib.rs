@@ -12,6 +12,10 @@ pub const METADATA_IPV4_BE: u32 = u32::from_ne_bytes([169, 254, 169, 254]);
 /// holds it.
 pub const METADATA_PORT_BE: u32 = (80u16.to_be()) as u32;
 
+/// The container credentials endpoint's address (`169.254.170.2`), in network byte order as
+/// `bpf_sock_addr.user_ip4` holds it. Its port is the metadata service's, 80.
+pub const CONTAINER_ENDPOINT_IPV4_BE: u32 = u32::from_ne_bytes([169, 254, 170, 2]);
+
 /// Deepest cgroup level the kernel program inspects for container parents.
 pub const MAX_CGROUP_LEVEL: usize = 6;
 
@@ -54,8 +58,10 @@ pub struct Config {
     pub agent_cgroup: u64,
     /// 1 when the agent has written a valid configuration.
     pub enabled: u32,
-    /// Explicit padding to a multiple of 8 bytes.
-    pub _pad: u32,
+    /// Where redirected connects to the container credentials endpoint go (at
+    /// `redirect_ip4`): port in network byte order, widened; 0 when the endpoint is off and
+    /// its address is never intercepted.
+    pub container_port: u32,
 }
 
 /// A TCP connection as both ends see it: the client's address and port and the server's.

@@ -1,8 +1,9 @@
 //! The kernel side of metadataproxy's eBPF mode.
 //!
 //! `mp_connect4` (`cgroup/connect4`, process context) rewrites TCP connects to
-//! `169.254.169.254:80` made by processes in container cgroups to the agent's address, and
-//! records who made each connect to the metadata address or to the agent's address, keyed by
+//! `169.254.169.254:80` (and, when the agent serves it, to the container credentials endpoint
+//! `169.254.170.2:80`) made by processes in container cgroups to the agent's address, and
+//! records who made each connect to those addresses or to the agent's, keyed by
 //! socket cookie. `mp_connect6` does the same for IPv6 sockets connecting to IPv4-mapped
 //! addresses (which bypass `connect4`), and refuses containers the IPv6 metadata address. `mp_sockops` (`TCP_CONNECT_CB`, still in the connecting process, after the
 //! source port is chosen) moves that record to a map keyed by the connection's addresses and
@@ -23,7 +24,8 @@ use aya_ebpf::maps::{Array, HashMap, LruHashMap};
 use aya_ebpf::programs::{SockAddrContext, SockOpsContext};
 use aya_ebpf::EbpfContext;
 use metadataproxy_common::{
-    Config, ConnKey, ConnRecord, MAX_CGROUP_LEVEL, METADATA_IPV4_BE, METADATA_PORT_BE,
+    Config, ConnKey, ConnRecord, CONTAINER_ENDPOINT_IPV4_BE, MAX_CGROUP_LEVEL, METADATA_IPV4_BE,
+    METADATA_PORT_BE,
 };
 
 const SOCK_STREAM: u32 = 1;
@@ -46,21 +48,34 @@ static MP_CONNECTIONS: LruHashMap<ConnKey, ConnRecord> = LruHashMap::with_max_en
 enum Verdict {
     /// Not ours: leave it alone.
     Pass,
-    /// From a container to the metadata address: send it to the agent.
-    Redirect,
+    /// From a container to the metadata service or the container credentials endpoint: send
+    /// it to the agent, at this port (network order, widened).
+    Redirect(u32),
     /// To the agent's own address and port: record who made it.
     Record,
 }
 
 /// The decision both connect hooks share, on an IPv4 destination (network order).
 fn decide(config: &Config, ip4: u32, port: u32, record: &mut ConnRecord) -> Verdict {
-    let to_metadata = ip4 == METADATA_IPV4_BE && port == METADATA_PORT_BE;
-    let to_agent = ip4 == config.redirect_ip4 && port == config.redirect_port;
-    if !to_metadata && !to_agent {
+    // The agent's port for a connect to the metadata service or (when it is served) the
+    // container credentials endpoint.
+    let target = if port != METADATA_PORT_BE {
+        0
+    } else if ip4 == METADATA_IPV4_BE {
+        config.redirect_port
+    } else if ip4 == CONTAINER_ENDPOINT_IPV4_BE {
+        config.container_port
+    } else {
+        0
+    };
+    let to_agent = ip4 == config.redirect_ip4
+        && (port == config.redirect_port
+            || (config.container_port != 0 && port == config.container_port));
+    if target == 0 && !to_agent {
         return Verdict::Pass;
     }
     fill(record);
-    if !to_metadata {
+    if target == 0 {
         return Verdict::Record;
     }
     let is_agent = record.tgid == config.agent_tgid && record.cgroup_id == config.agent_cgroup;
@@ -69,7 +84,7 @@ fn decide(config: &Config, ip4: u32, port: u32, record: &mut ConnRecord) -> Verd
         return Verdict::Pass;
     }
     record.redirected = 1;
-    Verdict::Redirect
+    Verdict::Redirect(target)
 }
 
 /// Who is connecting: process, cgroup and its ancestors (process context).
@@ -130,9 +145,9 @@ pub fn mp_connect4(ctx: SockAddrContext) -> i32 {
     match decide(config, sa.user_ip4, sa.user_port, &mut record) {
         Verdict::Pass => {}
         Verdict::Record => remember(&ctx, &mut record),
-        Verdict::Redirect => {
+        Verdict::Redirect(port) => {
             sa.user_ip4 = config.redirect_ip4;
-            sa.user_port = config.redirect_port;
+            sa.user_port = port;
             remember(&ctx, &mut record);
         }
     }
@@ -182,9 +197,9 @@ pub fn mp_connect6(ctx: SockAddrContext) -> i32 {
     match decide(config, ip6[3], sa.user_port, &mut record) {
         Verdict::Pass => {}
         Verdict::Record => remember(&ctx, &mut record),
-        Verdict::Redirect => {
+        Verdict::Redirect(port) => {
             sa.user_ip6[3] = config.redirect_ip4;
-            sa.user_port = config.redirect_port;
+            sa.user_port = port;
             remember(&ctx, &mut record);
         }
     }

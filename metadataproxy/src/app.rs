@@ -51,6 +51,14 @@ pub enum StartupError {
         /// The error.
         source: std::io::Error,
     },
+    /// `CONTAINER_CREDENTIALS_PORT` could not be bound.
+    #[error("cannot listen on {addr} (CONTAINER_CREDENTIALS_PORT): {source}")]
+    ContainerListen {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
     /// `ADMIN_ADDR` could not be bound.
     #[error("cannot listen on ADMIN_ADDR {addr}: {source}")]
     AdminListen {
@@ -94,6 +102,7 @@ impl StartupError {
             StartupError::Config(_) => EXIT_CONFIG as u8,
             StartupError::Runtime(_)
             | StartupError::Listen { .. }
+            | StartupError::ContainerListen { .. }
             | StartupError::AdminListen { .. }
             | StartupError::Ebpf(_)
             | StartupError::Iptables(_)
@@ -178,6 +187,10 @@ pub fn services(config: &Config, deps: Deps) -> Services {
         },
         tokens: crate::imdsv2::TokenKeys::ephemeral(config.token_key.rotation),
         imdsv2_required: config.imdsv2_required,
+        container: crate::server::handlers::container::Settings {
+            authorization_required: config.container_endpoint.authorization_required,
+        },
+        container_imds: config.container_endpoint.imds,
         limits: config.limits.clone(),
         request_rate: (config.limits.rate > 0)
             .then(|| crate::limits::RequestRate::new(config.limits.rate, config.limits.burst)),

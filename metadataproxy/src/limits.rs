@@ -260,6 +260,23 @@ pub fn duplicate_header(headers: &http::HeaderMap) -> Option<&'static str> {
 
 /// The `Host` values the metadata service answers to, with an optional port.
 pub fn host_allowed(host: Option<&str>, agent_port: u16) -> bool {
+    host_in(host, agent_port, &METADATA_HOSTS)
+}
+
+/// The `Host` values the container credentials endpoint answers to, with an optional port.
+pub fn container_host_allowed(host: Option<&str>, agent_port: u16) -> bool {
+    host_in(host, agent_port, &["169.254.170.2"])
+}
+
+const METADATA_HOSTS: [&str; 4] = [
+    "169.254.169.254",
+    "[fd00:ec2::254]",
+    "instance-data",
+    "instance-data.ec2.internal",
+];
+
+/// Whether `host` is one of `names`, with no port, port 80 or the agent's port.
+fn host_in(host: Option<&str>, agent_port: u16, names: &[&str]) -> bool {
     let Some(host) = host else {
         return false;
     };
@@ -273,11 +290,7 @@ pub fn host_allowed(host: Option<&str>, agent_port: u16) -> bool {
         None => true,
         Some(p) => p == "80" || p.parse::<u16>().ok() == Some(agent_port),
     };
-    port_ok
-        && matches!(
-            name.as_str(),
-            "169.254.169.254" | "[fd00:ec2::254]" | "instance-data" | "instance-data.ec2.internal"
-        )
+    port_ok && names.contains(&name.as_str())
 }
 
 #[cfg(test)]

@@ -66,6 +66,17 @@ async fn run(config: Config) -> Result<(), StartupError> {
             source,
         })?;
     let listen = listener.local_addr().unwrap_or(config.listen);
+    let container_listener = match config.container_endpoint.listen {
+        None => None,
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartupError::ContainerListen { addr, source })?,
+        ),
+    };
+    let container_listen = container_listener
+        .as_ref()
+        .and_then(|l| l.local_addr().ok());
     // Both listeners before interception: a start-up that fails must not leave the kernel
     // redirect pointing at an agent that is not there.
     let admin_listener = match config.telemetry.admin_addr {
@@ -88,12 +99,13 @@ async fn run(config: Config) -> Result<(), StartupError> {
                 )
                 .await
                 .map_err(|e| StartupError::Ebpf(e.into()))?;
-            let installed =
-                KernelRedirect::install(ebpf, &parents, listen).map_err(StartupError::Ebpf)?;
+            let installed = KernelRedirect::install(ebpf, &parents, listen, container_listen)
+                .map_err(StartupError::Ebpf)?;
             redirect = Some(Arc::new(installed));
         }
         Intercept::Iptables(ipt) => {
-            let installed = NatRules::install(ipt, listen).map_err(StartupError::Iptables)?;
+            let installed =
+                NatRules::install(ipt, listen, container_listen).map_err(StartupError::Iptables)?;
             nat_rules = Some(Arc::new(installed));
         }
     }
@@ -174,6 +186,7 @@ async fn run(config: Config) -> Result<(), StartupError> {
     let shutdown = shutdown_signal();
     tracing::info!(
         listen = %listen,
+        container_endpoint = container_listen.map(|a| a.to_string()),
         admin = admin_addr.map(|a| a.to_string()),
         upstream = ?config.upstream,
         docker = %config.docker,
@@ -192,7 +205,10 @@ async fn run(config: Config) -> Result<(), StartupError> {
         Ok(false) => {}
         Err(e) => tracing::warn!(error = %e, "cannot notify the service manager (NOTIFY_SOCKET)"),
     }
-    server::serve(listener, app.services, shutdown, config.shutdown_grace).await;
+    let listeners = std::iter::once((listener, server::Endpoint::Metadata))
+        .chain(container_listener.map(|l| (l, server::Endpoint::ContainerCredentials)))
+        .collect();
+    server::serve_endpoints(listeners, app.services, shutdown, config.shutdown_grace).await;
     if let Some(redirect) = redirect {
         redirect.shutdown();
     }

@@ -16,6 +16,7 @@ fn agent(vars: &[(&str, &str)]) -> Command {
     let settings = [
         ("METADATA_URL", "builtin"),
         ("ADMIN_ADDR", "127.0.0.1:0"),
+        ("CONTAINER_CREDENTIALS_PORT", "0"),
         // Nothing left behind in the state directory of whoever runs the tests.
         ("TOKEN_KEY_FILE", "none"),
     ];
@@ -27,6 +28,9 @@ fn each_invalid_value_exits_64_naming_variable_and_value() {
     let cases: &[(&str, &str)] = &[
         ("HOST", "not-an-ip"),
         ("PORT", "70000"),
+        ("CONTAINER_CREDENTIALS_PORT", "8o02"),
+        ("CONTAINER_AUTHORIZATION", "always"),
+        ("CONTAINER_IMDS", "no"),
         ("METADATA_URL", "ftp://169.254.169.254"),
         ("METADATA_CONNECT_TIMEOUT", "fast"),
         ("METADATA_TIMEOUT", "0"),

@@ -30,6 +30,7 @@ use tokio::runtime::Runtime;
 pub mod bench;
 pub mod docker;
 pub mod readme;
+pub mod sdk;
 pub mod sinks;
 
 pub use docker::DockerSocket;
@@ -400,6 +401,9 @@ pub struct Agent {
     pub port: u16,
     /// The admin listener's port on 127.0.0.1 (`None` with `ADMIN_ADDR=off`).
     pub admin_port: Option<u16>,
+    /// The container credentials endpoint's port (`None` with
+    /// `CONTAINER_CREDENTIALS_PORT=off`).
+    pub container_port: Option<u16>,
     logs: Arc<Mutex<Vec<String>>>,
     /// The directory of the agent's own token key file, made for it (removed on drop).
     key_dir: Option<PathBuf>,
@@ -445,6 +449,7 @@ impl Agent {
             ("DOCKER_URL", "unix:///var/run/docker.sock"),
             ("AWS_ENDPOINT_URL", aws_url),
             ("ADMIN_ADDR", "127.0.0.1:0"),
+            ("CONTAINER_CREDENTIALS_PORT", "0"),
         ];
         Self::spawn(&agent_argv(wrapper), &[TEST_SDK, &settings, vars].concat())
     }
@@ -456,7 +461,11 @@ impl Agent {
         let mut argv = agent_argv(Vec::new());
         argv.extend(args.iter().map(OsString::from));
         // Through the environment, so that `args` stay as the docs write them.
-        let fixture = [("LOG_FORMAT", "json"), ("ADMIN_ADDR", "127.0.0.1:0")];
+        let fixture = [
+            ("LOG_FORMAT", "json"),
+            ("ADMIN_ADDR", "127.0.0.1:0"),
+            ("CONTAINER_CREDENTIALS_PORT", "0"),
+        ];
         Self::spawn(&argv, &[&fixture, env].concat())
     }
 
@@ -469,6 +478,7 @@ impl Agent {
         let settings = [
             ("PORT", "0"),
             ("ADMIN_ADDR", "off"),
+            ("CONTAINER_CREDENTIALS_PORT", "off"),
             ("TOKEN_KEY_FILE", "none"),
             ("METADATA_URL", "builtin"),
         ];
@@ -525,13 +535,14 @@ impl Agent {
                         let _ = ready_tx.send((
                             v["listen"].as_str().unwrap_or_default().to_string(),
                             v["admin"].as_str().map(str::to_string),
+                            v["container_endpoint"].as_str().map(str::to_string),
                         ));
                     }
                 }
                 sink.lock().expect("lock").push(line);
             }
         });
-        let (listen, admin) = ready_rx
+        let (listen, admin, container) = ready_rx
             .recv_timeout(Duration::from_secs(30))
             .expect("agent ready within 30 s");
         let port_of = |a: &str| -> u16 {
@@ -542,10 +553,12 @@ impl Agent {
         };
         let port = port_of(&listen);
         let admin_port = admin.as_deref().map(port_of);
+        let container_port = container.as_deref().map(port_of);
         Agent {
             child,
             port,
             admin_port,
+            container_port,
             logs,
             key_dir,
         }
@@ -1178,6 +1191,22 @@ pub fn catcher() -> &'static FakeUpstream {
              the catcher"
         );
         FakeUpstream::start_on("169.254.169.254:80".parse().expect("addr"))
+    })
+}
+
+/// The recording fake on `169.254.170.2:80`, the container credentials endpoint's address (on
+/// loopback, put there by the test command): whatever escapes its interception lands here.
+pub fn container_catcher() -> &'static FakeUpstream {
+    static CATCHER: OnceLock<FakeUpstream> = OnceLock::new();
+    CATCHER.get_or_init(|| {
+        let has_address =
+            run("ip", &["-4", "addr", "show", "dev", "lo"]).contains("169.254.170.2/32");
+        assert!(
+            has_address,
+            "169.254.170.2 is not on loopback: the test command (scripts/test.sh) adds it for \
+             the container endpoint's catcher"
+        );
+        FakeUpstream::start_on("169.254.170.2:80".parse().expect("addr"))
     })
 }
 

@@ -168,6 +168,7 @@ fn test_env_vars(
     vec![
         ("PORT", port.to_string()),
         ("ADMIN_ADDR", format!("127.0.0.1:{admin}")),
+        ("CONTAINER_CREDENTIALS_PORT", "0".into()),
         ("METADATA_URL", upstream.url()),
         (
             "AWS_ENDPOINT_URL",

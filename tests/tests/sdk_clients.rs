@@ -30,10 +30,11 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use metadataproxy::config::BuiltinValues;
+use metadataproxy_tests::sdk::{clients_dir, go_client, provided, PATH};
 use metadataproxy_tests::sinks::http_get;
 use metadataproxy_tests::{
     agent_table_exists, assert_no_escape, catcher, docker0_gateway, eventually, scratch_dir,
@@ -45,7 +46,6 @@ const REGION: &str = "ap-southeast-2";
 const ACCOUNT: &str = "123456789012";
 /// How long a client may take for one phase (start-up included: Node.js and Ruby load a lot).
 const PHASE_LIMIT: Duration = Duration::from_secs(60);
-const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Sdk {
@@ -95,7 +95,7 @@ impl Sdk {
 
     /// The program and arguments that run the client, and the variables it needs.
     fn command(self) -> (PathBuf, Vec<PathBuf>, Vec<(&'static str, String)>) {
-        let clients = Path::new(env!("CARGO_MANIFEST_DIR")).join("sdk-clients");
+        let clients = clients_dir();
         match self {
             Sdk::Botocore => (
                 PathBuf::from(provided(
@@ -121,8 +121,16 @@ impl Sdk {
                     vec![("NODE_PATH", node_path)],
                 )
             }
-            Sdk::GoV1 => (go_client("go-v1"), vec![], vec![]),
-            Sdk::GoV2 => (go_client("go-v2"), vec![], vec![]),
+            Sdk::GoV1 => (
+                go_client("go-v1", Path::new(env!("CARGO_TARGET_TMPDIR"))),
+                vec![],
+                vec![],
+            ),
+            Sdk::GoV2 => (
+                go_client("go-v2", Path::new(env!("CARGO_TARGET_TMPDIR"))),
+                vec![],
+                vec![],
+            ),
             Sdk::Ruby => {
                 let check = Command::new("ruby")
                     .args(["-e", "require 'aws-sdk-core'"])
@@ -140,63 +148,6 @@ impl Sdk {
             }
         }
     }
-}
-
-/// A variable that the test command exports after `mp_install_sdk_clients`.
-fn provided(var: &str, what: &str) -> String {
-    std::env::var(var).unwrap_or_else(|_| {
-        panic!(
-            "{var} is not set: {what} comes from mp_install_sdk_clients and \
-             mp_export_test_env (scripts/test-env.sh); run `bash scripts/test.sh` (as root)"
-        )
-    })
-}
-
-/// The Go client `name` (`tests/sdk-clients/{name}`), built once per run of this binary
-/// against Debian's packages, in GOPATH mode: no module proxy is reachable here.
-fn go_client(name: &'static str) -> PathBuf {
-    static BUILT: OnceLock<Mutex<Vec<(&'static str, PathBuf)>>> = OnceLock::new();
-    let built = BUILT.get_or_init(|| Mutex::new(Vec::new()));
-    let mut built = built.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some((_, path)) = built.iter().find(|(n, _)| *n == name) {
-        return path.clone();
-    }
-    let gopath = provided("MP_TEST_SDK_GOPATH", "the GOPATH with Debian's Go SDKs");
-    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let out = tmp.join("sdk-clients").join(name);
-    let started = Instant::now();
-    let result = Command::new("go")
-        .args(["build", "-o"])
-        .arg(&out)
-        .arg(format!("./{name}"))
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("sdk-clients"))
-        .env_clear()
-        .env("PATH", PATH)
-        .env("HOME", tmp)
-        .env("GOPATH", &gopath)
-        .env("GO111MODULE", "off")
-        .env("GOPROXY", "off")
-        .env("GOFLAGS", "")
-        .env("GOCACHE", tmp.join("go-cache"))
-        .env("CGO_ENABLED", "0")
-        .output();
-    let output = match result {
-        Ok(o) => o,
-        Err(e) => panic!(
-            "go: {e}: run mp_install_sdk_clients (scripts/test-env.sh), which installs \
-             golang-go and Debian's Go SDKs"
-        ),
-    };
-    assert!(
-        output.status.success(),
-        "go build {name} against {gopath} (GO111MODULE=off) failed; are \
-         golang-github-aws-aws-sdk-go-dev and golang-github-aws-aws-sdk-go-v2-dev installed \
-         (mp_install_sdk_clients)?\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    eprintln!("built {name} in {:.1?}", started.elapsed());
-    built.push((name, out.clone()));
-    out
 }
 
 /// One test's components: the agent's upstream and the STS counter outlive the agents.

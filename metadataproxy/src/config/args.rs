@@ -39,6 +39,24 @@ pub struct Args {
     #[arg(long, env = "PORT", default_value = "8000")]
     pub port: String,
 
+    /// Port of the container credentials endpoint (containers reach it at 169.254.170.2:80,
+    /// redirected like the metadata address), on the same address as the proxy; `off`: not
+    /// served, and 169.254.170.2 is never intercepted.
+    #[arg(long, env = "CONTAINER_CREDENTIALS_PORT", default_value = "8002")]
+    pub container_credentials_port: String,
+
+    /// Container credentials endpoint: `optional` (a container that sets
+    /// AWS_CONTAINER_AUTHORIZATION_TOKEN must send it, others are served without) or
+    /// `required` (containers without AWS_CONTAINER_AUTHORIZATION_TOKEN get 403).
+    #[arg(long, env = "CONTAINER_AUTHORIZATION", default_value = "optional")]
+    pub container_authorization: String,
+
+    /// The instance metadata service for containers: `on`, or `off` (every request from a
+    /// container to 169.254.169.254 gets 403, credentials and passthrough alike: containers get
+    /// credentials from the container credentials endpoint only).
+    #[arg(long, env = "CONTAINER_IMDS", default_value = "on")]
+    pub container_imds: String,
+
     /// Upstream metadata service, or `builtin` for an emulated one (for hosts not on EC2).
     /// The agent's own AWS SDK metadata lookups use it too.
     #[arg(long, env = "METADATA_URL", default_value = "http://169.254.169.254")]

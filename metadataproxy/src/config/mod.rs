@@ -37,6 +37,9 @@ pub const DEFAULT_REQUEST_RATE: &str = "100";
 pub struct Config {
     /// Where the proxy listens (`HOST`, `PORT`).
     pub listen: SocketAddr,
+    /// The container credentials endpoint (`CONTAINER_CREDENTIALS_PORT`,
+    /// `CONTAINER_AUTHORIZATION`, `CONTAINER_IMDS`).
+    pub container_endpoint: ContainerEndpointConfig,
     /// The upstream metadata service (`METADATA_URL`).
     pub upstream: UpstreamConfig,
     /// Upstream connect timeout (`METADATA_CONNECT_TIMEOUT`).
@@ -98,6 +101,19 @@ pub struct Config {
     pub ebpf_pin_path: Option<std::path::PathBuf>,
 }
 
+/// The container credentials endpoint and the metadata service's place for containers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContainerEndpointConfig {
+    /// Where it listens (`HOST`, `CONTAINER_CREDENTIALS_PORT`); `None`: off, and
+    /// `169.254.170.2` is never intercepted.
+    pub listen: Option<SocketAddr>,
+    /// `CONTAINER_AUTHORIZATION=required`: every container must set
+    /// `AWS_CONTAINER_AUTHORIZATION_TOKEN`.
+    pub authorization_required: bool,
+    /// `CONTAINER_IMDS=on`: containers are served the instance metadata service.
+    pub imds: bool,
+}
+
 /// How container traffic reaches the agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Intercept {
@@ -107,6 +123,60 @@ pub enum Intercept {
     Iptables(IptablesConfig),
     /// The kernel program redirects and tags connections.
     Ebpf(EbpfConfig),
+}
+
+fn parse_container_endpoint(
+    a: &Args,
+    host: IpAddr,
+    port: u16,
+) -> Result<ContainerEndpointConfig, ConfigError> {
+    let listen = match a.container_credentials_port.trim() {
+        "off" => None,
+        p => {
+            let p: u16 = p.parse().map_err(|_| {
+                invalid(
+                    "CONTAINER_CREDENTIALS_PORT",
+                    &a.container_credentials_port,
+                    "expected a port number 0-65535 or off",
+                )
+            })?;
+            if p != 0 && p == port {
+                return Err(invalid(
+                    "CONTAINER_CREDENTIALS_PORT",
+                    &a.container_credentials_port,
+                    "must differ from PORT",
+                ));
+            }
+            Some(SocketAddr::new(host, p))
+        }
+    };
+    let authorization_required = match a.container_authorization.trim() {
+        "optional" => false,
+        "required" => true,
+        _ => {
+            return Err(invalid(
+                "CONTAINER_AUTHORIZATION",
+                &a.container_authorization,
+                "expected optional or required",
+            ))
+        }
+    };
+    let imds = match a.container_imds.trim() {
+        "on" => true,
+        "off" => false,
+        _ => {
+            return Err(invalid(
+                "CONTAINER_IMDS",
+                &a.container_imds,
+                "expected on or off",
+            ))
+        }
+    };
+    Ok(ContainerEndpointConfig {
+        listen,
+        authorization_required,
+        imds,
+    })
 }
 
 /// An invalid setting: names the variable, its flag, the value and what was expected.
@@ -155,6 +225,8 @@ impl TryFrom<Args> for Config {
             .trim()
             .parse()
             .map_err(|_| invalid("PORT", &a.port, "expected a port number 0-65535"))?;
+
+        let container_endpoint = parse_container_endpoint(&a, host, port)?;
 
         let aws_region = match a.aws_region.as_deref().map(str::trim) {
             None | Some("") => None,
@@ -332,6 +404,7 @@ impl TryFrom<Args> for Config {
             Some(std::path::PathBuf::from(a.ebpf_pin_path.trim())).filter(|p| p.is_absolute());
 
         Ok(Config {
+            container_endpoint,
             listen: SocketAddr::new(host, port),
             upstream,
             upstream_connect_timeout,

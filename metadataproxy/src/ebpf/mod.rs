@@ -168,6 +168,7 @@ impl KernelRedirect {
         cfg: &EbpfConfig,
         container_parents: &[String],
         listen: SocketAddr,
+        container_listen: Option<SocketAddr>,
     ) -> Result<KernelRedirect, EbpfError> {
         let cgroup_root = detect_cgroup2_root().ok_or(EbpfError::NoCgroup2)?;
         let attach_to = cfg
@@ -233,7 +234,7 @@ impl KernelRedirect {
             agent_tgid: std::process::id(),
             agent_cgroup: own_cgroup,
             enabled: 1,
-            _pad: 0,
+            container_port: container_listen.map_or(0, |a| u32::from(a.port().to_be())),
         };
         config_map
             .set(0, config, 0)
@@ -250,6 +251,7 @@ impl KernelRedirect {
         tracing::info!(
             cgroup = %attach_to.display(),
             redirect = %redirect,
+            container_endpoint = container_listen.map(|a| a.port()),
             pin_path = %cfg.pin_path.display(),
             container_parents = %container_parents.join(","),
             "eBPF redirect attached"

@@ -43,6 +43,46 @@ pub struct Container {
     /// Its main process in the host's pid namespace (`State.Pid`), from which eBPF mode reads
     /// its cgroup when it is indexed; `None` when Docker did not say.
     pub pid: Option<u32>,
+    /// The request target its SDKs ask the container credentials endpoint for, beside
+    /// `/v2/credentials/...`: `AWS_CONTAINER_CREDENTIALS_RELATIVE_URI`, or the path of an
+    /// `AWS_CONTAINER_CREDENTIALS_FULL_URI` on `169.254.170.2`.
+    pub credentials_uri: Option<String>,
+    /// `AWS_CONTAINER_AUTHORIZATION_TOKEN`: requests to the container credentials endpoint
+    /// must carry exactly this `Authorization` header.
+    pub authorization: Option<AuthorizationToken>,
+}
+
+/// A container's `AWS_CONTAINER_AUTHORIZATION_TOKEN`: compared in constant time, never shown.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AuthorizationToken(String);
+
+impl AuthorizationToken {
+    /// Whether `presented` (an `Authorization` header's bytes) is exactly this token.
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        aws_lc_rs::constant_time::verify_slices_are_equal(self.0.as_bytes(), presented).is_ok()
+    }
+}
+
+impl fmt::Debug for AuthorizationToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AuthorizationToken(***)")
+    }
+}
+
+/// The container credentials endpoint's address, as SDKs reach it
+/// (`AWS_CONTAINER_CREDENTIALS_RELATIVE_URI` is relative to it).
+pub const CONTAINER_ENDPOINT_HOST: &str = "169.254.170.2";
+
+/// The request target of an `AWS_CONTAINER_CREDENTIALS_FULL_URI` that names the container
+/// credentials endpoint (`http://169.254.170.2[:80]/...`); `None` for any other address.
+fn full_uri_target(uri: &str) -> Option<String> {
+    let rest = uri.strip_prefix("http://")?;
+    let (authority, target) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let host = authority.strip_suffix(":80").unwrap_or(authority);
+    (host == CONTAINER_ENDPOINT_HOST).then(|| target.to_string())
 }
 
 impl fmt::Debug for Container {
@@ -57,6 +97,8 @@ impl fmt::Debug for Container {
             .field("labels", &self.labels)
             .field("docker_labels", &self.docker_labels.len())
             .field("pid", &self.pid)
+            .field("credentials_uri", &self.credentials_uri)
+            .field("authorization", &self.authorization)
             .finish()
     }
 }
@@ -71,13 +113,25 @@ impl Container {
     ) -> Container {
         let mut role = None;
         let mut external_id = None;
+        let mut relative_uri = None;
+        let mut full_uri = None;
+        let mut authorization = None;
         for kv in env {
             match kv.split_once('=') {
                 Some(("IAM_ROLE", v)) if !v.trim().is_empty() => role = Some(v.trim().to_string()),
                 Some(("IAM_EXTERNAL_ID", v)) if !v.is_empty() => external_id = Some(v.to_string()),
+                Some(("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", v)) if v.starts_with('/') => {
+                    relative_uri = Some(v.to_string())
+                }
+                Some(("AWS_CONTAINER_CREDENTIALS_FULL_URI", v)) => full_uri = full_uri_target(v),
+                Some(("AWS_CONTAINER_AUTHORIZATION_TOKEN", v)) if !v.is_empty() => {
+                    authorization = Some(AuthorizationToken(v.to_string()))
+                }
                 _ => {}
             }
         }
+        // The SDKs prefer the relative URI when both are set.
+        let credentials_uri = relative_uri.or(full_uri);
         Container {
             id,
             name: name.trim_start_matches('/').to_string(),
@@ -88,6 +142,8 @@ impl Container {
             labels: Vec::new(),
             docker_labels: Default::default(),
             pid: None,
+            credentials_uri,
+            authorization,
         }
     }
 
@@ -241,6 +297,48 @@ mod tests {
         assert_eq!(c.name, "web");
         assert_eq!(c.short_id(), "abcdef012345");
         assert!(!format!("{c:?}").contains("ext=1"));
+    }
+
+    #[test]
+    fn env_gives_the_container_endpoint_settings() {
+        let of = |env: &[&str]| {
+            Container::from_env("a".into(), "b".into(), "i".into(), env.iter().copied())
+        };
+        let c = of(&[
+            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI=/creds?id=1",
+            "AWS_CONTAINER_AUTHORIZATION_TOKEN=Bearer s3cret",
+        ]);
+        assert_eq!(c.credentials_uri.as_deref(), Some("/creds?id=1"));
+        let token = c.authorization.as_ref().expect("token");
+        assert!(token.matches(b"Bearer s3cret"));
+        assert!(!token.matches(b"Bearer s3cre"));
+        assert!(!token.matches(b""));
+        assert!(!format!("{c:?}").contains("s3cret"));
+        // A full URI on the endpoint's address gives its target; any other address none.
+        for (uri, want) in [
+            ("http://169.254.170.2/v1/x", Some("/v1/x")),
+            ("http://169.254.170.2:80/y?z", Some("/y?z")),
+            ("http://169.254.170.2", Some("/")),
+            ("http://127.0.0.1/v1/x", None),
+            ("http://169.254.170.2:8080/v1/x", None),
+            ("https://169.254.170.2/v1/x", None),
+            ("http://169.254.170.23/v1/x", None),
+        ] {
+            let c = of(&[&format!("AWS_CONTAINER_CREDENTIALS_FULL_URI={uri}")]);
+            assert_eq!(c.credentials_uri.as_deref(), want, "{uri}");
+        }
+        // The relative URI wins, as in the SDKs; a relative URI must start with `/`.
+        let c = of(&[
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI=http://169.254.170.2/full",
+            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI=/relative",
+        ]);
+        assert_eq!(c.credentials_uri.as_deref(), Some("/relative"));
+        let c = of(&[
+            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI=creds",
+            "AWS_CONTAINER_AUTHORIZATION_TOKEN=",
+        ]);
+        assert_eq!(c.credentials_uri, None);
+        assert!(c.authorization.is_none());
     }
 
     #[test]

@@ -27,6 +27,9 @@
 //! }
 //! ```
 //!
+//! With the container credentials endpoint served (`CONTAINER_CREDENTIALS_PORT`), the same
+//! three kinds of rule are added for `169.254.170.2:80` and the endpoint's port.
+//!
 //! `redirect` sends a container's connection to the address of the bridge it arrived on, so
 //! every bridge, present or future, is covered without knowing its address; with a specific
 //! `HOST` the rules `dnat` to it instead. The source address is kept: classic identity (by
@@ -72,6 +75,8 @@ pub use settings::{InterfaceMatch, IptablesConfig, RulesOnShutdown};
 
 /// The agent's tables' name (families `ip` and `ip6`).
 pub const TABLE: &str = "metadataproxy";
+/// The container credentials endpoint's address.
+const CONTAINER_ENDPOINT_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 170, 2);
 /// The instance metadata service's address.
 const METADATA_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
 /// The instance metadata service's IPv6 address (Nitro instances, when enabled).
@@ -152,6 +157,14 @@ impl Target {
     fn port(self) -> u16 {
         match self {
             Target::Redirect { port } | Target::Dnat { port, .. } => port,
+        }
+    }
+
+    /// The same target at another port.
+    fn with_port(self, port: u16) -> Target {
+        match self {
+            Target::Redirect { .. } => Target::Redirect { port },
+            Target::Dnat { ip, .. } => Target::Dnat { ip, port },
         }
     }
 }
@@ -235,6 +248,7 @@ fn batch(
     family: Family,
     cfg: &IptablesConfig,
     target: Target,
+    container_port: Option<u16>,
     how: Install,
 ) -> (Vec<Message>, usize) {
     let f = family.proto();
@@ -248,14 +262,19 @@ fn batch(
     };
     let create = m.len();
     m.push(Message::create_table(f, TABLE).echo());
-    m.extend(contents(family, cfg, target));
+    m.extend(contents(family, cfg, target, container_port));
     (m, create)
 }
 
 /// The chains and rules of the table of `family` (see the module documentation).
-fn contents(family: Family, cfg: &IptablesConfig, target: Target) -> Vec<Message> {
+fn contents(
+    family: Family,
+    cfg: &IptablesConfig,
+    target: Target,
+    container_port: Option<u16>,
+) -> Vec<Message> {
     match family {
-        Family::Ipv4 => contents_ipv4(cfg, target),
+        Family::Ipv4 => contents_ipv4(cfg, target, container_port),
         Family::Ipv6 => contents_ipv6(cfg),
     }
 }
@@ -294,9 +313,18 @@ fn contents_ipv6(cfg: &IptablesConfig) -> Vec<Message> {
     m
 }
 
-/// The IPv4 table's chains and rules (see the module documentation).
-fn contents_ipv4(cfg: &IptablesConfig, target: Target) -> Vec<Message> {
+/// The IPv4 table's chains and rules (see the module documentation): for the metadata
+/// service, and for the container credentials endpoint when `container_port` serves it.
+fn contents_ipv4(
+    cfg: &IptablesConfig,
+    target: Target,
+    container_port: Option<u16>,
+) -> Vec<Message> {
     let f = NFPROTO_IPV4;
+    // (address containers connect to on port 80, where the agent answers it)
+    let endpoints: Vec<(Ipv4Addr, Target)> = std::iter::once((METADATA_IP, target))
+        .chain(container_port.map(|p| (CONTAINER_ENDPOINT_IP, target.with_port(p))))
+        .collect();
     let mut m = vec![Message::new_base_chain(
         f,
         TABLE,
@@ -305,14 +333,13 @@ fn contents_ipv4(cfg: &IptablesConfig, target: Target) -> Vec<Message> {
         Hook::Prerouting,
         PREROUTING_PRIORITY,
     )];
-    let port = target.port().to_be_bytes();
-    // `iifname IFACE ip daddr 169.254.169.254 tcp dport 80`
-    let to_metadata = |iface: &InterfaceMatch| {
+    // `iifname IFACE ip daddr ADDRESS tcp dport 80`
+    let to_endpoint = |iface: &InterfaceMatch, address: Ipv4Addr| {
         vec![
             Expr::meta_iifname(),
             Expr::cmp_eq(&iface.match_bytes()),
             Expr::payload_network(16, 4),
-            Expr::cmp_eq(&METADATA_IP.octets()),
+            Expr::cmp_eq(&address.octets()),
             Expr::meta_l4proto(),
             Expr::cmp_eq(&[6]),
             Expr::payload_transport(2, 2),
@@ -320,31 +347,36 @@ fn contents_ipv4(cfg: &IptablesConfig, target: Target) -> Vec<Message> {
             Expr::counter(),
         ]
     };
-    for iface in &cfg.interfaces {
-        let mut exprs = to_metadata(iface);
-        match target {
-            Target::Redirect { .. } => {
-                exprs.push(Expr::immediate(REG_1, &port));
-                exprs.push(Expr::redirect_port(REG_1));
+    for (address, target) in &endpoints {
+        let port = target.port().to_be_bytes();
+        for iface in &cfg.interfaces {
+            let mut exprs = to_endpoint(iface, *address);
+            match target {
+                Target::Redirect { .. } => {
+                    exprs.push(Expr::immediate(REG_1, &port));
+                    exprs.push(Expr::redirect_port(REG_1));
+                }
+                Target::Dnat { ip, .. } => {
+                    exprs.push(Expr::immediate(REG_1, &ip.octets()));
+                    exprs.push(Expr::immediate(REG_2, &port));
+                    exprs.push(Expr::dnat_ipv4(REG_1, REG_2));
+                }
             }
-            Target::Dnat { ip, .. } => {
-                exprs.push(Expr::immediate(REG_1, &ip.octets()));
-                exprs.push(Expr::immediate(REG_2, &port));
-                exprs.push(Expr::dnat_ipv4(REG_1, REG_2));
-            }
+            m.push(Message::new_rule(f, TABLE, "prerouting", &exprs));
         }
-        m.push(Message::new_rule(f, TABLE, "prerouting", &exprs));
     }
     // Connections the nat chain did not redirect (opened before the table was there: the nat
-    // hook sees only a connection's first packet) still carry the metadata address: reset
+    // hook sees only a connection's first packet) still carry the endpoint's address: reset
     // them, on the way to the real service (forward) or to a local address (input).
     let leftovers = |chain: &str| -> Vec<Message> {
-        cfg.interfaces
+        endpoints
             .iter()
-            .map(|iface| {
-                let mut exprs = to_metadata(iface);
-                exprs.push(Expr::reject_tcp_reset());
-                Message::new_rule(f, TABLE, chain, &exprs)
+            .flat_map(|(address, _)| {
+                cfg.interfaces.iter().map(move |iface| {
+                    let mut exprs = to_endpoint(iface, *address);
+                    exprs.push(Expr::reject_tcp_reset());
+                    Message::new_rule(f, TABLE, chain, &exprs)
+                })
             })
             .collect()
     };
@@ -366,47 +398,51 @@ fn contents_ipv4(cfg: &IptablesConfig, target: Target) -> Vec<Message> {
         FILTER_PRIORITY,
     ));
     m.extend(leftovers("input"));
-    // The agent's port: redirected connections and loopback only.
-    let to_port = || {
-        vec![
-            Expr::meta_l4proto(),
-            Expr::cmp_eq(&[6]),
-            Expr::payload_transport(2, 2),
-            Expr::cmp_eq(&port),
-        ]
-    };
-    let mut redirected = to_port();
-    redirected.extend([
-        Expr::ct_status(),
-        Expr::and_mask(IPS_DST_NAT.to_ne_bytes()),
-        Expr::cmp_neq(&[0; 4]),
-        Expr::accept(),
-    ]);
-    let mut local = to_port();
-    local.extend([
-        Expr::meta_iifname(),
-        Expr::cmp_eq(&InterfaceMatch::Exact("lo".into()).match_bytes()),
-        Expr::accept(),
-    ]);
-    // Only towards the agent: the host's own connections that happen to use PORT as their
-    // local port get their answers.
-    let mut others = to_port();
-    others.extend([
-        Expr::ct_direction(),
-        Expr::cmp_eq(&[0]), // IP_CT_DIR_ORIGINAL
-        Expr::counter(),
-        Expr::reject_tcp_reset(),
-    ]);
-    for rule in [redirected, local, others] {
-        m.push(Message::new_rule(f, TABLE, "input", &rule));
+    // The agent's ports: redirected connections and loopback only.
+    for (_, target) in &endpoints {
+        let port = target.port().to_be_bytes();
+        let to_port = || {
+            vec![
+                Expr::meta_l4proto(),
+                Expr::cmp_eq(&[6]),
+                Expr::payload_transport(2, 2),
+                Expr::cmp_eq(&port),
+            ]
+        };
+        let mut redirected = to_port();
+        redirected.extend([
+            Expr::ct_status(),
+            Expr::and_mask(IPS_DST_NAT.to_ne_bytes()),
+            Expr::cmp_neq(&[0; 4]),
+            Expr::accept(),
+        ]);
+        let mut local = to_port();
+        local.extend([
+            Expr::meta_iifname(),
+            Expr::cmp_eq(&InterfaceMatch::Exact("lo".into()).match_bytes()),
+            Expr::accept(),
+        ]);
+        // Only towards the agent: the host's own connections that happen to use the port as
+        // their local port get their answers.
+        let mut others = to_port();
+        others.extend([
+            Expr::ct_direction(),
+            Expr::cmp_eq(&[0]), // IP_CT_DIR_ORIGINAL
+            Expr::counter(),
+            Expr::reject_tcp_reset(),
+        ]);
+        for rule in [redirected, local, others] {
+            m.push(Message::new_rule(f, TABLE, "input", &rule));
+        }
     }
     m
 }
 
 /// How many rules the table of `family` holds.
-fn expected_rules(family: Family, cfg: &IptablesConfig) -> usize {
+fn expected_rules(family: Family, cfg: &IptablesConfig, container_port: Option<u16>) -> usize {
+    let endpoints = 1 + usize::from(container_port.is_some());
     match family {
-        Family::Ipv4 => 3 * cfg.interfaces.len() + 3,
+        Family::Ipv4 => (3 * cfg.interfaces.len() + 3) * endpoints,
         Family::Ipv6 => 2 * cfg.interfaces.len(),
     }
 }
@@ -466,6 +502,8 @@ impl fmt::Display for Status {
 pub struct NatRules {
     cfg: IptablesConfig,
     target: Target,
+    /// The container credentials endpoint's port, when it is served.
+    container_port: Option<u16>,
     /// The tables this host gets: IPv4, and IPv6 unless the kernel has none.
     families: Vec<Family>,
     /// The kernel's handles of the tables we installed, by [`Family::index`].
@@ -476,11 +514,19 @@ pub struct NatRules {
 
 impl NatRules {
     /// Installs (or atomically replaces) the agent's tables, both in one batch.
-    pub fn install(cfg: &IptablesConfig, listen: SocketAddr) -> Result<NatRules, NetfilterError> {
+    /// `container_listen` is where the container credentials endpoint listens (on `listen`'s
+    /// address), when it is served: `169.254.170.2:80` is redirected there.
+    pub fn install(
+        cfg: &IptablesConfig,
+        listen: SocketAddr,
+        container_listen: Option<SocketAddr>,
+    ) -> Result<NatRules, NetfilterError> {
         let target = Target::for_listen(listen)?;
+        let container_port = container_listen.map(|a| a.port());
         let rules = NatRules {
             cfg: cfg.clone(),
             target,
+            container_port,
             families: families(kernel_has_ipv6()),
             handles: Mutex::new([None; 2]),
             lifecycle: Mutex::new(false),
@@ -495,6 +541,7 @@ impl NatRules {
             table = TABLE,
             interfaces = %cfg.interfaces.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(","),
             target = ?target,
+            container_endpoint = container_port,
             "interception rules installed (nf_tables): containers' metadata connections are redirected to the agent"
         );
         if rules.families.contains(&Family::Ipv6) {
@@ -517,7 +564,7 @@ impl NatRules {
         let mut messages = Vec::new();
         let mut creates = Vec::new();
         for (family, how) in tables {
-            let (m, create) = batch(*family, &self.cfg, self.target, *how);
+            let (m, create) = batch(*family, &self.cfg, self.target, self.container_port, *how);
             creates.push((*family, messages.len() + create));
             messages.extend(m);
         }
@@ -570,7 +617,7 @@ impl NatRules {
             Ok((None, _, None)) => Status::Missing(family),
             Ok((before, rules, after)) if before == after && after == ours => {
                 let rules = rules.unwrap_or(0);
-                let expected = expected_rules(family, &self.cfg);
+                let expected = expected_rules(family, &self.cfg, self.container_port);
                 if rules == expected {
                     Status::Installed
                 } else {
@@ -719,6 +766,7 @@ mod tests {
             Family::Ipv6,
             &cfg,
             Target::Redirect { port: 8000 },
+            None,
             Install::Replace,
         );
         let got = rendered(&messages);
@@ -751,7 +799,7 @@ mod tests {
         // What the status check counts: every rule of the table.
         assert_eq!(
             got.iter().filter(|m| m.starts_with("add rule")).count(),
-            expected_rules(Family::Ipv6, &cfg)
+            expected_rules(Family::Ipv6, &cfg, None)
         );
         // Refused, never redirected or NATed: the agent listens on IPv4 only.
         assert!(!got.iter().any(|m| m.contains("nat") || m.contains("redir")));
@@ -763,6 +811,7 @@ mod tests {
                 ip: Ipv4Addr::new(172, 17, 0, 1),
                 port: 9000,
             },
+            None,
             Install::Replace,
         );
         assert_eq!(rendered(&dnat), want);
@@ -772,10 +821,16 @@ mod tests {
     fn repairs_of_the_ipv6_table_create_or_rebuild_only_it() {
         let cfg = cfg();
         let target = Target::Redirect { port: 8000 };
-        let (create, at) = batch(Family::Ipv6, &cfg, target, Install::Create);
+        let (create, at) = batch(Family::Ipv6, &cfg, target, None, Install::Create);
         assert_eq!(at, 0);
         assert_eq!(create[0].render(), "create table 10 metadataproxy");
-        let (rebuild, at) = batch(Family::Ipv6, &cfg, target, Install::Rebuild { ours: 7 });
+        let (rebuild, at) = batch(
+            Family::Ipv6,
+            &cfg,
+            target,
+            None,
+            Install::Rebuild { ours: 7 },
+        );
         assert_eq!(at, 1);
         assert_eq!(
             rebuild[0].render(),
@@ -791,6 +846,7 @@ mod tests {
             Family::Ipv4,
             &cfg,
             Target::Redirect { port: 8000 },
+            None,
             Install::Replace,
         );
         let got = rendered(&messages);
@@ -801,7 +857,7 @@ mod tests {
         );
         assert_eq!(
             got.iter().filter(|m| m.starts_with("add rule")).count(),
-            expected_rules(Family::Ipv4, &cfg)
+            expected_rules(Family::Ipv4, &cfg, None)
         );
         // ip daddr 169.254.169.254, redirected to the port.
         assert!(
@@ -814,6 +870,34 @@ mod tests {
             "{}",
             got[4]
         );
+        // Nothing for 169.254.170.2 when the container credentials endpoint is off.
+        assert!(!got.iter().any(|m| m.contains("a9feaa02")), "{got:#?}");
+    }
+
+    #[test]
+    fn the_container_endpoint_gets_the_same_rules_at_its_port() {
+        let cfg = cfg();
+        let (messages, _) = batch(
+            Family::Ipv4,
+            &cfg,
+            Target::Redirect { port: 8000 },
+            Some(8002),
+            Install::Replace,
+        );
+        let got = rendered(&messages);
+        let rules = |needle: &str| got.iter().filter(|m| m.contains(needle)).count();
+        assert_eq!(
+            got.iter().filter(|m| m.starts_with("add rule")).count(),
+            expected_rules(Family::Ipv4, &cfg, Some(8002))
+        );
+        // Per interface: redirected to 8002 in prerouting, reset in forward and input.
+        let n = cfg.interfaces.len();
+        assert_eq!(rules("cmp 1 0 a9feaa02"), 3 * n, "{got:#?}");
+        assert_eq!(rules("immediate 1 1f42 | redir 1 2"), n, "{got:#?}");
+        assert_eq!(rules("immediate 1 1f40 | redir 1 2"), n, "{got:#?}");
+        // And 8002 on the input chain: redirected and loopback only.
+        assert_eq!(rules("payload 1 2 2 2 | cmp 1 0 1f42"), 3, "{got:#?}");
+        assert_eq!(rules("payload 1 2 2 2 | cmp 1 0 1f40"), 3, "{got:#?}");
     }
 
     #[test]

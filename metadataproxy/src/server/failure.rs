@@ -80,6 +80,27 @@ pub enum Failure {
     /// The token path with another method than PUT.
     #[error("tokens are PUT")]
     TokenMethod,
+    /// The container credentials endpoint: a target that is neither under
+    /// `/v2/credentials/` nor the container's own `AWS_CONTAINER_CREDENTIALS_RELATIVE_URI`.
+    #[error("not a credentials path of this container")]
+    ContainerPathNotServed,
+    /// The container credentials endpoint with another method than GET.
+    #[error("container credentials are GET")]
+    ContainerMethod,
+    /// The container sets `AWS_CONTAINER_AUTHORIZATION_TOKEN`; the request has no
+    /// `Authorization` header.
+    #[error("no Authorization header (the container sets AWS_CONTAINER_AUTHORIZATION_TOKEN)")]
+    AuthorizationMissing,
+    /// The request's `Authorization` header is not the container's token.
+    #[error("Authorization header is not the container's AWS_CONTAINER_AUTHORIZATION_TOKEN")]
+    AuthorizationInvalid,
+    /// `CONTAINER_AUTHORIZATION=required` and the container sets no
+    /// `AWS_CONTAINER_AUTHORIZATION_TOKEN`.
+    #[error("the container sets no AWS_CONTAINER_AUTHORIZATION_TOKEN (CONTAINER_AUTHORIZATION=required)")]
+    AuthorizationNotSet,
+    /// `CONTAINER_IMDS=off`: a container asked the instance metadata service.
+    #[error("the metadata service is off for containers (CONTAINER_IMDS=off)")]
+    ContainerImdsOff,
 }
 
 impl Failure {
@@ -108,6 +129,12 @@ impl Failure {
             Failure::TokenTtl => "token_ttl_invalid",
             Failure::TokenForwarded => "token_request_forwarded",
             Failure::TokenMethod => "token_method_not_allowed",
+            Failure::ContainerPathNotServed => "container_path_not_served",
+            Failure::ContainerMethod => "container_method_not_allowed",
+            Failure::AuthorizationMissing => "authorization_missing",
+            Failure::AuthorizationInvalid => "authorization_invalid",
+            Failure::AuthorizationNotSet => "authorization_not_set",
+            Failure::ContainerImdsOff => "container_imds_off",
         }
     }
 
@@ -130,15 +157,24 @@ impl Failure {
             | Failure::IamPathNotServed
             | Failure::Favicon
             | Failure::PathNotCanonical
-            | Failure::PassthroughDenied => NOT_FOUND,
+            | Failure::PassthroughDenied
+            | Failure::ContainerPathNotServed => NOT_FOUND,
             Failure::BadPath
             | Failure::BadRequestBody(_)
             | Failure::HostNotAllowed
             | Failure::DuplicateHeader(_)
             | Failure::TokenTtl
             | Failure::TokenForwarded => BAD_REQUEST,
-            Failure::TokenMissing | Failure::Token(_) => UNAUTHORIZED,
-            Failure::TokenMethod => (StatusCode::METHOD_NOT_ALLOWED, "405 method not allowed\n"),
+            Failure::TokenMissing
+            | Failure::Token(_)
+            | Failure::AuthorizationMissing
+            | Failure::AuthorizationInvalid => UNAUTHORIZED,
+            Failure::AuthorizationNotSet | Failure::ContainerImdsOff => {
+                (StatusCode::FORBIDDEN, "403 forbidden\n")
+            }
+            Failure::TokenMethod | Failure::ContainerMethod => {
+                (StatusCode::METHOD_NOT_ALLOWED, "405 method not allowed\n")
+            }
             Failure::Upstream(_) => (StatusCode::BAD_GATEWAY, "502 bad gateway\n"),
             Failure::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "429 too many requests\n"),
             Failure::BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "413 content too large\n"),
@@ -168,9 +204,39 @@ impl Failure {
             );
         }
         if status == StatusCode::METHOD_NOT_ALLOWED {
+            let allow = if matches!(self, Failure::ContainerMethod) {
+                "GET"
+            } else {
+                "PUT"
+            };
             resp.headers_mut()
-                .insert(http::header::ALLOW, http::HeaderValue::from_static("PUT"));
+                .insert(http::header::ALLOW, http::HeaderValue::from_static(allow));
         }
+        resp
+    }
+
+    /// The answer on the container credentials endpoint: the same status, with the
+    /// `{"code", "message"}` body that SDKs read there. Fixed per status, never the reason.
+    pub fn container_response(&self) -> Response<Bytes> {
+        let mut resp = self.response();
+        let (code, message) = match resp.status() {
+            StatusCode::BAD_REQUEST => ("InvalidRequest", "bad request"),
+            StatusCode::UNAUTHORIZED => ("Unauthorized", "missing or invalid Authorization header"),
+            StatusCode::FORBIDDEN => ("AccessDenied", "forbidden"),
+            StatusCode::NOT_FOUND => ("NotFound", "credentials not found"),
+            StatusCode::METHOD_NOT_ALLOWED => ("MethodNotAllowed", "method not allowed"),
+            StatusCode::PAYLOAD_TOO_LARGE => ("RequestTooLarge", "content too large"),
+            StatusCode::TOO_MANY_REQUESTS => ("TooManyRequests", "too many requests"),
+            StatusCode::BAD_GATEWAY => ("BadGateway", "bad gateway"),
+            StatusCode::SERVICE_UNAVAILABLE => ("ServiceUnavailable", "service unavailable"),
+            _ => ("InternalError", "internal error"),
+        };
+        *resp.body_mut() =
+            Bytes::from(format!("{{\"code\":\"{code}\",\"message\":\"{message}\"}}"));
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
         resp
     }
 }

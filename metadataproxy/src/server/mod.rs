@@ -27,16 +27,55 @@ use crate::identity::{canonical_ip, Connection, IdentityError};
 use crate::limits::{ConnectionGate, Peer, RateVerdict};
 use crate::metrics;
 use handlers::credentials::{self, CallerInfo};
-use handlers::{passthrough, token};
+use handlers::{container, passthrough, token};
 use router::Route;
 
 /// `X-Powered-By` on every answer, kept for compatibility with go-metadataproxy.
 pub const POWERED_BY: &str = "go-metadataproxy metadataproxy";
 
-/// Serves `listener` until `shutdown` resolves, then stops accepting and gives in-flight
-/// requests up to `grace` to finish.
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// The instance metadata service (`169.254.169.254`).
+    Metadata,
+    /// The container credentials endpoint (`169.254.170.2`).
+    ContainerCredentials,
+}
+
+/// Serves `listener` (the metadata service) until `shutdown` resolves, then stops accepting
+/// and gives in-flight requests up to `grace` to finish.
 pub async fn serve(
     listener: TcpListener,
+    state: Arc<Services>,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) {
+    serve_endpoints(vec![(listener, Endpoint::Metadata)], state, shutdown, grace).await;
+}
+
+/// The first connection any of `listeners` has, with the endpoint it serves.
+async fn accept_any(
+    listeners: &[(TcpListener, Endpoint)],
+) -> (
+    std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)>,
+    Endpoint,
+) {
+    std::future::poll_fn(|cx| {
+        for (listener, endpoint) in listeners {
+            if let std::task::Poll::Ready(r) = listener.poll_accept(cx) {
+                return std::task::Poll::Ready((r, *endpoint));
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+/// Serves every listener, each as its endpoint, under the same limits (connection caps and
+/// request rates count a caller's connections to all of them), until `shutdown` resolves;
+/// then stops accepting and gives in-flight requests up to `grace` to finish.
+pub async fn serve_endpoints(
+    listeners: Vec<(TcpListener, Endpoint)>,
     state: Arc<Services>,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
@@ -55,7 +94,7 @@ pub async fn serve(
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
+            (accepted, endpoint) = accept_any(&listeners) => {
                 let (stream, peer) = match accepted {
                     Ok(a) => a,
                     Err(e) => {
@@ -101,7 +140,9 @@ pub async fn serve(
                     let svc_state = state.clone();
                     let svc = service_fn(move |req| {
                         let state = svc_state.clone();
-                        async move { Ok::<_, Infallible>(handle(&state, &conn, req).await) }
+                        async move {
+                            Ok::<_, Infallible>(handle_at(&state, endpoint, &conn, req).await)
+                        }
                     });
                     let conn = builder.serve_connection(TokioIo::new(stream), svc);
                     if let Err(e) = watcher.watch(conn).await {
@@ -116,7 +157,7 @@ pub async fn serve(
             () = &mut shutdown => break,
         }
     }
-    drop(listener);
+    drop(listeners);
     tracing::info!(
         grace_ms = grace.as_millis() as u64,
         "shutting down: draining connections"
@@ -174,9 +215,23 @@ fn rate_key(conn: &Connection) -> Peer {
     }
 }
 
-/// Answers one request.
+/// Answers one request to the metadata service.
 pub async fn handle<B>(
     state: &Services,
+    conn: &Connection,
+    req: Request<B>,
+) -> Response<Full<Bytes>>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    handle_at(state, Endpoint::Metadata, conn, req).await
+}
+
+/// Answers one request to `endpoint`.
+pub async fn handle_at<B>(
+    state: &Services,
+    endpoint: Endpoint,
     conn: &Connection,
     req: Request<B>,
 ) -> Response<Full<Bytes>>
@@ -189,7 +244,12 @@ where
     let ip = conn.ip;
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let route = router::classify(req.uri().path(), req.uri().query());
+    let route = match endpoint {
+        Endpoint::Metadata => router::classify(req.uri().path(), req.uri().query()),
+        Endpoint::ContainerCredentials => {
+            router::classify_container(req.uri().path(), req.uri().query())
+        }
+    };
     // Logs and counts the request if it is dropped before it is answered (the client went
     // away while the agent waited on Docker, STS or the upstream).
     let mut abandoned = Abandoned {
@@ -204,10 +264,9 @@ where
     };
     let mut caller = CallerInfo::default();
     // METRICS_ON_PROXY_PORT: go-metadataproxy's /metrics, for operators who opted in.
-    let exposition = state
-        .proxy_metrics
-        .as_ref()
-        .filter(|_| path == "/metrics" && method == http::Method::GET);
+    let exposition = state.proxy_metrics.as_ref().filter(|_| {
+        endpoint == Endpoint::Metadata && path == "/metrics" && method == http::Method::GET
+    });
 
     // eBPF mode: every caller the agent serves (a redirected container, a host process) made
     // its connect under the kernel program; a connection without a record came from elsewhere
@@ -218,18 +277,25 @@ where
     });
     let rate_limited = rate != RateVerdict::Allow;
     let duplicate = crate::limits::duplicate_header(req.headers());
+    let host_allowed = |host: Option<&str>| match endpoint {
+        Endpoint::Metadata => crate::limits::host_allowed(host, conn.local_port),
+        Endpoint::ContainerCredentials => {
+            crate::limits::container_host_allowed(host, conn.local_port)
+        }
+    };
     let host_refused = state.limits.check_host
-        && !(crate::limits::host_allowed(
+        && !(host_allowed(
             req.headers()
                 .get(http::header::HOST)
                 .and_then(|h| h.to_str().ok()),
-            conn.local_port,
         ) && req
             .uri()
             .authority()
             // Absolute-form (RFC 9112 3.2.2): the authority is the target's host.
-            .is_none_or(|a| crate::limits::host_allowed(Some(a.as_str()), conn.local_port)));
-    let host_service = state.attest.is_host_service(conn).await;
+            .is_none_or(|a| host_allowed(Some(a.as_str()))));
+    // Only the metadata service has host services to pass through: on the container
+    // credentials endpoint a host service is no container, and gets nothing.
+    let host_service = endpoint == Endpoint::Metadata && state.attest.is_host_service(conn).await;
     let result: Result<Response<Bytes>, Failure> = match &route {
         _ if unidentified && !matches!(route, Route::Redirect(_)) => {
             Err(IdentityError::NoKernelRecord.into())
@@ -238,8 +304,34 @@ where
         // A host service redirected with the containers of its slice: as if the agent were not
         // there (the route was classified for the log line only).
         _ if host_service => passthrough::forward_host(&state.forwarder, req).await,
+        // CONTAINER_IMDS=off: nothing from the metadata service for anyone the agent serves
+        // (containers, and callers that are no container).
+        _ if endpoint == Endpoint::Metadata && !state.container_imds => {
+            Err(Failure::ContainerImdsOff)
+        }
         _ if duplicate.is_some() => Err(Failure::DuplicateHeader(duplicate.expect("checked"))),
         _ if host_refused => Err(Failure::HostNotAllowed),
+        Route::ContainerCredentials(_) if method != http::Method::GET => {
+            Err(Failure::ContainerMethod)
+        }
+        Route::ContainerCredentials(target) => {
+            let request_target = req
+                .uri()
+                .path_and_query()
+                .map_or(path.as_str(), |pq| pq.as_str());
+            container::credentials(
+                &state.attest,
+                &state.issuer,
+                &state.audit,
+                state.container,
+                conn,
+                *target,
+                request_target,
+                req.headers(),
+                &mut caller,
+            )
+            .await
+        }
         Route::Token => {
             token::mint(&state.attest, &state.tokens, conn, &method, req.headers()).await
         }
@@ -282,14 +374,22 @@ where
                 Route::Passthrough(canon) => {
                     passthrough::forward(&state.forwarder, canon, req).await
                 }
-                Route::Token => unreachable!("answered above"),
+                Route::Token | Route::ContainerCredentials(_) => {
+                    unreachable!("answered above")
+                }
             },
         },
     };
 
     let (mut resp, failure) = match result {
         Ok(resp) => (resp, None),
-        Err(f) => (f.response(), Some(f)),
+        Err(f) => (
+            match endpoint {
+                Endpoint::Metadata => f.response(),
+                Endpoint::ContainerCredentials => f.container_response(),
+            },
+            Some(f),
+        ),
     };
     let headers = resp.headers_mut();
     headers.insert("x-powered-by", HeaderValue::from_static(POWERED_BY));

@@ -44,6 +44,51 @@ pub enum Route {
     NotCanonical,
     /// Forwarded upstream: exactly this path, without the query.
     Passthrough(CanonicalPath),
+    /// The container credentials endpoint: the caller's credentials.
+    ContainerCredentials(ContainerTarget),
+}
+
+/// What a request to the container credentials endpoint asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerTarget {
+    /// A path under `/v2/credentials/`, served to every container.
+    Standard,
+    /// Another target: served only when it is the container's own
+    /// `AWS_CONTAINER_CREDENTIALS_RELATIVE_URI` (or `FULL_URI` path).
+    Named,
+}
+
+/// The prefix of the container credentials paths every container is served on.
+pub const CONTAINER_CREDENTIALS_PREFIX: &str = "/v2/credentials/";
+
+/// Classifies a request to the container credentials endpoint. A path under
+/// `/v2/credentials/` is [`ContainerTarget::Standard`] only when every segment after the
+/// prefix is 1 to 128 bytes of `A-Za-z0-9._~-` (not `.` or `..`), with no query; any other
+/// target can only be a container's own URI.
+pub fn classify_container(path: &str, query: Option<&str>) -> Route {
+    if !path.starts_with('/') {
+        return Route::BadPath;
+    }
+    let standard = query.is_none()
+        && path
+            .strip_prefix(CONTAINER_CREDENTIALS_PREFIX)
+            .is_some_and(|rest| {
+                rest.len() <= 256
+                    && rest.split('/').all(|seg| {
+                        !seg.is_empty()
+                            && seg.len() <= 128
+                            && seg != "."
+                            && seg != ".."
+                            && seg
+                                .bytes()
+                                .all(|b| b.is_ascii_alphanumeric() || b"._~-".contains(&b))
+                    })
+            });
+    Route::ContainerCredentials(if standard {
+        ContainerTarget::Standard
+    } else {
+        ContainerTarget::Named
+    })
 }
 
 impl Route {
@@ -60,6 +105,7 @@ impl Route {
             Route::BadPath => "bad-path",
             Route::NotCanonical => "not-canonical",
             Route::Passthrough(_) => "passthrough",
+            Route::ContainerCredentials(_) => "container-credentials",
         }
     }
 
@@ -138,6 +184,40 @@ mod tests {
     use super::*;
     use crate::path::*;
     use crate::testing::{DISGUISES, IAM_PATHS};
+
+    #[test]
+    fn container_targets() {
+        let standard = Route::ContainerCredentials(ContainerTarget::Standard);
+        let named = Route::ContainerCredentials(ContainerTarget::Named);
+        for p in [
+            "/v2/credentials/abc",
+            "/v2/credentials/0b9f6a8e-3c1d-4b1e-9f7a-2d8c5e6f7a8b",
+            "/v2/credentials/a/b.c_d~e-f",
+        ] {
+            assert_eq!(classify_container(p, None), standard, "{p}");
+        }
+        for p in [
+            "/v2/credentials/",
+            "/v2/credentials",
+            "/v2/credentials//a",
+            "/v2/credentials/a/",
+            "/v2/credentials/../a",
+            "/v2/credentials/./a",
+            "/v2/credentials/a/..",
+            "/v2/credentials/%2e%2e",
+            "/v2/credentials/a b",
+            "/V2/credentials/a",
+            "/v2/credentials/a;b",
+            "/latest/meta-data/iam/security-credentials/r",
+            "/creds",
+        ] {
+            assert_eq!(classify_container(p, None), named, "{p}");
+        }
+        assert_eq!(classify_container("/v2/credentials/a", Some("x=1")), named);
+        let long = format!("/v2/credentials/{}", "a".repeat(129));
+        assert_eq!(classify_container(&long, None), named);
+        assert_eq!(classify_container("*", None), Route::BadPath);
+    }
 
     fn creds(v: &str, role: &str) -> Route {
         Route::Credentials {

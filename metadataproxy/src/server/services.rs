@@ -9,6 +9,7 @@ use crate::imdsv2::TokenKeys;
 use crate::limits::{Limits, RequestRate};
 use crate::roles::Issuer;
 
+use super::handlers::container;
 use super::handlers::passthrough::Forwarder;
 
 /// The services behind the metadata port.
@@ -26,6 +27,10 @@ pub struct Services {
     pub tokens: TokenKeys,
     /// `IMDSV2=required`.
     pub imdsv2_required: bool,
+    /// The container credentials endpoint's settings (`CONTAINER_AUTHORIZATION`).
+    pub container: container::Settings,
+    /// `CONTAINER_IMDS=on`: containers are served the metadata service.
+    pub container_imds: bool,
     /// Connection, rate and request-size limits.
     pub limits: Limits,
     /// Per-caller request rate (`None`: off).

@@ -68,6 +68,7 @@ impl BenchAgent {
         let settings = [
             ("PORT", port_text.as_str()),
             ("ADMIN_ADDR", &admin),
+            ("CONTAINER_CREDENTIALS_PORT", "0"),
             ("AWS_ENDPOINT_URL", aws_url),
             ("TOKEN_KEY_FILE", "none"),
         ];
