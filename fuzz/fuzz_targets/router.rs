@@ -19,13 +19,19 @@
 //!   folded, contains `meta-data` followed by `iam` or `identity-credentials` (dot segments
 //!   literal or resolved), the route is not `Passthrough`;
 //! - served credential routes carry a compatible version and the exact segments, and the token
-//!   route is taken only for `/{version}/api/token`.
+//!   route is taken only for `/{version}/api/token`;
+//! - `classify_container` (the container credentials endpoint) calls a target `Standard` only
+//!   under `/v2/credentials/`, without a query, with no empty, `.` or `..` segment and only
+//!   unreserved bytes; every other origin-form target is `Named` (served only when it is the
+//!   container's own URI).
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use metadataproxy::path::{canonical, clean_path, is_segment_byte};
-use metadataproxy::server::router::{classify, Route};
+use metadataproxy::server::router::{
+    classify, classify_container, ContainerTarget, Route, CONTAINER_CREDENTIALS_PREFIX,
+};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(input) = std::str::from_utf8(data) else {
@@ -37,6 +43,7 @@ fuzz_target!(|data: &[u8]| {
     };
 
     check_clean_path(path);
+    check_container(path, query);
 
     let route = classify(path, query);
     let _ = route.handler_name();
@@ -302,5 +309,32 @@ fn check_served(path: &str, query: Option<&str>, route: &Route) {
             );
         }
         _ => {}
+    }
+}
+
+fn check_container(path: &str, query: Option<&str>) {
+    match classify_container(path, query) {
+        Route::BadPath => assert!(!path.starts_with('/'), "{path:?}"),
+        Route::ContainerCredentials(ContainerTarget::Standard) => {
+            assert!(query.is_none(), "{path:?}?{query:?}");
+            let rest = path
+                .strip_prefix(CONTAINER_CREDENTIALS_PREFIX)
+                .unwrap_or_else(|| panic!("{path:?}: standard outside the prefix"));
+            for seg in rest.split('/') {
+                assert!(
+                    !seg.is_empty() && seg != "." && seg != "..",
+                    "{path:?}: segment {seg:?}"
+                );
+                assert!(
+                    seg.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"._~-".contains(&b)),
+                    "{path:?}: segment {seg:?}"
+                );
+            }
+        }
+        Route::ContainerCredentials(ContainerTarget::Named) => {
+            assert!(path.starts_with('/'), "{path:?}")
+        }
+        other => panic!("{path:?}: classify_container gave {other:?}"),
     }
 }

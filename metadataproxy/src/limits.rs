@@ -298,6 +298,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn each_endpoint_answers_to_its_own_host_only() {
+        for host in ["169.254.170.2", "169.254.170.2:80", "169.254.170.2:8002"] {
+            assert!(container_host_allowed(Some(host), 8002), "{host}");
+            assert!(!host_allowed(Some(host), 8002), "{host}");
+        }
+        for host in [
+            "169.254.169.254",
+            "instance-data",
+            "169.254.170.2:81",
+            "169.254.170.23",
+        ] {
+            assert!(!container_host_allowed(Some(host), 8002), "{host}");
+        }
+        assert!(!container_host_allowed(None, 8002));
+        assert!(host_allowed(Some("169.254.169.254:8000"), 8000));
+    }
+
+    #[test]
     fn connection_caps_hold_and_free_on_drop() {
         let gate = ConnectionGate::new(3, 2);
         let a = Peer::Ip("10.0.0.1".parse().unwrap());
