@@ -71,7 +71,6 @@ pub(super) fn forward(bpf: &mut Ebpf) {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::config::{LogConfig, LogFormat};
 
     fn level_with(level: tracing::Level, runtime: bool) -> u8 {
