@@ -31,6 +31,10 @@ pub mod maps {
     pub const CONNECTIONS: &str = "MP_CONNECTIONS";
 }
 
+/// The kernel program's log events (aya-log): their target, which the agent's `tracing` output
+/// keeps (`LOG_LEVEL=debug`).
+pub const LOG_TARGET: &str = "metadataproxy::kernel";
+
 /// Program names, as the loader finds them in the object.
 pub mod programs {
     /// The `cgroup/connect4` program.

@@ -10,6 +10,11 @@
 //! ports, where the agent reads it when it accepts the connection.
 //!
 //! Both programs always allow the connect: they only redirect or observe.
+//!
+//! Debug events (aya-log, target [`LOG_TARGET`]): each redirect decision on a connect to the
+//! metadata address, each refused IPv6 metadata connect, each failed map insert. The agent sets
+//! their level when it loads the object: off unless it logs at debug, and then the verifier,
+//! which sees the frozen level as a constant, drops the logging code from the programs.
 #![no_std]
 #![no_main]
 
@@ -23,9 +28,10 @@ use aya_ebpf::macros::{cgroup_sock_addr, map, sock_ops};
 use aya_ebpf::maps::{Array, HashMap, LruHashMap};
 use aya_ebpf::programs::{SockAddrContext, SockOpsContext};
 use aya_ebpf::EbpfContext;
+use aya_log_ebpf::debug;
 use metadataproxy_common::{
-    Config, ConnKey, ConnRecord, CONTAINER_ENDPOINT_IPV4_BE, MAX_CGROUP_LEVEL, METADATA_IPV4_BE,
-    METADATA_PORT_BE,
+    Config, ConnKey, ConnRecord, CONTAINER_ENDPOINT_IPV4_BE, LOG_TARGET, MAX_CGROUP_LEVEL,
+    METADATA_IPV4_BE, METADATA_PORT_BE,
 };
 
 const SOCK_STREAM: u32 = 1;
@@ -125,7 +131,9 @@ fn remember(ctx: &SockAddrContext, record: &mut ConnRecord) {
         record.ktime_ns = bpf_ktime_get_ns();
         bpf_get_socket_cookie(ctx.as_ptr())
     };
-    let _ = MP_SOCKETS.insert(&cookie, record, 0);
+    if let Err(errno) = MP_SOCKETS.insert(&cookie, &*record, 0) {
+        log_insert_failed(ctx, "MP_SOCKETS", errno, record);
+    }
 }
 
 #[cgroup_sock_addr(connect4)]
@@ -142,7 +150,9 @@ pub fn mp_connect4(ctx: SockAddrContext) -> i32 {
         return 1;
     }
     let mut record = ConnRecord::default();
-    match decide(config, sa.user_ip4, sa.user_port, &mut record) {
+    let verdict = decide(config, sa.user_ip4, sa.user_port, &mut record);
+    log_decision(&ctx, &verdict, &record, sa.user_ip4, sa.user_port, config);
+    match verdict {
         Verdict::Pass => {}
         Verdict::Record => remember(&ctx, &mut record),
         Verdict::Redirect(port) => {
@@ -186,6 +196,7 @@ pub fn mp_connect6(ctx: SockAddrContext) -> i32 {
         fill(&mut record);
         let is_agent = record.tgid == config.agent_tgid && record.cgroup_id == config.agent_cgroup;
         return if !is_agent && in_container(&record) {
+            log_refused_ipv6(&ctx, &record);
             0
         } else {
             1
@@ -194,7 +205,9 @@ pub fn mp_connect6(ctx: SockAddrContext) -> i32 {
     if ip6[0] != 0 || ip6[1] != 0 || ip6[2] != V4_MAPPED_WORD {
         return 1;
     }
-    match decide(config, ip6[3], sa.user_port, &mut record) {
+    let verdict = decide(config, ip6[3], sa.user_port, &mut record);
+    log_decision(&ctx, &verdict, &record, ip6[3], sa.user_port, config);
+    match verdict {
         Verdict::Pass => {}
         Verdict::Record => remember(&ctx, &mut record),
         Verdict::Redirect(port) => {
@@ -239,7 +252,77 @@ fn try_sockops(ctx: &SockOpsContext) {
         // `remote_port` holds the network-order port in its upper half.
         server_port: u16::from_be((ctx.remote_port() >> 16) as u16),
     };
-    let _ = MP_CONNECTIONS.insert(&key, &record, 0);
+    if let Err(errno) = MP_CONNECTIONS.insert(&key, &record, 0) {
+        log_insert_failed(ctx, "MP_CONNECTIONS", errno, &record);
+    }
+}
+
+// Debug events. Each is one aya-log record; with the level off (the agent not at debug) the
+// verifier removes them, so they cost nothing per connect.
+
+/// A connect to the metadata address or the container credentials endpoint (`ip4`, `port`:
+/// network order, as the socket has them)
+/// and what `decide` made of it: redirected to the agent, or passed through (the agent's own
+/// call, or a host process). Connects `decide` did not look at say nothing.
+#[inline(always)]
+fn log_decision<C: EbpfContext>(
+    ctx: &C,
+    verdict: &Verdict,
+    record: &ConnRecord,
+    ip4: u32,
+    port: u32,
+    config: &Config,
+) {
+    match verdict {
+        Verdict::Redirect(to_port) => debug!(
+            ctx,
+            target: LOG_TARGET,
+            "redirect {:i}:{} to {:i}:{} cgroup_id={} pid={}",
+            u32::from_be(ip4),
+            u16::from_be(port as u16),
+            u32::from_be(config.redirect_ip4),
+            u16::from_be(*to_port as u16),
+            record.cgroup_id,
+            record.tgid
+        ),
+        // `fill` ran: it was a metadata connect, from the agent or from outside containers.
+        Verdict::Pass if record.cgroup_id != 0 => debug!(
+            ctx,
+            target: LOG_TARGET,
+            "pass {:i}:{} (agent or host process) cgroup_id={} pid={}",
+            u32::from_be(ip4),
+            u16::from_be(port as u16),
+            record.cgroup_id,
+            record.tgid
+        ),
+        _ => {}
+    }
+}
+
+/// A container's connect to the IPv6 metadata address, refused.
+#[inline(always)]
+fn log_refused_ipv6<C: EbpfContext>(ctx: &C, record: &ConnRecord) {
+    debug!(
+        ctx,
+        target: LOG_TARGET,
+        "refuse [fd00:ec2::254]:80 cgroup_id={} pid={}",
+        record.cgroup_id,
+        record.tgid
+    );
+}
+
+/// A record the agent will not find: `map` refused it (`errno`, negative).
+#[inline(always)]
+fn log_insert_failed<C: EbpfContext>(ctx: &C, map: &str, errno: i32, record: &ConnRecord) {
+    debug!(
+        ctx,
+        target: LOG_TARGET,
+        "insert into {} failed: errno {} cgroup_id={} pid={}",
+        map,
+        -errno,
+        record.cgroup_id,
+        record.tgid
+    );
 }
 
 #[cfg(not(test))]

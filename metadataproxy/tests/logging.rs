@@ -297,3 +297,67 @@ async fn a_request_whose_client_goes_away_still_gets_its_line() {
     assert_eq!(gone[0]["handler"], "passthrough");
     assert_eq!(lines.len(), 1, "and no other line for it: {lines:?}");
 }
+
+/// What one kernel program event becomes in `format` with the agent at `level`: the event
+/// as aya-log hands it over, a `log::Record` given to tracing-log's `LogTracer`.
+fn kernel_event_in(format: LogFormat, level: tracing::Level) -> String {
+    use log::Log;
+    let buf = Buf::default();
+    let writer = buf.clone();
+    let subscriber =
+        metadataproxy::telemetry::subscriber(LogConfig { level, format }, move || writer.clone());
+    let _guard = tracing::subscriber::set_default(subscriber);
+    tracing_log::LogTracer::new().log(
+        &log::Record::builder()
+            .target("metadataproxy::kernel")
+            .level(log::Level::Debug)
+            .module_path_static(Some("metadataproxy_ebpf"))
+            .file_static(Some("metadataproxy-ebpf/src/main.rs"))
+            .line(Some(1))
+            .args(format_args!(
+                "redirect 169.254.169.254:80 to 172.17.0.1:8000 cgroup_id=42 pid=7"
+            ))
+            .build(),
+    );
+    let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    out
+}
+
+#[test]
+fn kernel_events_are_logged_under_their_target_at_debug_only() {
+    const MESSAGE: &str = "redirect 169.254.169.254:80 to 172.17.0.1:8000 cgroup_id=42 pid=7";
+    for format in [LogFormat::Text, LogFormat::Json, LogFormat::Gelf] {
+        assert_eq!(
+            kernel_event_in(format, tracing::Level::INFO),
+            "",
+            "{format:?}"
+        );
+    }
+    let text = kernel_event_in(LogFormat::Text, tracing::Level::DEBUG);
+    assert!(
+        text.contains(&format!("DEBUG metadataproxy::kernel: {MESSAGE}")),
+        "{text}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&kernel_event_in(LogFormat::Json, tracing::Level::DEBUG)).unwrap();
+    assert_eq!(
+        (&json["target"], &json["level"], &json["message"]),
+        (
+            &serde_json::json!("metadataproxy::kernel"),
+            &serde_json::json!("DEBUG"),
+            &serde_json::json!(MESSAGE)
+        ),
+        "{json}"
+    );
+    let gelf: serde_json::Value =
+        serde_json::from_str(&kernel_event_in(LogFormat::Gelf, tracing::Level::DEBUG)).unwrap();
+    assert_eq!(
+        (&gelf["_target"], &gelf["level"], &gelf["short_message"]),
+        (
+            &serde_json::json!("metadataproxy::kernel"),
+            &serde_json::json!(7),
+            &serde_json::json!(MESSAGE)
+        ),
+        "{gelf}"
+    );
+}

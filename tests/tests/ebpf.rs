@@ -528,3 +528,117 @@ fn the_sdk_in_a_containers_namespaces_gets_its_credentials_with_tokens_required(
     assert_eq!(status, 401);
     assert_no_escape();
 }
+
+/// The cgroup id of `c`'s process: the inode of its cgroup2 directory, as the kernel's
+/// `bpf_get_current_cgroup_id` gives it.
+fn cgroup_id_of(c: &Container) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let pid = run(
+        "docker",
+        &["inspect", "--format", "{{.State.Pid}}", &c.name],
+    );
+    let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .expect("container cgroup")
+        .lines()
+        .find_map(|l| l.strip_prefix("0::").map(str::to_string))
+        .expect("a cgroup2 line");
+    std::fs::metadata(cgroup2_root().join(own.trim_start_matches('/')))
+        .expect("the container's cgroup directory")
+        .ino()
+}
+
+/// The agent's log lines from the kernel program (target `metadataproxy::kernel`).
+fn kernel_lines(agent: &Agent) -> Vec<String> {
+    agent
+        .logs()
+        .iter()
+        .filter(|l| l["target"] == "metadataproxy::kernel")
+        .map(|l| l["message"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// `program` as the verifier left it (`bpftool prog dump xlated`), through its pinned link.
+fn xlated(pins: &PinDir, program: &str) -> String {
+    let link = ["a", "b"]
+        .iter()
+        .map(|s| pins.0.join(format!("{program}_link_{s}")))
+        .find(|p| p.exists())
+        .expect("a pinned link");
+    let info: serde_json::Value = serde_json::from_str(&run(
+        "bpftool",
+        &[
+            "-j",
+            "link",
+            "show",
+            "pinned",
+            link.to_str().expect("utf-8"),
+        ],
+    ))
+    .expect("bpftool JSON");
+    let id = info["prog_id"].as_u64().expect("prog_id").to_string();
+    run("bpftool", &["prog", "dump", "xlated", "id", &id])
+}
+
+#[test]
+fn at_debug_the_kernel_program_logs_its_decisions_with_the_cgroup_id() {
+    let s = Setup::start("kernel-log", &[("LOG_LEVEL", "debug")]);
+    let c = s.container("ebpf-kernel-log", None, &[("IAM_ROLE", "log-role")]);
+    assert_eq!(
+        c.wget(&format!("{MD}/iam/security-credentials/")).body,
+        "log-role"
+    );
+    // No IPv6 metadata address to redirect to: connect6 refuses it (before any route lookup).
+    let v6 = c.wget("http://[fd00:ec2::254]/latest/meta-data/");
+    assert_ne!(v6.status, 200, "{v6:?}");
+    let id = cgroup_id_of(&c);
+    let redirect = format!("redirect 169.254.169.254:80 to {}:", docker0_gateway());
+    let cgroup = format!("cgroup_id={id} ");
+    // The agent's log reaches the test through a pipe and a reader thread: wait for the lines.
+    let found = eventually(Duration::from_secs(10), || {
+        let lines = kernel_lines(&s.agent);
+        let redirected = lines
+            .iter()
+            .any(|l| l.starts_with(&redirect) && l.contains(&cgroup));
+        let refused = lines
+            .iter()
+            .any(|l| l.starts_with("refuse [fd00:ec2::254]:80 ") && l.contains(&cgroup));
+        (redirected && refused).then_some(())
+    });
+    assert!(
+        found.is_some(),
+        "no redirect and refusal lines for cgroup {id}: {:#?}",
+        kernel_lines(&s.agent)
+    );
+    // The logging code was verified and kept: the program writes to the log ring buffer.
+    assert!(xlated(&s.pins, "mp_connect4").contains("bpf_ringbuf_reserve"));
+    assert_no_escape();
+}
+
+#[test]
+fn at_info_the_kernel_program_logs_nothing_and_its_logging_code_is_gone() {
+    let s = Setup::start("kernel-log-info", &[("LOG_LEVEL", "info")]);
+    let c = s.container("ebpf-kernel-quiet", None, &[("IAM_ROLE", "quiet-role")]);
+    assert_eq!(
+        c.wget(&format!("{MD}/iam/security-credentials/")).body,
+        "quiet-role"
+    );
+    let v6 = c.wget("http://[fd00:ec2::254]/latest/meta-data/");
+    assert_ne!(v6.status, 200, "{v6:?}");
+    // Loaded with aya-log's level at 0: the verifier removed every logging branch, so the
+    // programs cannot write a record, and a connect costs what it did without them.
+    for program in ["mp_connect4", "mp_connect6", "mp_sockops"] {
+        let code = xlated(&s.pins, program);
+        assert!(!code.contains("bpf_ringbuf"), "{program}:\n{code}");
+    }
+    // The request was logged (audit lines are written at info): the log was read up to it.
+    let audited = eventually(Duration::from_secs(10), || {
+        s.agent
+            .logs()
+            .iter()
+            .any(|l| l["message"] == "request")
+            .then_some(())
+    });
+    assert!(audited.is_some(), "{}", s.agent.raw_logs());
+    assert_eq!(kernel_lines(&s.agent), Vec::<String>::new());
+    assert_no_escape();
+}

@@ -6,7 +6,10 @@
 //! Takeover: a restarted agent reuses the pinned maps, attaches its programs, and only then
 //! unpins the previous agent's links, so there is never a moment without a redirect and never
 //! more than one attachment once start-up is done.
+//!
+//! At `LOG_LEVEL=debug` the kernel program's own events are logged too ([`kernel_log`]).
 
+mod kernel_log;
 mod settings;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -209,13 +212,18 @@ impl KernelRedirect {
             maps::CONNECTIONS,
         ];
         let pins: Vec<PathBuf> = map_names.iter().map(|n| maps_dir.join(n)).collect();
+        let log_level = kernel_log::level();
         let mut loader = EbpfLoader::new();
         for (name, pin) in map_names.iter().zip(&pins) {
             loader.map_pin_path(name, pin.as_path());
         }
+        kernel_log::set_level(&mut loader, &log_level);
         let mut bpf = loader
             .load(OBJECT)
             .map_err(kernel("load the kernel object"))?;
+        if log_level != 0 {
+            kernel_log::forward(&mut bpf);
+        }
 
         let mut parents_map: HashMap<MapData, u64, u8> = HashMap::try_from(
             bpf.take_map(maps::CONTAINER_PARENTS)

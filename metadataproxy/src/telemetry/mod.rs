@@ -12,6 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
+use tracing_log::NormalizeEvent;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
 use tracing_subscriber::registry::LookupSpan;
@@ -132,6 +133,10 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
+        // Events made from `log` records (the kernel program's, see `ebpf::kernel_log`) carry
+        // their own target and level here; their `log.*` fields stay, as in JSON lines.
+        let normalized = event.normalized_metadata();
+        let metadata = normalized.as_ref().unwrap_or_else(|| event.metadata());
         let mut fields = Fields::default();
         event.record(&mut fields);
         let message = fields
@@ -150,9 +155,9 @@ where
         obj.insert("timestamp".into(), Value::from(timestamp));
         obj.insert(
             "level".into(),
-            Value::from(syslog_severity(event.metadata().level())),
+            Value::from(syslog_severity(metadata.level())),
         );
-        obj.insert("_target".into(), Value::from(event.metadata().target()));
+        obj.insert("_target".into(), Value::from(metadata.target()));
         for (k, v) in fields.0 {
             // `_id` is reserved by GELF.
             let key = if k == "id" {
