@@ -196,6 +196,7 @@ pub fn services(config: &Config, deps: Deps) -> Services {
             .then(|| crate::limits::RequestRate::new(config.limits.rate, config.limits.burst)),
         proxy_metrics: None,
         copied_label_names: config.telemetry.copied_labels().names(),
+        request_log: config.request_log,
     }
 }
 

@@ -31,10 +31,15 @@ fn main() -> ExitCode {
     if let Some(command) = &args.command {
         return maintenance(command, &args);
     }
-    match start(args) {
+    // Logging is set up inside `start`; its writer thread is flushed when `logs` goes, after
+    // the last line (a failed start's included).
+    let mut logs = None;
+    let code = match start(args, &mut logs) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
-    }
+    };
+    drop(logs);
+    code
 }
 
 /// The one report of a failed start: logged (once logging is up), printed to standard error,
@@ -45,10 +50,10 @@ fn fail(e: &StartupError) -> ExitCode {
     ExitCode::from(e.exit_code())
 }
 
-fn start(args: Args) -> Result<(), StartupError> {
+fn start(args: Args, logs: &mut Option<telemetry::LogGuard>) -> Result<(), StartupError> {
     let mut config = Config::try_from(args)?;
     metadataproxy::app::read_role_policy(&mut config)?;
-    telemetry::init(config.log);
+    *logs = Some(telemetry::init(config.log));
     raise_open_files_limit(config.limits.max_connections);
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -59,6 +64,7 @@ fn start(args: Args) -> Result<(), StartupError> {
 
 async fn run(config: Config) -> Result<(), StartupError> {
     let exporters = telemetry::export::install(&config.telemetry, telemetry::hostname());
+    tokio::spawn(telemetry::report_dropped_lines());
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| StartupError::Listen {

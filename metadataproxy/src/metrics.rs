@@ -56,6 +56,8 @@ pub const DOCKER_INDEX_SYNCS: &str = "metadataproxy.docker_index_syncs";
 pub const DOCKER_EVENTS: &str = "metadataproxy.docker_events";
 /// eBPF mode: requests refused because the peer IP and the cgroup disagreed (`counter`).
 pub const IDENTITY_MISMATCH: &str = "metadataproxy.identity_mismatch";
+/// Counter: log lines dropped because stdout did not keep up.
+pub const LOG_LINES_DROPPED: &str = "metadataproxy.log_lines_dropped";
 /// iptables mode: times the agent's netfilter table was found missing and reinstalled
 /// (`counter`).
 pub const INTERCEPTION_REPAIRS: &str = "metadataproxy.interception_repairs";
@@ -145,6 +147,10 @@ pub fn describe() {
     );
     describe_counter!(DOCKER_INDEX_SYNCS, "Full syncs of the container index.");
     describe_counter!(DOCKER_EVENTS, "Docker events applied to the index.");
+    describe_counter!(
+        LOG_LINES_DROPPED,
+        "Log lines dropped because stdout did not keep up (the request never waits for it)."
+    );
     describe_counter!(
         IDENTITY_MISMATCH,
         "eBPF mode: requests refused because peer IP and cgroup disagreed."
@@ -374,6 +380,11 @@ pub fn state(index_containers: Option<usize>, synced: Option<bool>, cache_entrie
     }
     gauge!(CREDENTIAL_CACHE_ENTRIES).set(cache_entries as f64);
     build_info();
+}
+
+/// Records log lines the writer dropped.
+pub fn log_lines_dropped(n: u64) {
+    counter!(LOG_LINES_DROPPED).increment(n);
 }
 
 /// Records an identity mismatch (eBPF mode).

@@ -156,6 +156,19 @@ where
     F: FnOnce(Harness) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
+    json_lines_with(flags, None, run).await
+}
+
+/// Like [`json_lines_of`], with `container` behind every caller.
+async fn json_lines_with<F, Fut>(
+    flags: &[&str],
+    container: Option<metadataproxy::identity::Container>,
+    run: F,
+) -> Vec<serde_json::Value>
+where
+    F: FnOnce(Harness) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let buf = Buf::default();
     let writer = buf.clone();
     let subscriber = metadataproxy::telemetry::subscriber(
@@ -166,7 +179,7 @@ where
         move || writer.clone(),
     );
     let _guard = tracing::subscriber::set_default(subscriber);
-    run(Harness::start(flags, None).await).await;
+    run(Harness::start(flags, container).await).await;
     let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
     request_lines(&out)
 }
@@ -360,4 +373,47 @@ fn kernel_events_are_logged_under_their_target_at_debug_only() {
         ),
         "{gelf}"
     );
+/// Runs a passthrough, a credential issuance, a refusal and a not-found path with
+/// `REQUEST_LOG=setting`: the handlers of the lines written.
+async fn handlers_logged(setting: &str) -> Vec<String> {
+    let lines = json_lines_with(
+        &["--request-log", setting],
+        Some(container(Some("my-role@123456789012"), None)),
+        |h| async move {
+            assert_eq!(h.get("/latest/meta-data/instance-id").await.status, 200);
+            let base = "/latest/meta-data/iam/security-credentials/";
+            assert_eq!(h.get(base).await.status, 200);
+            assert_eq!(h.get(&format!("{base}my-role")).await.status, 200);
+            assert_eq!(h.get(&format!("{base}other")).await.status, 404);
+            assert_eq!(h.get("/latest/meta-data/nothing-here").await.status, 404);
+        },
+    )
+    .await;
+    lines
+        .iter()
+        .map(|l| format!("{} {}", l["handler"].as_str().unwrap(), l["response_code"]))
+        .collect()
+}
+
+#[tokio::test]
+async fn request_log_chooses_which_requests_get_a_line() {
+    assert_eq!(
+        handlers_logged("all").await,
+        [
+            "passthrough 200",
+            "iam-security-credentials-name 200",
+            "iam-security-crentials-for-role 200",
+            "iam-security-crentials-for-role 404",
+            "passthrough 404",
+        ]
+    );
+    assert_eq!(
+        handlers_logged("errors").await,
+        [
+            "iam-security-crentials-for-role 200",
+            "iam-security-crentials-for-role 404",
+            "passthrough 404",
+        ]
+    );
+    assert_eq!(handlers_logged("none").await, Vec::<String>::new());
 }

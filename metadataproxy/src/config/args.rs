@@ -136,6 +136,11 @@ pub struct Args {
     #[arg(long, env = "LOG_FORMAT", default_value = "text")]
     pub log_format: String,
 
+    /// Which requests get a log line: `all`, `errors` (status 400 and above, and credential
+    /// issuances) or `none`.
+    #[arg(long, env = "REQUEST_LOG", default_value = "all")]
+    pub request_log: String,
+
     /// Docker daemon: unix:///path or tcp://host:port. Default: DOCKER_HOST, else
     /// unix:///var/run/docker.sock.
     #[arg(long, env = "DOCKER_URL")]

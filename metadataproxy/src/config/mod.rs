@@ -21,7 +21,7 @@ pub use crate::imdsv2::{default_token_key_file, TokenKeyConfig, DEFAULT_TOKEN_KE
 pub use crate::netfilter::{InterfaceMatch, IptablesConfig, RulesOnShutdown};
 pub use crate::roles::StsConfig;
 use crate::roles::{AccountId, RoleSpec};
-pub use crate::telemetry::{LogConfig, LogFormat, NewRelicConfig, TelemetryConfig};
+pub use crate::telemetry::{LogConfig, LogFormat, NewRelicConfig, RequestLog, TelemetryConfig};
 pub use crate::upstream::{BuiltinValues, UpstreamConfig};
 
 /// Exit code for invalid configuration (`EX_USAGE` from sysexits.h).
@@ -54,6 +54,8 @@ pub struct Config {
     pub default_account_id: Option<AccountId>,
     /// Logging (`LOG_LEVEL`, `LOG_FORMAT`).
     pub log: LogConfig,
+    /// Which requests get a log line (`REQUEST_LOG`).
+    pub request_log: RequestLog,
     /// Docker daemon (`DOCKER_URL`, `DOCKER_HOST`).
     pub docker: DockerUrl,
     /// Retry window for a container not yet listed (`CONTAINER_LOOKUP_TIMEOUT`).
@@ -301,6 +303,19 @@ impl TryFrom<Args> for Config {
             }
         };
 
+        let request_log = match a.request_log.trim().to_ascii_lowercase().as_str() {
+            "all" => RequestLog::All,
+            "errors" => RequestLog::Errors,
+            "none" => RequestLog::None,
+            _ => {
+                return Err(invalid(
+                    "REQUEST_LOG",
+                    &a.request_log,
+                    "expected all, errors or none",
+                ))
+            }
+        };
+
         let docker = match (non_empty(&a.docker_url), non_empty(&a.docker_host)) {
             (Some(v), _) => parse_docker_url("DOCKER_URL", v)?,
             (None, Some(v)) => parse_docker_url("DOCKER_HOST", v)?,
@@ -413,6 +428,7 @@ impl TryFrom<Args> for Config {
             default_role,
             default_account_id,
             log: LogConfig { level, format },
+            request_log,
             docker,
             container_lookup_timeout,
             docker_reconcile_interval,

@@ -26,6 +26,7 @@ use tokio::net::TcpListener;
 use crate::identity::{canonical_ip, Connection, IdentityError};
 use crate::limits::{ConnectionGate, Peer, RateVerdict};
 use crate::metrics;
+use crate::telemetry::RequestLog;
 use handlers::credentials::{self, CallerInfo};
 use handlers::{container, passthrough, token};
 use router::Route;
@@ -191,7 +192,7 @@ fn parser_refusal(state: &Services, e: &hyper::Error, ip: std::net::IpAddr, rate
         .request_rate
         .as_ref()
         .map_or(RateVerdict::Allow, |r| r.check(rate_key, Instant::now()));
-    if rate == (RateVerdict::Refuse { log: None }) {
+    if rate == (RateVerdict::Refuse { log: None }) || state.request_log == RequestLog::None {
         return;
     }
     tracing::event!(
@@ -254,6 +255,7 @@ where
     // away while the agent waited on Docker, STS or the upstream).
     let mut abandoned = Abandoned {
         armed: true,
+        logged: state.request_log != RequestLog::None,
         request_id,
         ip,
         method: bounded(method.as_str(), MAX_LOGGED_METHOD).to_string(),
@@ -508,10 +510,25 @@ where
             )
         };
     }
-    if status.is_server_error() {
-        request_line!(tracing::Level::WARN);
-    } else {
-        request_line!(tracing::Level::INFO);
+    let logged = match state.request_log {
+        RequestLog::All => true,
+        RequestLog::None => false,
+        // Refusals, failures and the credentials a container was given.
+        RequestLog::Errors => {
+            status.as_u16() >= 400
+                || (status == StatusCode::OK
+                    && matches!(
+                        route,
+                        Route::Credentials { .. } | Route::ContainerCredentials(_)
+                    ))
+        }
+    };
+    if logged {
+        if status.is_server_error() {
+            request_line!(tracing::Level::WARN);
+        } else {
+            request_line!(tracing::Level::INFO);
+        }
     }
     abandoned.armed = false;
     resp.map(Full::new)
@@ -524,6 +541,8 @@ pub const CLIENT_WENT_AWAY: u16 = 499;
 /// A request in flight: dropped while armed, it writes the request's log line and count.
 struct Abandoned<'a> {
     armed: bool,
+    /// Whether the request's line is written (`REQUEST_LOG` is not `none`).
+    logged: bool,
     request_id: uuid::Uuid,
     ip: std::net::IpAddr,
     method: String,
@@ -556,6 +575,9 @@ impl Drop for Abandoned<'_> {
                 copied: &blank,
                 duration: elapsed,
             });
+        }
+        if !self.logged {
+            return;
         }
         tracing::event!(
             target: "metadataproxy::request",

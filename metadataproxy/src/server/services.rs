@@ -39,4 +39,6 @@ pub struct Services {
     pub proxy_metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// Names of the copied Docker labels, for callers whose container is not known.
     pub copied_label_names: Vec<String>,
+    /// Which requests get a log line (`REQUEST_LOG`).
+    pub request_log: crate::telemetry::RequestLog,
 }

@@ -12,6 +12,19 @@ pub struct LogConfig {
     pub format: LogFormat,
 }
 
+/// Which requests get a log line (`REQUEST_LOG`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RequestLog {
+    /// Every request, as go-metadataproxy logged them.
+    #[default]
+    All,
+    /// Refusals and failures (status 400 and above, the client gone away, the HTTP parser's
+    /// refusals) and credential issuances.
+    Errors,
+    /// None.
+    None,
+}
+
 /// Log line formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
