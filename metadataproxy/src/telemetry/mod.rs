@@ -19,7 +19,9 @@ use tracing_subscriber::EnvFilter;
 
 pub use settings::{LogConfig, LogFormat, NewRelicConfig, TelemetryConfig};
 
+pub mod dogstatsd;
 pub mod export;
+pub mod filter;
 pub mod newrelic;
 pub mod push;
 mod settings;
