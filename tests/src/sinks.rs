@@ -1,5 +1,5 @@
 //! Local peers for the telemetry and STS fault tests: UDP listeners for the statsd family, a
-//! recording HTTP endpoint (New Relic, the fault-injecting STS stub), a real Prometheus server,
+//! Unix datagram socket for DogStatsD, a recording HTTP endpoint (New Relic, the fault-injecting STS stub), a real Prometheus server,
 //! and a plain HTTP GET for the admin listener.
 
 use std::collections::HashMap;
@@ -50,15 +50,68 @@ impl UdpSink {
     }
 }
 
-/// A statsd line: `name:value|type` with optional `|#tags`.
+/// A Unix datagram socket (the Datadog agent's kind) keeping every line it receives.
+#[derive(Debug)]
+pub struct UnixDatagramSink {
+    /// Its path.
+    pub path: PathBuf,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl UnixDatagramSink {
+    /// Binds `name` under a fresh temporary directory.
+    pub fn start(name: &str) -> UnixDatagramSink {
+        let dir = std::env::temp_dir().join(format!("mp-test-uds-{name}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("socket dir");
+        let path = dir.join("dsd.socket");
+        let socket = std::os::unix::net::UnixDatagram::bind(&path).expect("bind unix datagram");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            while let Ok(n) = socket.recv(&mut buf) {
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let mut lines = sink.lock().expect("lock");
+                lines.extend(text.lines().map(str::to_string));
+            }
+        });
+        UnixDatagramSink { path, lines }
+    }
+
+    /// `unix:///path`, as `DATADOG_ADDR` takes it.
+    pub fn url(&self) -> String {
+        format!("unix://{}", self.path.display())
+    }
+
+    /// Every line received so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().expect("lock").clone()
+    }
+}
+
+impl Drop for UnixDatagramSink {
+    fn drop(&mut self) {
+        if let Some(dir) = self.path.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// A statsd line: `name:value|type` with optional `|@rate` and `|#tags`. DogStatsD may carry
+/// several values in one line (`name:v1:v2|d`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct StatsdLine {
     /// Metric name.
     pub name: String,
-    /// Value.
+    /// The sum of [`StatsdLine::values`] (the value of a one-value line).
     pub value: f64,
-    /// `c`, `g`, `ms`.
+    /// Every value.
+    pub values: Vec<f64>,
+    /// `c`, `g`, `ms`, `d`.
     pub kind: String,
+    /// The sample rate (`|@rate`), when given.
+    pub rate: Option<f64>,
     /// DogStatsD tags.
     pub tags: HashMap<String, String>,
 }
@@ -67,10 +120,19 @@ pub struct StatsdLine {
 pub fn parse_statsd(line: &str) -> Option<StatsdLine> {
     let (name, rest) = line.split_once(':')?;
     let mut parts = rest.split('|');
-    let value: f64 = parts.next()?.parse().ok()?;
+    let values = parts
+        .next()?
+        .split(':')
+        .map(|v| v.parse().ok())
+        .collect::<Option<Vec<f64>>>()?;
     let kind = parts.next()?.to_string();
     let mut tags = HashMap::new();
+    let mut rate = None;
     for p in parts {
+        if let Some(r) = p.strip_prefix('@') {
+            rate = Some(r.parse().ok()?);
+            continue;
+        }
         let t = p.strip_prefix('#')?;
         for tag in t.split(',') {
             let (k, v) = tag.split_once(':')?;
@@ -79,8 +141,10 @@ pub fn parse_statsd(line: &str) -> Option<StatsdLine> {
     }
     Some(StatsdLine {
         name: name.to_string(),
-        value,
+        value: values.iter().sum(),
+        values,
         kind,
+        rate,
         tags,
     })
 }

@@ -1,13 +1,14 @@
 //! Telemetry end to end: a real Prometheus server scraping the admin listener, `promtool`, UDP
-//! listeners for statsd, statsite and DogStatsD, a local endpoint for New Relic's Metric API,
-//! and containers on a real Docker engine whose labels and environment are copied.
+//! listeners for statsd, statsite and DogStatsD, a Unix datagram socket for DogStatsD, a local
+//! endpoint for New Relic's Metric API, and containers on a real Docker engine whose labels and
+//! environment are copied.
 
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use metadataproxy_tests::sinks::{
-    http_get, parse_statsd, HttpStub, Prometheus, StatsdLine, UdpSink,
+    http_get, parse_statsd, HttpStub, Prometheus, StatsdLine, UdpSink, UnixDatagramSink,
 };
 use metadataproxy_tests::{eventually, Agent, Classic, FakeUpstream};
 
@@ -245,21 +246,14 @@ fn statsd_statsite_dogstatsd_and_new_relic_receive_the_documented_payloads() {
             lines.iter().all(|l| l.tags.is_empty()),
             "{which}: no tags on plain statsd"
         );
+        assert!(
+            lines.iter().all(|l| l.name.starts_with("metadataproxy.")),
+            "{which}: the DogStatsD exporter's own telemetry stays on DogStatsD"
+        );
     }
 
-    // DogStatsD: the name as is, labels as tags, copied labels included.
-    let lines = eventually(Duration::from_secs(10), || {
-        let lines: Vec<StatsdLine> = dogstatsd
-            .lines()
-            .iter()
-            .filter_map(|l| parse_statsd(l))
-            .collect();
-        lines
-            .iter()
-            .any(|l| l.name == "metadataproxy.aws_response_time")
-            .then_some(lines)
-    })
-    .unwrap_or_else(|| panic!("dogstatsd lines: {:?}", dogstatsd.lines()));
+    // DogStatsD (metrics-exporter-dogstatsd): the name as is, labels as tags, copied labels
+    // included, latency as a distribution in seconds, the exporter's own telemetry.
     let request_tags: HashMap<String, String> = [
         ("api_version", "latest"),
         ("handler_name", CREDS),
@@ -272,6 +266,38 @@ fn statsd_statsite_dogstatsd_and_new_relic_receive_the_documented_payloads() {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
+    let requests = |lines: &[StatsdLine]| {
+        sum(lines, |l| {
+            l.name == "metadataproxy.http_request" && l.kind == "c" && l.tags == request_tags
+        })
+    };
+    let lines = eventually(Duration::from_secs(15), || {
+        let lines: Vec<StatsdLine> = dogstatsd
+            .lines()
+            .iter()
+            .filter_map(|l| parse_statsd(l))
+            .collect();
+        let has = |name: &str| lines.iter().any(|l| l.name == name);
+        let samples: usize = lines
+            .iter()
+            .filter(|l| {
+                l.name == "metadataproxy.http_request_duration_seconds"
+                    && l.tags.get("handler_name").map(String::as_str) == Some(CREDS)
+            })
+            .map(|l| l.values.len())
+            .sum();
+        (requests(&lines) >= 2.0
+            && samples >= 2
+            && has("metadataproxy.aws_response_time")
+            && has("datadog.dogstatsd.client.packets_sent"))
+        .then_some(lines)
+    })
+    .unwrap_or_else(|| panic!("dogstatsd lines: {:?}", dogstatsd.lines()));
+    assert!(
+        dogstatsd.lines().iter().all(|l| parse_statsd(l).is_some()),
+        "every DogStatsD line parses: {:?}",
+        dogstatsd.lines()
+    );
     assert_eq!(
         sum(&lines, |l| l.name == "metadataproxy.http_request"
             && l.kind == "c"
@@ -314,6 +340,36 @@ fn statsd_statsite_dogstatsd_and_new_relic_receive_the_documented_payloads() {
         .expect("gauge")
         .value;
     assert!(response_ns > 0.0, "a round trip takes some nanoseconds");
+    // Histograms are distributions (`|d`), in seconds as recorded, with their sample rate.
+    let latency: Vec<&StatsdLine> = lines
+        .iter()
+        .filter(|l| {
+            l.name == "metadataproxy.http_request_duration_seconds"
+                && l.tags.get("handler_name").map(String::as_str) == Some(CREDS)
+        })
+        .collect();
+    assert!(!latency.is_empty(), "{:?}", dogstatsd.lines());
+    for l in &latency {
+        assert_eq!(l.kind, "d");
+        assert_eq!(l.rate, Some(1.0), "two samples: none dropped");
+        assert!(
+            l.values.iter().all(|v| *v > 0.0 && *v < 10.0),
+            "seconds, not milliseconds: {l:?}"
+        );
+    }
+    assert_eq!(
+        latency.iter().map(|l| l.values.len()).sum::<usize>(),
+        2,
+        "one sample per request"
+    );
+    let sent = lines
+        .iter()
+        .find(|l| l.name == "datadog.dogstatsd.client.packets_sent")
+        .expect("exporter telemetry");
+    assert_eq!(
+        sent.tags.get("client_transport").map(String::as_str),
+        Some("udp")
+    );
 
     // New Relic: the Metric API format. The two requests may fall in different flushes: wait
     // until both are counted.
@@ -389,4 +445,56 @@ fn statsd_statsite_dogstatsd_and_new_relic_receive_the_documented_payloads() {
         && l["container_labels"]
             == "container_com.example.team=payments,container_app_name=Checkout"));
     assert!(!s.agent.raw_logs().contains("nr-license-0123456789"));
+}
+
+#[test]
+fn dogstatsd_reaches_the_agents_unix_socket() {
+    let env = metadataproxy_tests::test_env();
+    let upstream = FakeUpstream::start();
+    let socket = UnixDatagramSink::start("tm-dsd-unix");
+    let agent = Agent::start(
+        &upstream.url(),
+        &env.moto_url,
+        &[
+            ("DATADOG_ADDR", &socket.url()),
+            ("METRICS_FLUSH_INTERVAL", "200ms"),
+        ],
+    );
+    let lines = eventually(Duration::from_secs(15), || {
+        let lines: Vec<StatsdLine> = socket
+            .lines()
+            .iter()
+            .filter_map(|l| parse_statsd(l))
+            .collect();
+        let has = |name: &str| lines.iter().any(|l| l.name == name);
+        (has("metadataproxy.build_info") && has("datadog.dogstatsd.client.packets_sent"))
+            .then_some(lines)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "lines on {}: {:?}\n{}",
+            socket.url(),
+            socket.lines(),
+            agent.raw_logs()
+        )
+    });
+    let info = lines
+        .iter()
+        .find(|l| l.name == "metadataproxy.build_info")
+        .expect("build info");
+    assert_eq!((info.kind.as_str(), info.value), ("g", 1.0));
+    assert_eq!(
+        info.tags.get("service").map(String::as_str),
+        Some("go-metadataproxy")
+    );
+    assert!(info.tags.contains_key("version"), "{info:?}");
+    let sent = lines
+        .iter()
+        .find(|l| l.name == "datadog.dogstatsd.client.packets_sent")
+        .expect("exporter telemetry");
+    assert_eq!(
+        sent.tags.get("client_transport").map(String::as_str),
+        Some("uds"),
+        "a datagram socket"
+    );
 }

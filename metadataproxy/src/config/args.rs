@@ -228,7 +228,7 @@ pub struct Args {
     #[arg(long, env = "STATSITE_ADDR")]
     pub statsite_addr: Option<String>,
 
-    /// DogStatsD sink, host:port (UDP; labels as tags).
+    /// DogStatsD sink, host:port (UDP) or unix:///path (the agent's socket); labels as tags.
     #[arg(long, env = "DATADOG_ADDR")]
     pub datadog_addr: Option<String>,
 

@@ -634,7 +634,7 @@ fn parse_telemetry(a: &Args) -> Result<TelemetryConfig, ConfigError> {
         label_separator,
         statsd_addr: host_port("STATSD_ADDR", &a.statsd_addr)?,
         statsite_addr: host_port("STATSITE_ADDR", &a.statsite_addr)?,
-        datadog_addr: host_port("DATADOG_ADDR", &a.datadog_addr)?,
+        datadog_addr: dogstatsd_addr("DATADOG_ADDR", &a.datadog_addr)?,
         flush_interval: interval("METRICS_FLUSH_INTERVAL", &a.metrics_flush_interval)?,
         enable_prometheus: match non_empty(&a.enable_prometheus) {
             None => false,
@@ -1120,6 +1120,9 @@ mod tests {
             ("role-session-name", "x", "ROLE_SESSION_NAME"),
             ("aws-region", "Mars", "AWS_REGION"),
             ("statsd-addr", "nohost", "STATSD_ADDR"),
+            ("statsd-addr", "unix:///run/statsd.sock", "STATSD_ADDR"),
+            ("datadog-addr", "unix://relative.sock", "DATADOG_ADDR"),
+            ("datadog-addr", "[::1]:8125", "DATADOG_ADDR"),
             ("enable-prometheus", "maybe", "ENABLE_PROMETHEUS"),
             ("copy-docker-labels", "a,,b", "COPY_DOCKER_LABELS"),
             ("newrelic-app-name", "app", "NEWRELIC_LICENSE"),
@@ -1150,6 +1153,20 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(c.docker, DockerUrl::Unix("/run/d.sock".into()));
+    }
+
+    #[test]
+    fn dogstatsd_takes_udp_or_the_agents_unix_socket() {
+        for addr in [
+            "127.0.0.1:8125",
+            "datadog-agent:8125",
+            "unix:///var/run/datadog/dsd.socket",
+            "unixgram:///var/run/datadog/dsd.socket",
+            "unixstream:///var/run/datadog/dsd.socket",
+        ] {
+            let c = Config::try_from(args(&[("datadog-addr", addr)])).unwrap();
+            assert_eq!(c.telemetry.datadog_addr.as_deref(), Some(addr));
+        }
     }
 
     #[test]

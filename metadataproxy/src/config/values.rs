@@ -75,6 +75,33 @@ pub(super) fn host_port(
     }
 }
 
+/// `DATADOG_ADDR`: `host:port` (UDP over IPv4: the exporter sends from an IPv4 socket) or a
+/// Unix socket, `unix://` or `unixgram://` (datagram) or `unixstream://`, and an absolute path.
+pub(super) fn dogstatsd_addr(
+    variable: &'static str,
+    v: &Option<String>,
+) -> Result<Option<String>, ConfigError> {
+    let Some(s) = non_empty(v) else {
+        return Ok(None);
+    };
+    let unix = ["unix://", "unixgram://", "unixstream://"]
+        .iter()
+        .find_map(|scheme| s.strip_prefix(scheme));
+    let ok = match unix {
+        Some(path) => path.len() > 1 && path.starts_with('/'),
+        None => is_host_port(s) && !s.parse::<SocketAddr>().is_ok_and(|a| a.is_ipv6()),
+    };
+    if ok {
+        Ok(Some(s.to_string()))
+    } else {
+        Err(invalid(
+            variable,
+            s,
+            "expected host:port (UDP, IPv4) or unix:///path/to/dsd.socket",
+        ))
+    }
+}
+
 pub(super) fn is_host_port(s: &str) -> bool {
     if s.parse::<SocketAddr>().is_ok() {
         return true;

@@ -1,10 +1,12 @@
-//! Wires the configured sinks under one global recorder (a fan-out, each sink behind its own
-//! label filter) and starts their flush tasks.
+//! Wires the configured sinks under one global recorder (a `metrics-util` fan-out: each
+//! metric is recorded once, through the `metrics` facade, and reaches every sink, each behind
+//! its own [`SinkFilter`]) and starts their flush tasks.
 //!
-//! | sink | labels it gets |
-//! |---|---|
-//! | Prometheus | bounded ones only; copied Docker labels with `PROMETHEUS_COPY_LABELS` |
-//! | statsd, statsite, DogStatsD, New Relic | all, `request_path` and `remote_addr` included when `METRICS_UNBOUNDED_LABELS` is on |
+//! | sink | recorder | labels it gets |
+//! |---|---|---|
+//! | Prometheus | `metrics-exporter-prometheus` | bounded ones only; copied Docker labels with `PROMETHEUS_COPY_LABELS` |
+//! | DogStatsD | `metrics-exporter-dogstatsd` | all with a value (as tags), `request_path` and `remote_addr` included when `METRICS_UNBOUNDED_LABELS` is on |
+//! | statsd, statsite, New Relic | [`PushRecorder`] | all, `request_path` and `remote_addr` included when `METRICS_UNBOUNDED_LABELS` is on |
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -12,7 +14,9 @@ use std::time::Duration;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use metrics_util::layers::{Fanout, FanoutBuilder};
 
-use super::push::{LabelFilter, PushRecorder};
+use super::dogstatsd::DogStatsd;
+use super::filter::SinkFilter;
+use super::push::PushRecorder;
 use super::statsd::{self, Flavor};
 use super::TelemetryConfig;
 use crate::metrics::{self as m, UNBOUNDED_LABELS};
@@ -79,7 +83,8 @@ pub fn build(cfg: &TelemetryConfig, host: String) -> (Option<Fanout>, Exporters)
         });
         let keep_copied = cfg.prometheus_copy_labels;
         let copied = copied.clone();
-        fanout = fanout.add_recorder(LabelFilter::new(recorder, move |k| {
+        fanout = fanout.add_recorder(SinkFilter::new(recorder, move |l| {
+            let k = l.key();
             UNBOUNDED_LABELS.contains(&k) || (!keep_copied && copied.contains(k))
         }));
         exporters.prometheus = Some(handle);
@@ -88,14 +93,21 @@ pub fn build(cfg: &TelemetryConfig, host: String) -> (Option<Fanout>, Exporters)
 
     let idle_flushes =
         |interval: Duration| (PUSH_IDLE.as_secs_f64() / interval.as_secs_f64()).ceil() as u32;
+    if let Some(addr) = &cfg.datadog_addr {
+        // Empty values are left out (the crate would send them as bare tags).
+        let sink = DogStatsd::start(addr, cfg.flush_interval);
+        fanout = fanout
+            .add_recorder(SinkFilter::new(sink, |l| l.value().is_empty()).with_dogstatsd_client());
+        any = true;
+    }
+
     for (flavor, addr) in [
         (Flavor::Statsd, &cfg.statsd_addr),
         (Flavor::Statsite, &cfg.statsite_addr),
-        (Flavor::DogStatsd, &cfg.datadog_addr),
     ] {
         let Some(addr) = addr else { continue };
         let recorder = PushRecorder::new(idle_flushes(cfg.flush_interval));
-        fanout = fanout.add_recorder(recorder.clone());
+        fanout = fanout.add_recorder(SinkFilter::new(recorder.clone(), |_| false));
         tokio::spawn(statsd::run(
             flavor,
             addr.clone(),
@@ -107,7 +119,7 @@ pub fn build(cfg: &TelemetryConfig, host: String) -> (Option<Fanout>, Exporters)
 
     if let Some(nr) = &cfg.newrelic {
         let recorder = PushRecorder::new(idle_flushes(nr.interval));
-        fanout = fanout.add_recorder(recorder.clone());
+        fanout = fanout.add_recorder(SinkFilter::new(recorder.clone(), |_| false));
         tokio::spawn(super::newrelic::run(nr.clone(), recorder, host));
         any = true;
     }
@@ -163,5 +175,89 @@ mod tests {
             assert!(!line.contains("remote_addr"), "{line}");
         }
         m::set_unbounded_labels(false);
+    }
+
+    /// Every line received on `socket` until `done` holds for them.
+    fn receive_until(
+        socket: &std::os::unix::net::UnixDatagram,
+        done: impl Fn(&[String]) -> bool,
+    ) -> Vec<String> {
+        let mut lines = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        while !done(&lines) {
+            let n = socket
+                .recv(&mut buf)
+                .unwrap_or_else(|e| panic!("a datagram ({e}); so far: {lines:?}"));
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            lines.extend(text.lines().map(str::to_string));
+        }
+        lines
+    }
+
+    fn tags(line: &str) -> std::collections::HashMap<String, String> {
+        line.split('|')
+            .filter_map(|p| p.strip_prefix('#'))
+            .flat_map(|t| t.split(','))
+            .map(|t| {
+                let (k, v) = t.split_once(':').unwrap_or((t, ""));
+                (k.to_string(), v.to_string())
+            })
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dogstatsd_reaches_a_unix_datagram_socket_with_tags_and_distributions() {
+        let dir = std::env::temp_dir().join(format!("mp-dogstatsd-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("dsd.socket");
+        let _ = std::fs::remove_file(&path);
+        let socket = std::os::unix::net::UnixDatagram::bind(&path).expect("bind");
+        // A bound on the wait, not a timed assertion: the first flush comes after 100 ms.
+        socket
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .expect("timeout");
+        let cfg = TelemetryConfig {
+            datadog_addr: Some(format!("unix://{}", path.display())),
+            flush_interval: Duration::from_millis(100),
+            copy_docker_labels: vec!["team".into()],
+            ..TelemetryConfig::default()
+        };
+        let (recorder, _) = build(&cfg, "h".into());
+        one_request(&recorder.expect("a sink"));
+        let has = |lines: &[String], prefix: &str| lines.iter().any(|l| l.starts_with(prefix));
+        let lines = receive_until(&socket, |l| {
+            has(l, "metadataproxy.http_request:")
+                && has(l, "metadataproxy.http_request_duration_seconds:")
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+
+        let counter = lines
+            .iter()
+            .find(|l| l.starts_with("metadataproxy.http_request:1|c|#"))
+            .unwrap_or_else(|| panic!("request counter: {lines:?}"));
+        let t = tags(counter);
+        for (k, v) in [
+            ("api_version", "latest"),
+            ("handler_name", "iam-security-crentials-for-role"),
+            ("role_name", "r"),
+            ("response_code", "200"),
+            ("service", "go-metadataproxy"),
+            ("container_team", "payments"),
+        ] {
+            assert_eq!(t.get(k).map(String::as_str), Some(v), "{k} in {counter}");
+        }
+        assert!(
+            !t.contains_key("error_description"),
+            "empty values are left out: {counter}"
+        );
+        // The latency: a distribution, in seconds, with its sample rate.
+        let latency = lines
+            .iter()
+            .find(|l| l.starts_with("metadataproxy.http_request_duration_seconds:"))
+            .expect("latency");
+        assert_eq!(
+            latency,
+            "metadataproxy.http_request_duration_seconds:0.002|d|@1.0|#handler_name:iam-security-crentials-for-role"
+        );
     }
 }

@@ -20,7 +20,9 @@ use tracing_subscriber::EnvFilter;
 
 pub use settings::{LogConfig, LogFormat, NewRelicConfig, RequestLog, TelemetryConfig};
 
+pub mod dogstatsd;
 pub mod export;
+pub mod filter;
 pub mod newrelic;
 pub mod push;
 mod settings;

@@ -1,17 +1,16 @@
-//! A recorder for the push sinks (statsd, statsite, DogStatsD, New Relic): it aggregates
+//! A recorder for the push sinks this crate formats itself (statsd, statsite, New Relic; the
+//! DogStatsD sink is `metrics-exporter-dogstatsd`'s own recorder): it aggregates
 //! between flushes, and each flush drains what changed. Counters are sent as the increase
 //! since the last flush, gauges when they were set since the last flush, histograms as their
 //! samples. A series that sees nothing for `idle_flushes` flushes is dropped, so that labels
 //! with many values (copied Docker labels, opt-in paths) do not grow memory without bound.
-//!
-//! [`LabelFilter`] drops labels a sink must not carry, before the series is registered.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use metrics::{
-    Counter, CounterFn, Gauge, GaugeFn, Histogram, HistogramFn, Key, KeyName, Label, Metadata,
-    Recorder, SharedString, Unit,
+    Counter, CounterFn, Gauge, GaugeFn, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder,
+    SharedString, Unit,
 };
 use metrics_util::registry::{Registry, Storage};
 use metrics_util::storage::AtomicBucket;
@@ -196,70 +195,6 @@ impl Recorder for PushRecorder {
     }
 }
 
-/// Wraps a recorder so that the labels `drop` names never reach it.
-pub struct LabelFilter<R> {
-    inner: R,
-    drop: Box<dyn Fn(&str) -> bool + Send + Sync>,
-}
-
-impl<R> std::fmt::Debug for LabelFilter<R> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("LabelFilter")
-    }
-}
-
-impl<R> LabelFilter<R> {
-    /// `inner`, without the labels for which `drop` is true.
-    pub fn new(inner: R, drop: impl Fn(&str) -> bool + Send + Sync + 'static) -> Self {
-        LabelFilter {
-            inner,
-            drop: Box::new(drop),
-        }
-    }
-
-    fn filter(&self, key: &Key) -> Option<Key> {
-        if !key.labels().any(|l| (self.drop)(l.key())) {
-            return None;
-        }
-        let labels: Vec<Label> = key
-            .labels()
-            .filter(|l| !(self.drop)(l.key()))
-            .cloned()
-            .collect();
-        Some(Key::from_parts(key.name().to_string(), labels))
-    }
-}
-
-impl<R: Recorder> Recorder for LabelFilter<R> {
-    fn describe_counter(&self, k: KeyName, u: Option<Unit>, d: SharedString) {
-        self.inner.describe_counter(k, u, d)
-    }
-    fn describe_gauge(&self, k: KeyName, u: Option<Unit>, d: SharedString) {
-        self.inner.describe_gauge(k, u, d)
-    }
-    fn describe_histogram(&self, k: KeyName, u: Option<Unit>, d: SharedString) {
-        self.inner.describe_histogram(k, u, d)
-    }
-    fn register_counter(&self, key: &Key, m: &Metadata<'_>) -> Counter {
-        match self.filter(key) {
-            Some(k) => self.inner.register_counter(&k, m),
-            None => self.inner.register_counter(key, m),
-        }
-    }
-    fn register_gauge(&self, key: &Key, m: &Metadata<'_>) -> Gauge {
-        match self.filter(key) {
-            Some(k) => self.inner.register_gauge(&k, m),
-            None => self.inner.register_gauge(key, m),
-        }
-    }
-    fn register_histogram(&self, key: &Key, m: &Metadata<'_>) -> Histogram {
-        match self.filter(key) {
-            Some(k) => self.inner.register_histogram(&k, m),
-            None => self.inner.register_histogram(key, m),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,20 +238,5 @@ mod tests {
         let mut count = 0;
         r.registry.visit_counters(|_, _| count += 1);
         assert_eq!(count, 0);
-    }
-
-    #[test]
-    fn filter_drops_labels_before_registration() {
-        let r = PushRecorder::new(3);
-        let f = LabelFilter::new(r.clone(), |k| k == "secret_path");
-        metrics::with_local_recorder(&f, || {
-            metrics::counter!("c", "secret_path" => "/x", "keep" => "y").increment(1);
-            metrics::counter!("c", "secret_path" => "/z", "keep" => "y").increment(1);
-        });
-        let drained = r.drain();
-        assert_eq!(drained.len(), 1, "both requests fold into one series");
-        let labels: Vec<_> = drained[0].key.labels().map(|l| l.key()).collect();
-        assert_eq!(labels, ["keep"]);
-        assert_eq!(drained[0].value, Value::Counter(2));
     }
 }

@@ -1,17 +1,17 @@
-//! The statsd family over UDP: plain statsd, statsite and DogStatsD.
+//! Plain statsd and statsite over UDP: the small formatter kept on top of the push recorder
+//! (DogStatsD is `metrics-exporter-dogstatsd`, see [`super::dogstatsd`]).
 //!
-//! - **statsd** and **statsite** have no tags: as go-metadataproxy's sinks did, the label
-//!   values are appended to the name, in the order the metric lists them, joined by `.`
-//!   (`metadataproxy.http_request.latest.iam-info-handler.my-role.200.none.go-metadataproxy`).
-//!   An empty value is `none`; characters other than letters, digits, `_` and `-` become `_`.
-//! - **DogStatsD** keeps the name and sends the labels as tags (`|#key:value,...`); empty
-//!   values are left out.
+//! Neither has tags: as go-metadataproxy's sinks did, the label values are appended to the
+//! name, in the order the metric lists them, joined by `.`
+//! (`metadataproxy.http_request.latest.iam-info-handler.my-role.200.none.go-metadataproxy`).
+//! An empty value is `none`; characters other than letters, digits, `_` and `-` become `_`.
+//! No kept crate writes these names, and the DogStatsD exporter's packets (several samples in
+//! one line, `|d` distributions) are not plain statsd.
 //!
 //! Counters are `|c` (the increase since the last flush), gauges `|g`, histograms `|ms`, one
 //! line per sample (histograms named `*_seconds` are converted to milliseconds). Lines are
 //! packed into datagrams of at most [`MAX_DATAGRAM`] bytes.
 
-use std::fmt::Write as _;
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
@@ -31,8 +31,6 @@ pub enum Flavor {
     Statsd,
     /// statsite (`STATSITE_ADDR`).
     Statsite,
-    /// DogStatsD (`DATADOG_ADDR`).
-    DogStatsd,
 }
 
 impl Flavor {
@@ -41,7 +39,6 @@ impl Flavor {
         match self {
             Flavor::Statsd => "statsd",
             Flavor::Statsite => "statsite",
-            Flavor::DogStatsd => "dogstatsd",
         }
     }
 }
@@ -60,14 +57,6 @@ fn sanitize_segment(v: &str, out: &mut String) {
     }));
 }
 
-fn sanitize_tag(v: &str, out: &mut String) {
-    out.extend(v.chars().map(|c| match c {
-        ',' | '|' | '#' | '\n' | '\r' | ' ' => '_',
-        c if c.is_control() => '_',
-        c => c,
-    }));
-}
-
 fn number(v: f64) -> String {
     if v.fract() == 0.0 && v.abs() < 1e15 {
         format!("{}", v as i64)
@@ -76,37 +65,17 @@ fn number(v: f64) -> String {
     }
 }
 
-/// The lines for one flush.
-pub fn lines(flavor: Flavor, samples: &[Sample]) -> Vec<String> {
+/// The lines for one flush (statsd and statsite speak the same dialect).
+pub fn lines(samples: &[Sample]) -> Vec<String> {
     let mut out = Vec::new();
     for s in samples {
         let mut name = String::new();
-        match flavor {
-            Flavor::Statsd | Flavor::Statsite => {
-                sanitize_name(s.key.name(), &mut name);
-                for l in s.key.labels() {
-                    name.push('.');
-                    sanitize_segment(l.value(), &mut name);
-                }
-            }
-            Flavor::DogStatsd => sanitize_name(s.key.name(), &mut name),
+        sanitize_name(s.key.name(), &mut name);
+        for l in s.key.labels() {
+            name.push('.');
+            sanitize_segment(l.value(), &mut name);
         }
-        let mut tags = String::new();
-        if flavor == Flavor::DogStatsd {
-            for l in s.key.labels().filter(|l| !l.value().is_empty()) {
-                tags.push(if tags.is_empty() { '#' } else { ',' });
-                sanitize_tag(l.key(), &mut tags);
-                tags.push(':');
-                sanitize_tag(l.value(), &mut tags);
-            }
-        }
-        let mut push = |value: String, kind: &str| {
-            let mut line = format!("{name}:{value}|{kind}");
-            if !tags.is_empty() {
-                let _ = write!(line, "|{tags}");
-            }
-            out.push(line);
-        };
+        let mut push = |value: String, kind: &str| out.push(format!("{name}:{value}|{kind}"));
         match &s.value {
             Value::Counter(n) => push(n.to_string(), "c"),
             Value::Gauge(v) => push(number(*v), "g"),
@@ -180,7 +149,7 @@ pub async fn run(flavor: Flavor, addr: String, recorder: PushRecorder, interval:
             continue;
         };
         let mut failed = false;
-        for datagram in datagrams(&lines(flavor, &samples)) {
+        for datagram in datagrams(&lines(&samples)) {
             if let Err(e) = sock.send(datagram.as_bytes()).await {
                 tracing::debug!(sink = flavor.name(), error = %e, "metrics datagram not sent");
                 crate::metrics::export_error(flavor.name());
@@ -227,34 +196,16 @@ mod tests {
     }
 
     #[test]
-    fn statsd_folds_label_values_into_the_name() {
-        let s = [sample(
-            "metadataproxy.http_request",
-            &[
-                ("api_version", "latest"),
-                ("role_name", "my role:x"),
-                ("error_description", ""),
-            ],
-            Value::Counter(3),
-        )];
-        assert_eq!(
-            lines(Flavor::Statsd, &s),
-            ["metadataproxy.http_request.latest.my_role_x.none:3|c"]
-        );
-        assert_eq!(lines(Flavor::Statsite, &s), lines(Flavor::Statsd, &s));
-    }
-
-    #[test]
-    fn dogstatsd_sends_tags() {
+    fn label_values_are_folded_into_the_name() {
         let s = [
             sample(
                 "metadataproxy.http_request",
                 &[
-                    ("role_name", "r"),
+                    ("api_version", "latest"),
+                    ("role_name", "my role:x"),
                     ("error_description", ""),
-                    ("x", "a,b|c"),
                 ],
-                Value::Counter(1),
+                Value::Counter(3),
             ),
             sample("g", &[], Value::Gauge(2.5)),
             sample(
@@ -264,12 +215,12 @@ mod tests {
             ),
         ];
         assert_eq!(
-            lines(Flavor::DogStatsd, &s),
+            lines(&s),
             [
-                "metadataproxy.http_request:1|c|#role_name:r,x:a_b_c",
+                "metadataproxy.http_request.latest.my_role_x.none:3|c",
                 "g:2.5|g",
-                "metadataproxy.http_request_duration_seconds:2|ms|#handler_name:passthrough",
-                "metadataproxy.http_request_duration_seconds:1000|ms|#handler_name:passthrough",
+                "metadataproxy.http_request_duration_seconds.passthrough:2|ms",
+                "metadataproxy.http_request_duration_seconds.passthrough:1000|ms",
             ]
         );
     }

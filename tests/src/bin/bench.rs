@@ -20,6 +20,7 @@ use metadataproxy_tests::bench::servers;
 use metadataproxy_tests::bench::wrk::{self, Load};
 use metadataproxy_tests::bench::{agent_binary, BenchAgent};
 use metadataproxy_tests::docker::FakeContainer;
+use metadataproxy_tests::sinks::UdpSink;
 use metadataproxy_tests::{
     docker0_gateway, run, test_env, AwsCounter, Container, DockerSocket, FakeUpstream, TestEnv,
 };
@@ -47,6 +48,8 @@ struct Bench {
     aws: AwsCounter,
     report: Report,
     profile: Option<PathBuf>,
+    /// `--dogstatsd`: the listener every agent sends its metrics to.
+    dogstatsd: Option<UdpSink>,
 }
 
 fn role_arn(name: &str) -> String {
@@ -183,6 +186,9 @@ impl Bench {
             // the per-caller limit (which would answer them 429).
             ("REQUEST_RATE_LIMIT", "0".to_string()),
         ];
+        if let Some(sink) = &self.dogstatsd {
+            all.push(("DATADOG_ADDR", sink.addr.to_string()));
+        }
         all.extend(vars.iter().cloned());
         BenchAgent::start(&self.agent_bin, &self.log(name), &self.aws.url(), &all)
     }
@@ -869,6 +875,7 @@ fn main() {
     let mut seconds = 5;
     let mut profile = false;
     let mut only: Option<Vec<String>> = None;
+    let mut dogstatsd = false;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--out" => out = PathBuf::from(args.next().expect("--out DIR")),
@@ -879,6 +886,7 @@ fn main() {
                     .expect("--seconds N")
             }
             "--profile" => profile = true,
+            "--dogstatsd" => dogstatsd = true,
             "--only" => {
                 let names: Vec<String> = args
                     .next()
@@ -896,7 +904,7 @@ fn main() {
                 only = Some(names);
             }
             other => panic!(
-                "unknown flag {other} (--out DIR, --seconds N, --profile, --only SCENARIO,...)"
+                "unknown flag {other} (--out DIR, --seconds N, --profile, --only SCENARIO,..., --dogstatsd)"
             ),
         }
     }
@@ -917,8 +925,15 @@ fn main() {
         aws,
         report: Report::default(),
         profile: profile.then(|| out.join("profile.txt")),
+        dogstatsd: dogstatsd.then(UdpSink::start),
     };
     b.report.environment = environment();
+    if let Some(sink) = &b.dogstatsd {
+        b.report.environment.push((
+            "metrics sink".into(),
+            format!("DogStatsD over UDP to {} (--dogstatsd)", sink.addr),
+        ));
+    }
     let from = Container::start(
         &b.env,
         "bench",
@@ -985,6 +1000,12 @@ fn main() {
         format!("{:.0} s", began.elapsed().as_secs_f64()),
     ));
 
+    if let Some(sink) = &b.dogstatsd {
+        b.report.environment.push((
+            "DogStatsD lines received".into(),
+            sink.lines().len().to_string(),
+        ));
+    }
     print!("{}", b.report.text());
     if only.is_some() {
         // A partial run's table is not the benchmark's.
