@@ -240,6 +240,10 @@ impl DockerLookup {
     }
 
     /// Container and network events, from `since` (seconds since the epoch) on.
+    ///
+    /// Filtered by type only: the engines spell their actions differently (Podman's API finds
+    /// nothing for an `event=die` filter, and names a removal `remove` where Docker says
+    /// `destroy`), so the index picks the actions it acts on itself (`index::decode`).
     pub async fn events(
         &self,
         since: i64,
@@ -248,25 +252,9 @@ impl DockerLookup {
         LookupError,
     > {
         let docker = self.client().await?;
-        let mut filters = std::collections::HashMap::new();
-        filters.insert("type", vec!["container", "network"]);
-        // `create` is wanted for networks only (their subnets); a container's `create` event
-        // also passes this filter, and the index ignores it.
-        filters.insert(
-            "event",
-            vec![
-                "create",
-                "start",
-                "die",
-                "destroy",
-                "rename",
-                "connect",
-                "disconnect",
-            ],
-        );
         let options = EventsOptionsBuilder::new()
             .since(&since.to_string())
-            .filters(&filters)
+            .filters(&event_filters())
             .build();
         Ok(docker.events(Some(options)))
     }
@@ -512,6 +500,13 @@ fn endpoint_ips<'a>(
     })
 }
 
+/// The server-side filter of the event subscription: container and network events, any action.
+fn event_filters() -> std::collections::HashMap<&'static str, Vec<&'static str>> {
+    [("type", vec!["container", "network"])]
+        .into_iter()
+        .collect()
+}
+
 fn docker_error(e: bollard::errors::Error) -> LookupError {
     LookupError::Docker(e.to_string())
 }
@@ -522,6 +517,13 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn events_are_filtered_by_type_only_never_by_action() {
+        let filters = event_filters();
+        assert_eq!(filters.len(), 1, "{filters:?}");
+        assert_eq!(filters["type"], ["container", "network"]);
     }
 
     #[test]
