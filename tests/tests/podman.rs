@@ -5,7 +5,9 @@
 //! during a test, it learns from Podman's events (or from a direct lookup, which the proxy
 //! counts).
 //!
-//! Each test restores `ip_forward` and removes netavark's chains when it ends.
+//! eBPF mode refuses to start on Podman (its cgroup layouts are recognised, the redirect is
+//! not proven with them). Each test restores `ip_forward` and removes netavark's chains when
+//! it ends.
 
 use std::time::Duration;
 
@@ -286,6 +288,8 @@ fn a_user_network_with_connect_and_disconnect() {
         &["--ip", joined_ip],
     );
     assert_eq!(newcomer.ip, joined_ip);
+    // Its start applied (a request racing it would be a direct lookup, and fine).
+    s.wait_indexed(3);
     let r = newcomer.wget(&format!("{MD}/iam/security-credentials/"));
     assert_eq!(
         (r.status, r.body.as_str()),
@@ -296,4 +300,18 @@ fn a_user_network_with_connect_and_disconnect() {
     // Every answer came from the index, kept by events: no container list since the sync.
     assert_eq!(s.lists(), lists, "{:?}", s.docker.requests());
     drop((newcomer, joiner, on_net));
+}
+
+#[test]
+fn ebpf_mode_refuses_to_start_on_podman() {
+    let _serial = serial();
+    let podman = Podman::from_env();
+    let _restore = NetavarkRestore::record();
+    let running = podman.container("podman-ebpf", None, &[("IAM_ROLE", "role-e")], &[]);
+    let stderr =
+        Agent::start_up_failure(&[], &[("INTERCEPT", "ebpf"), ("DOCKER_URL", &podman.url())]);
+    for needle in ["Podman", "eBPF mode is not supported", "INTERCEPT=iptables"] {
+        assert!(stderr.contains(needle), "{needle}: {stderr}");
+    }
+    drop(running);
 }

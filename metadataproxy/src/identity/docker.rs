@@ -42,6 +42,10 @@ impl fmt::Display for DockerUrl {
     }
 }
 
+/// How long eBPF start-up waits for the engine to say whether it is Podman (when it answers at
+/// all: at boot, with no engine yet, the connection fails at once).
+const ENGINE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Seconds bollard waits for one Docker API answer.
 const DOCKER_TIMEOUT_SECS: u64 = 10;
 
@@ -156,7 +160,21 @@ impl DockerLookup {
             driver,
             systemd_init: false,
             containers,
+            engine: None,
         })
+    }
+
+    /// The engine's name for itself when it is Podman: its API service lists the component
+    /// `Podman Engine` in `/version`.
+    pub async fn podman_engine(&self) -> Result<Option<String>, LookupError> {
+        let docker = self.client().await?;
+        let version = docker.version().await.map_err(docker_error)?;
+        Ok(version
+            .components
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| c.name)
+            .find(|n| n.contains("Podman")))
     }
 
     /// eBPF start-up: the directories whose descendants are redirected
@@ -168,7 +186,14 @@ impl DockerLookup {
         configured: Option<&[String]>,
         wait: std::time::Duration,
     ) -> Result<Vec<String>, LayoutError> {
-        let mut facts = match tokio::time::timeout(wait, self.layout_facts()).await {
+        // Podman answers `/version` slowly (it asks its runtime and conmon for theirs: 1.5 s
+        // here), and the client's version negotiation asks it too: the engine is asked with a
+        // budget of its own, beside the facts.
+        let (facts, engine) = tokio::join!(
+            tokio::time::timeout(wait, self.layout_facts()),
+            tokio::time::timeout(wait.max(ENGINE_WAIT), self.podman_engine()),
+        );
+        let mut facts = match facts {
             Ok(Ok(facts)) => facts,
             Ok(Err(e)) => {
                 tracing::info!(error = %e, "Docker not reachable: container cgroups from the host's layout alone");
@@ -181,6 +206,9 @@ impl DockerLookup {
                 LayoutFacts::default()
             }
         };
+        if let Ok(Ok(Some(engine))) = engine {
+            facts.engine = Some(engine);
+        }
         facts.systemd_init = std::path::Path::new("/run/systemd/system").is_dir();
         let parents = container_parents(configured, &facts)?;
         tracing::info!(
