@@ -310,7 +310,7 @@ fn ebpf_mode_refuses_to_start_on_podman() {
     let running = podman.container("podman-ebpf", None, &[("IAM_ROLE", "role-e")], &[]);
     let stderr =
         Agent::start_up_failure(&[], &[("INTERCEPT", "ebpf"), ("DOCKER_URL", &podman.url())]);
-    for needle in ["Podman", "eBPF mode is not supported", "INTERCEPT=iptables"] {
+    for needle in ["Podman", "eBPF mode is not supported", "INTERCEPT=none"] {
         assert!(stderr.contains(needle), "{needle}: {stderr}");
     }
     drop(running);

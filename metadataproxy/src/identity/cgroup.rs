@@ -262,7 +262,8 @@ pub enum LayoutError {
         "the container engine is Podman ({evidence}): eBPF mode is not supported with Podman. \
          The agent recognises Podman's container cgroups (machine.slice/libpod-<id>.scope, \
          libpod_parent/libpod-<id>), but the kernel redirect has not been proven with them; \
-         use INTERCEPT=iptables, or classic mode (INTERCEPT=none) with the documented DNAT rules"
+         use classic mode (INTERCEPT=none) with DNAT rules for Podman's bridges (podman+), as \
+         docs/deployment.md shows (INTERCEPT=iptables covers Docker's bridges only)"
     )]
     Podman {
         /// What showed it.
@@ -457,7 +458,7 @@ mod tests {
         let err = container_parents(None, &podman).unwrap_err();
         assert!(matches!(err, LayoutError::Podman { .. }));
         let message = err.to_string();
-        for needle in ["Podman", "INTERCEPT=iptables", "libpod"] {
+        for needle in ["Podman", "INTERCEPT=none", "podman+", "libpod"] {
             assert!(message.contains(needle), "{needle}: {message}");
         }
         // Even with the parents configured.
