@@ -914,6 +914,11 @@ mp_start_podman() {
     fi
     mkdir -p "$MP_PODMAN_DIR/networks" "$MP_PODMAN_DIR/tmp" || return 1
     rm -f "$MP_PODMAN_SOCK"
+    # What netavark will change, as it was: restored when we stop the service.
+    if [[ ! -e $(_mp_state podman-ip-forward) ]]; then
+      cat /proc/sys/net/ipv4/ip_forward >"$(_mp_state podman-ip-forward)"
+      iptables-save 2>/dev/null | grep -q NETAVARK || : >"$(_mp_state podman-no-netavark)"
+    fi
     mapfile -t flags < <(_mp_podman_flags)
     spawned=$(_mp_spawn "$log" podman "${flags[@]}" system service --time=0 "unix://$MP_PODMAN_SOCK")
     for ((i = 0; i < 300; i++)); do
@@ -945,9 +950,36 @@ mp_start_podman() {
   _mp_podman_image || return 1
 }
 
+# netavark's leftovers once its containers are gone: ip_forward as it was before our service
+# started, and its chains (with the jumps to them) if there were none then.
+_mp_restore_netavark() {
+  local forward table rule chain chains
+  forward=$(cat "$(_mp_state podman-ip-forward)" 2>/dev/null) || return 0
+  if [[ -e $(_mp_state podman-no-netavark) ]]; then
+    for table in filter nat; do
+      chains=()
+      while read -r rule; do
+        chain=${rule%% *}
+        if [[ $rule == "-A "* && $rule == *NETAVARK* && $rule != "-A NETAVARK"* ]]; then
+          # The line as iptables-save quotes it (comments): let the shell split it again.
+          eval "iptables -w -t $table -D ${rule#-A }" 2>/dev/null
+        elif [[ $chain == -N && $rule == "-N NETAVARK"* ]]; then
+          chains+=("${rule#-N }")
+        fi
+      done < <(iptables -w -t "$table" -S 2>/dev/null)
+      for chain in "${chains[@]}"; do iptables -w -t "$table" -F "$chain" 2>/dev/null; done
+      for chain in "${chains[@]}"; do iptables -w -t "$table" -X "$chain" 2>/dev/null; done
+    done
+    rm -f "$(_mp_state podman-no-netavark)"
+  fi
+  printf '%s\n' "$forward" >/proc/sys/net/ipv4/ip_forward
+  rm -f "$(_mp_state podman-ip-forward)"
+  _mp_log "podman: restored ip_forward ($forward) and netavark's leftovers"
+}
+
 # Stops our service and removes what ran on it (every container in our storage is a test's),
-# and the forwarding guard. What netavark left in iptables and ip_forward, the Podman test
-# itself restores.
+# netavark's leftovers and the forwarding guard. (The Podman test restores ip_forward and the
+# chains after each test itself, too.)
 _mp_stop_podman() {
   local pid ids
   if pid=$(_mp_owned_podman_pid); then
@@ -962,6 +994,7 @@ _mp_stop_podman() {
     _mp_stop_pid "$pid" "podman system service" 10
     rm -f "$(_mp_state podman.pid)" "$MP_PODMAN_SOCK"
   fi
+  _mp_restore_netavark
   if [[ -e $(_mp_state podman-guard) ]]; then
     nft delete table inet "$_MP_PODMAN_GUARD_TABLE" 2>/dev/null &&
       _mp_log "guard: removed nft table inet $_MP_PODMAN_GUARD_TABLE"
