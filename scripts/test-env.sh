@@ -14,6 +14,9 @@
 #   mp_start_dockerd        reuse a daemon on /var/run/docker.sock, or start our own
 #   mp_start_moto           reuse or start moto_server (STS/IAM emulator) on 127.0.0.1:$MP_MOTO_PORT
 #   mp_build_test_image     metadataproxy-test/busybox:latest from the host's static busybox
+#   mp_install_podman       podman and netavark (tests/tests/podman.rs)
+#   mp_start_podman         `podman system service` on a socket of our own under $MP_RUN_DIR,
+#                           the test image imported into it, a forwarding guard for its bridges
 #   mp_export_test_env      MP_TEST_*, DOCKER_HOST and safe AWS_* variables for the tests
 #   mp_remove_test_objects  remove containers/networks/volumes named mp-test-*
 #   mp_remove_guard         remove exactly the guard rules that we added
@@ -795,6 +798,211 @@ mp_build_test_image() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# 8. Podman (tests/tests/podman.rs): a rootful API service of the tests' own
+
+# Everything of this service lives here: storage, run state, network configs, socket, log.
+MP_PODMAN_DIR="${MP_PODMAN_DIR:-$MP_RUN_DIR/podman}"
+MP_PODMAN_SOCK="${MP_PODMAN_SOCK:-$MP_PODMAN_DIR/podman.sock}"
+MP_PODMAN_IMAGE="${MP_PODMAN_IMAGE:-localhost/metadataproxy-test/busybox:latest}"
+# runc, not crun: crun 1.8 refuses hybrid cgroup hosts ("cgroups in hybrid mode not supported"),
+# and this machine is one (see shared/design/test-environment.md).
+_MP_PODMAN_PACKAGES=(podman netavark aardvark-dns conmon runc catatonit uidmap
+  golang-github-containers-common)
+# nf_tables table of the guard: netavark turns ip_forward on and accepts forwarding from its
+# bridges (podman0, podman1, ...); a drop in a base chain of our own wins over its accepts.
+_MP_PODMAN_GUARD_TABLE=mp_test_podman_guard
+
+mp_install_podman() {
+  local -
+  set +e # see "Errors" above
+  local t0
+  t0=$(_mp_now)
+  _mp_require_root && _mp_prepare_dirs || return 1
+  _mp_apt_install "${_MP_PODMAN_PACKAGES[@]}" || return 1
+  _mp_log "install-podman: $(podman --version 2>/dev/null) ($(_mp_since "$t0"))"
+}
+
+# Global flags of every podman command on our service's storage: no systemd here (cgroupfs,
+# events to a file, which the API's /events follows), runc, and paths of our own.
+_mp_podman_flags() {
+  printf '%s\n' --root "$MP_PODMAN_DIR/root" --runroot "$MP_PODMAN_DIR/runroot" \
+    --tmpdir "$MP_PODMAN_DIR/tmp" --network-config-dir "$MP_PODMAN_DIR/networks" \
+    --cgroup-manager cgroupfs --events-backend file --runtime runc
+}
+
+# The podman CLI as a client of our service.
+_mp_podman() { podman --remote --url "unix://$MP_PODMAN_SOCK" "$@"; }
+
+_mp_podman_ping() {
+  [[ -S $MP_PODMAN_SOCK ]] &&
+    curl -fsS --max-time 3 --unix-socket "$MP_PODMAN_SOCK" http://podman/_ping >/dev/null 2>&1
+}
+
+# The pid of `podman system service` on our socket, if we started it and it runs.
+_mp_owned_podman_pid() {
+  local pid
+  pid=$(cat "$(_mp_state podman.pid)" 2>/dev/null) || return 1
+  if _mp_alive "$pid" && _mp_cmdline_has "$pid" "$MP_PODMAN_SOCK"; then
+    printf '%s' "$pid"
+    return 0
+  fi
+  rm -f "$(_mp_state podman.pid)"
+  return 1
+}
+
+_mp_podman_guard_add() {
+  nft list table inet "$_MP_PODMAN_GUARD_TABLE" >/dev/null 2>&1 && return 0
+  if ! nft -f - <<NFT; then
+table inet $_MP_PODMAN_GUARD_TABLE {
+  chain forward {
+    type filter hook forward priority -200; policy accept;
+    iifname "podman*" oifname != "podman*" drop
+  }
+}
+NFT
+    _mp_err "cannot install the Podman forwarding guard (nft table inet $_MP_PODMAN_GUARD_TABLE)"
+    return 1
+  fi
+  : >"$(_mp_state podman-guard)"
+  _mp_log "guard: Podman bridges may not forward off their bridges (nft table inet $_MP_PODMAN_GUARD_TABLE)"
+}
+
+# The test image in Podman's storage: the Docker test image's root filesystem, imported (no
+# registry). Rebuilt when the Docker image changes.
+_mp_podman_image() {
+  local want have cid log="$MP_RUN_DIR/podman-image.log" tar
+  want=$(_mp_docker image inspect -f '{{.Id}}' "$MP_TEST_IMAGE" 2>/dev/null) || {
+    _mp_err "$MP_TEST_IMAGE is missing (run mp_build_test_image first)"
+    return 1
+  }
+  have=$(_mp_podman image inspect -f '{{ index .Labels "org.metadataproxy.test.from" }}' \
+    "$MP_PODMAN_IMAGE" 2>/dev/null || true)
+  [[ $have == "$want" ]] && return 0
+  tar="$MP_PODMAN_DIR/rootfs.tar"
+  cid=$(_mp_docker create "$MP_TEST_IMAGE" sh 2>>"$log") &&
+    _mp_docker export -o "$tar" "$cid" >>"$log" 2>&1
+  local rc=$?
+  [[ -n $cid ]] && _mp_docker rm "$cid" >/dev/null 2>&1
+  if [[ $rc -ne 0 ]] || ! _mp_podman import --change 'ENV PATH=/bin' --change 'CMD ["sh"]' \
+    --change "LABEL org.metadataproxy.test.from=$want" "$tar" "$MP_PODMAN_IMAGE" >>"$log" 2>&1; then
+    _mp_err "cannot import $MP_TEST_IMAGE's root filesystem into Podman"
+    _mp_tail "$log"
+    rm -f "$tar"
+    return 1
+  fi
+  rm -f "$tar"
+  _mp_log "podman: imported $MP_PODMAN_IMAGE from $MP_TEST_IMAGE"
+}
+
+mp_start_podman() {
+  local -
+  set +e # see "Errors" above
+  local t0 pid spawned log="$MP_RUN_DIR/podman.log" i flags p
+  t0=$(_mp_now)
+  _mp_require_root && _mp_prepare_dirs || return 1
+  if ! command -v podman >/dev/null; then
+    _mp_err "podman is not installed (run mp_install_podman first)"
+    return 1
+  fi
+  _mp_podman_guard_add || return 1
+  if pid=$(_mp_owned_podman_pid) && _mp_podman_ping; then
+    _mp_log "podman: already running, started by us (pid $pid)"
+  else
+    if [[ -n $pid ]]; then
+      _mp_stop_pid "$pid" "podman system service" 10
+      rm -f "$(_mp_state podman.pid)"
+    fi
+    mkdir -p "$MP_PODMAN_DIR/networks" "$MP_PODMAN_DIR/tmp" || return 1
+    rm -f "$MP_PODMAN_SOCK"
+    # What netavark will change, as it was: restored when we stop the service.
+    if [[ ! -e $(_mp_state podman-ip-forward) ]]; then
+      cat /proc/sys/net/ipv4/ip_forward >"$(_mp_state podman-ip-forward)"
+      iptables-save 2>/dev/null | grep -q NETAVARK || : >"$(_mp_state podman-no-netavark)"
+    fi
+    mapfile -t flags < <(_mp_podman_flags)
+    spawned=$(_mp_spawn "$log" podman "${flags[@]}" system service --time=0 "unix://$MP_PODMAN_SOCK")
+    for ((i = 0; i < 300; i++)); do
+      if _mp_podman_ping; then
+        # The service itself, whatever setsid did: the process on our socket.
+        pid=$spawned
+        for p in $(_mp_pids_by_comm podman); do
+          _mp_cmdline_has "$p" "system service" && _mp_cmdline_has "$p" "$MP_PODMAN_SOCK" && pid=$p
+        done
+        printf '%s\n' "$pid" >"$(_mp_state podman.pid)"
+        break
+      fi
+      if ! _mp_alive "$spawned" && [[ -z $(_mp_pids_by_comm podman) ]]; then
+        _mp_err "podman system service exited during startup"
+        _mp_tail "$log"
+        return 1
+      fi
+      sleep 0.1
+    done
+    if ! _mp_podman_ping; then
+      _mp_err "podman system service did not answer on $MP_PODMAN_SOCK within 30 s"
+      _mp_tail "$log"
+      _mp_stop_pid "$spawned" "podman system service" 5
+      return 1
+    fi
+    _mp_log "podman: started $(podman --version 2>/dev/null) (pid $pid, unix://$MP_PODMAN_SOCK," \
+      "log: $log) ($(_mp_since "$t0"))"
+  fi
+  _mp_podman_image || return 1
+}
+
+# netavark's leftovers once its containers are gone: ip_forward as it was before our service
+# started, and its chains (with the jumps to them) if there were none then.
+_mp_restore_netavark() {
+  local forward table rule chain chains
+  forward=$(cat "$(_mp_state podman-ip-forward)" 2>/dev/null) || return 0
+  if [[ -e $(_mp_state podman-no-netavark) ]]; then
+    for table in filter nat; do
+      chains=()
+      while read -r rule; do
+        chain=${rule%% *}
+        if [[ $rule == "-A "* && $rule == *NETAVARK* && $rule != "-A NETAVARK"* ]]; then
+          # The line as iptables-save quotes it (comments): let the shell split it again.
+          eval "iptables -w -t $table -D ${rule#-A }" 2>/dev/null
+        elif [[ $chain == -N && $rule == "-N NETAVARK"* ]]; then
+          chains+=("${rule#-N }")
+        fi
+      done < <(iptables -w -t "$table" -S 2>/dev/null)
+      for chain in "${chains[@]}"; do iptables -w -t "$table" -F "$chain" 2>/dev/null; done
+      for chain in "${chains[@]}"; do iptables -w -t "$table" -X "$chain" 2>/dev/null; done
+    done
+    rm -f "$(_mp_state podman-no-netavark)"
+  fi
+  printf '%s\n' "$forward" >/proc/sys/net/ipv4/ip_forward
+  rm -f "$(_mp_state podman-ip-forward)"
+  _mp_log "podman: restored ip_forward ($forward) and netavark's leftovers"
+}
+
+# Stops our service and removes what ran on it (every container in our storage is a test's),
+# netavark's leftovers and the forwarding guard. (The Podman test restores ip_forward and the
+# chains after each test itself, too.)
+_mp_stop_podman() {
+  local pid ids
+  if pid=$(_mp_owned_podman_pid); then
+    if _mp_podman_ping; then
+      ids=$(_mp_podman ps -a -q 2>/dev/null)
+      if [[ -n $ids ]]; then
+        # shellcheck disable=SC2086 # one id per word
+        _mp_podman rm -f -t 0 $ids >/dev/null 2>&1 &&
+          _mp_log "podman: removed $(wc -w <<<"$ids") container(s)"
+      fi
+    fi
+    _mp_stop_pid "$pid" "podman system service" 10
+    rm -f "$(_mp_state podman.pid)" "$MP_PODMAN_SOCK"
+  fi
+  _mp_restore_netavark
+  if [[ -e $(_mp_state podman-guard) ]]; then
+    nft delete table inet "$_MP_PODMAN_GUARD_TABLE" 2>/dev/null &&
+      _mp_log "guard: removed nft table inet $_MP_PODMAN_GUARD_TABLE"
+    rm -f "$(_mp_state podman-guard)"
+  fi
+}
+
+# ---------------------------------------------------------------------------------------------
 # 7. Environment for the tests
 
 mp_export_test_env() {
@@ -808,6 +1016,9 @@ mp_export_test_env() {
   export MP_TEST_SDK_PYTHON="$MP_VENV/bin/python"
   export MP_TEST_SDK_NODE_PATH="$MP_SDK_JS_DIR/node_modules"
   export MP_TEST_SDK_GOPATH="$MP_SDK_GOPATH"
+  # Podman's API service (mp_start_podman) and its test image.
+  export MP_TEST_PODMAN_SOCK="$MP_PODMAN_SOCK"
+  export MP_TEST_PODMAN_IMAGE="$MP_PODMAN_IMAGE"
   # Static test credentials and the emulator: no AWS SDK may look for credentials or a region
   # anywhere else, least of all in the real metadata service.
   export AWS_ACCESS_KEY_ID=testing
@@ -834,6 +1045,7 @@ mp_cleanup() {
   [[ -n $(ls -A "$MP_RUN_DIR/state" 2>/dev/null) ]] || return 0
   _MP_CLEANING=1
   t0=$(_mp_now)
+  _mp_stop_podman
   _mp_stop_dockerd
   _mp_stop_moto
   mp_remove_guard

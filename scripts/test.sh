@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, on a bare Debian 12 machine as root: installs and starts what the tests
-# need (Docker engine, moto, iptables guard, eBPF toolchain; see scripts/test-env.sh and
+# need (Docker engine, Podman, moto, iptables guard, eBPF toolchain; see scripts/test-env.sh and
 # scripts/ebpf-toolchain.sh), runs every check and test, and stops and removes only what it
 # started.
 set -euo pipefail
@@ -66,6 +66,10 @@ mp_install_guard
 mp_start_dockerd
 mp_start_moto
 mp_build_test_image
+# Podman's API service for tests/tests/podman.rs (after the Docker image: it imports its root
+# filesystem).
+mp_install_podman
+mp_start_podman
 mp_export_test_env
 mp_ebpf_toolchain
 add_catcher_address

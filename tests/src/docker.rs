@@ -60,6 +60,12 @@ impl DockerSocket {
         Self::serve(&socket, Behind::Daemon("/var/run/docker.sock".into()))
     }
 
+    /// In front of another engine's API socket (Podman's), likewise.
+    pub fn counting_in_front_of(name: &str, daemon: &Path) -> DockerSocket {
+        let socket = std::env::temp_dir().join(format!("mp-test-docker-{name}.sock"));
+        Self::serve(&socket, Behind::Daemon(daemon.to_path_buf()))
+    }
+
     /// A stand-in on `socket`: `/_ping`, `/version`, one network, the container list and
     /// inspect for `containers`, and an event stream that stays silent.
     pub fn stand_in(socket: &Path, containers: Vec<FakeContainer>) -> DockerSocket {

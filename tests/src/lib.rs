@@ -29,6 +29,7 @@ use tokio::runtime::Runtime;
 
 pub mod bench;
 pub mod docker;
+pub mod podman;
 pub mod readme;
 pub mod sdk;
 pub mod sinks;
@@ -717,6 +718,8 @@ pub struct Container {
     pub name: String,
     /// Its address on its network.
     pub ip: String,
+    /// The engine's CLI that runs it: `docker`, or `podman --remote --url ...`.
+    cli: Vec<String>,
 }
 
 /// What `wget` got.
@@ -770,8 +773,39 @@ impl Container {
         flags: &[&str],
         command: &[&str],
     ) -> Container {
+        Self::run_on(
+            vec!["docker".into()],
+            &env.image,
+            name,
+            network,
+            vars,
+            flags,
+            command,
+        )
+    }
+
+    /// Runs `command` in a new container `mp-test-{name}` of `image` with the engine CLI
+    /// `cli` (program and leading arguments), on `network` (`None`: the engine's default),
+    /// with `vars` and extra `run` flags.
+    pub fn run_on(
+        cli: Vec<String>,
+        image: &str,
+        name: &str,
+        network: Option<&str>,
+        vars: &[(&str, &str)],
+        flags: &[&str],
+        command: &[&str],
+    ) -> Container {
         let name = format!("mp-test-{name}");
-        let _ = Command::new("docker").args(["rm", "-f", &name]).output();
+        let engine = |args: &[&str]| {
+            let mut all: Vec<&str> = cli[1..].iter().map(String::as_str).collect();
+            all.extend_from_slice(args);
+            run(&cli[0], &all)
+        };
+        let _ = Command::new(&cli[0])
+            .args(&cli[1..])
+            .args(force_remove(&cli[0], &name))
+            .output();
         let mut args: Vec<String> = vec!["run".into(), "-d".into(), "--name".into(), name.clone()];
         args.extend(flags.iter().map(|f| f.to_string()));
         if let Some(n) = network {
@@ -782,34 +816,35 @@ impl Container {
             args.push("-e".into());
             args.push(format!("{k}={v}"));
         }
-        args.push(env.image.clone());
+        args.push(image.to_string());
         args.extend(command.iter().map(|c| c.to_string()));
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        run("docker", &refs);
-        let ip = run(
-            "docker",
-            &[
-                "inspect",
-                "--format",
-                "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
-                &name,
-            ],
-        )
+        engine(&refs);
+        let ip = engine(&[
+            "inspect",
+            "--format",
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
+            &name,
+        ])
         .split_whitespace()
         .next()
         .unwrap_or_default()
         .to_string();
-        Container { name, ip }
+        Container { name, ip, cli }
+    }
+
+    /// The engine CLI with `args`, as a command.
+    pub fn engine(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.cli[0]);
+        cmd.args(&self.cli[1..]).args(args);
+        cmd
     }
 
     /// Runs a command in the container.
     pub fn exec(&self, cmd: &[&str]) -> std::process::Output {
         let mut args = vec!["exec", &self.name];
         args.extend_from_slice(cmd);
-        Command::new("docker")
-            .args(&args)
-            .output()
-            .expect("docker exec")
+        self.engine(&args).output().expect("exec in the container")
     }
 
     /// Moves this container (it needs NET_ADMIN) onto `victim`'s IP and announces it with
@@ -845,12 +880,11 @@ impl Container {
     /// The command that runs a host program inside this container's network namespace and
     /// cgroup, with the test's environment (to be adjusted by the caller).
     pub fn command_inside(&self, program: &str, args: &[&str]) -> Command {
-        let pid = run(
-            "docker",
-            &["inspect", "--format", "{{.State.Pid}}", &self.name],
-        )
-        .trim()
-        .to_string();
+        let out = self
+            .engine(&["inspect", "--format", "{{.State.Pid}}", &self.name])
+            .output()
+            .expect("inspect the container");
+        let pid = String::from_utf8_lossy(&out.stdout).trim().to_string();
         let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
             .expect("container cgroup")
             .lines()
@@ -927,9 +961,18 @@ pub fn parse_wget(out: &std::process::Output) -> Fetched {
 
 impl Drop for Container {
     fn drop(&mut self) {
-        let _ = Command::new("docker")
-            .args(["rm", "-f", &self.name])
+        let _ = self
+            .engine(&force_remove(&self.cli[0], &self.name))
             .output();
+    }
+}
+
+/// `rm -f NAME`, at once: Podman would first wait 10 s for `sleep` to heed SIGTERM.
+fn force_remove<'a>(program: &str, name: &'a str) -> Vec<&'a str> {
+    if program == "podman" {
+        vec!["rm", "-f", "-t", "0", name]
+    } else {
+        vec!["rm", "-f", name]
     }
 }
 

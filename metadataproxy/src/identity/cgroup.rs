@@ -11,6 +11,12 @@
 //! parents. One way back, for a cgroup id no indexed container has: a walk of the parents'
 //! children (a directory read plus one `stat` per container).
 //!
+//! Podman's containers (rootful) live in `<slice>/libpod-<id>.scope` (systemd:
+//! `machine.slice`, pods in `machine.slice/machine-libpod_pod_<pod>.slice`; conmon beside them
+//! in `libpod-conmon-<id>.scope`, which is no container) or `/libpod_parent/libpod-<id>`
+//! (cgroupfs). These are recognised as containers; eBPF mode still refuses to start with Podman
+//! as the engine ([`LayoutError::Podman`]).
+//!
 //! With the systemd driver, containers share `system.slice` with the host's services; the
 //! kernel redirects the whole slice and the agent tells them apart per connection by the
 //! shape of the cgroup's path ([`classify_path`]): a container's scope, a service, or
@@ -38,22 +44,33 @@ pub fn cgroup2_root_from_mounts(mounts: &str) -> Option<PathBuf> {
 /// The container id a cgroup path (relative to the cgroup2 root) belongs to, if any.
 pub fn container_id_from_path(path: &str) -> Option<String> {
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    for (i, segment) in segments.iter().enumerate() {
-        // systemd driver: a `docker-<id>.scope` unit under any slice.
-        if let Some(id) = segment
-            .strip_prefix("docker-")
-            .and_then(|s| s.strip_suffix(".scope"))
-        {
-            if is_container_id(id) {
-                return Some(id.to_string());
-            }
-        }
-        // cgroupfs driver: `<id>` directly under a `docker` directory.
-        if i > 0 && segments[i - 1] == "docker" && is_container_id(segment) {
-            return Some((*segment).to_string());
-        }
-    }
-    None
+    (0..segments.len()).find_map(|i| names_container(&segments, i).map(str::to_string))
+}
+
+/// The container id that segment `i` of a cgroup path names, by the engines' layouts:
+/// `docker-<id>.scope` or `libpod-<id>.scope` under any slice (systemd driver), `<id>` directly
+/// under `docker` or `libpod-<id>` directly under `libpod_parent` (cgroupfs driver).
+fn names_container<'a>(segments: &[&'a str], i: usize) -> Option<&'a str> {
+    let segment = segments[i];
+    let parent = i.checked_sub(1).map(|p| segments[p]);
+    let id = if let Some(unit) = segment.strip_suffix(".scope") {
+        unit.strip_prefix("docker-")
+            .or_else(|| unit.strip_prefix("libpod-"))?
+    } else if parent == Some("docker") {
+        segment
+    } else if parent == Some("libpod_parent") {
+        segment.strip_prefix("libpod-")?
+    } else {
+        return None;
+    };
+    is_container_id(id).then_some(id)
+}
+
+/// Whether a cgroup path is one of Podman's container layouts (`libpod-<id>`).
+pub fn is_podman_container_path(path: &str) -> bool {
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    (0..segments.len())
+        .any(|i| names_container(&segments, i).is_some() && segments[i].starts_with("libpod-"))
 }
 
 fn is_container_id(s: &str) -> bool {
@@ -77,7 +94,7 @@ pub fn unified_path(proc_cgroup: &str) -> Option<&str> {
 
 /// The container's own cgroup in `path` (a cgroup2 path of one of its processes): the path up
 /// to its first segment that names container `id` (`<id>`, `docker-<id>.scope`,
-/// `libpod-<id>.scope`), so that a process in a child cgroup (`docker exec` in some setups,
+/// `libpod-<id>.scope`, `libpod-<id>`), so that a process in a child cgroup (`docker exec` in some setups,
 /// systemd inside the container) still gives the container's cgroup. `None` when no segment
 /// names it, or for a path outside the reader's cgroup namespace (`/..`).
 pub fn container_cgroup_in_path(path: &str, id: &str) -> Option<String> {
@@ -92,6 +109,7 @@ pub fn container_cgroup_in_path(path: &str, id: &str) -> Option<String> {
         out.push('/');
         out.push_str(segment);
         let names_it = segment == id
+            || segment.strip_prefix("libpod-") == Some(id)
             || segment
                 .strip_suffix(".scope")
                 .and_then(|s| s.strip_suffix(id))
@@ -104,17 +122,22 @@ pub fn container_cgroup_in_path(path: &str, id: &str) -> Option<String> {
 }
 
 /// The id of container `id`'s cgroup by the driver layouts under `parents` (relative to
-/// `root`): `<parent>/<id>` (cgroupfs) or `<parent>/docker-<id>.scope` (systemd), whichever
-/// exists.
+/// `root`): `<parent>/<id>` or `<parent>/libpod-<id>` (cgroupfs), `<parent>/docker-<id>.scope`
+/// or `<parent>/libpod-<id>.scope` (systemd), whichever exists.
 pub fn container_cgroup_by_layout(root: &Path, parents: &[String], id: &str) -> Option<u64> {
     if !is_container_id(id) {
         return None;
     }
     parents.iter().find_map(|parent| {
         let parent = root.join(parent.trim_matches('/'));
-        [parent.join(id), parent.join(format!("docker-{id}.scope"))]
-            .iter()
-            .find_map(|dir| cgroup_id(dir).ok())
+        [
+            parent.join(id),
+            parent.join(format!("docker-{id}.scope")),
+            parent.join(format!("libpod-{id}")),
+            parent.join(format!("libpod-{id}.scope")),
+        ]
+        .iter()
+        .find_map(|dir| cgroup_id(dir).ok())
     })
 }
 
@@ -214,6 +237,8 @@ pub struct LayoutFacts {
     pub systemd_init: bool,
     /// Running containers: (name, cgroup path relative to the cgroup2 root).
     pub containers: Vec<(String, String)>,
+    /// The engine, when it names itself: `Podman Engine` for Podman's API service.
+    pub engine: Option<String>,
 }
 
 /// Why the container parents cannot be settled: eBPF mode does not start.
@@ -231,6 +256,18 @@ pub enum LayoutError {
         parents: String,
         /// `name in path`, for each container not covered.
         found: String,
+    },
+    /// The container engine is Podman (it says so, or its containers' cgroups do).
+    #[error(
+        "the container engine is Podman ({evidence}): eBPF mode is not supported with Podman. \
+         The agent recognises Podman's container cgroups (machine.slice/libpod-<id>.scope, \
+         libpod_parent/libpod-<id>), but the kernel redirect has not been proven with them; \
+         use classic mode (INTERCEPT=none) with DNAT rules for Podman's bridges (podman+), as \
+         docs/deployment.md shows (INTERCEPT=iptables covers Docker's bridges only)"
+    )]
+    Podman {
+        /// What showed it.
+        evidence: String,
     },
     /// A cgroup driver this agent does not know.
     #[error("Docker's cgroup driver is {0:?}; eBPF mode knows cgroupfs and systemd")]
@@ -251,6 +288,20 @@ pub fn container_parents(
     configured: Option<&[String]>,
     facts: &LayoutFacts,
 ) -> Result<Vec<String>, LayoutError> {
+    if let Some(engine) = facts.engine.as_deref().filter(|e| e.contains("Podman")) {
+        return Err(LayoutError::Podman {
+            evidence: format!("the engine names itself {engine:?}"),
+        });
+    }
+    if let Some((name, path)) = facts
+        .containers
+        .iter()
+        .find(|(_, path)| is_podman_container_path(path))
+    {
+        return Err(LayoutError::Podman {
+            evidence: format!("container {name} is in {path}"),
+        });
+    }
     let parents: Vec<String> = match configured {
         Some(list) => list.to_vec(),
         None => {
@@ -297,12 +348,7 @@ pub fn container_parents(
 /// for `/system.slice/docker-<id>.scope`.
 fn parent_of_container(path: &str) -> Option<String> {
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    let at = segments.iter().enumerate().position(|(i, s)| {
-        s.strip_prefix("docker-")
-            .and_then(|s| s.strip_suffix(".scope"))
-            .is_some_and(is_container_id)
-            || (i > 0 && segments[i - 1] == "docker" && is_container_id(s))
-    })?;
+    let at = (0..segments.len()).position(|i| names_container(&segments, i).is_some())?;
     Some(segments[..at].join("/"))
 }
 
@@ -338,6 +384,103 @@ mod tests {
         for (path, want) in cases {
             assert_eq!(container_id_from_path(&path).as_deref(), want, "{path}");
         }
+    }
+
+    /// Podman 4.3's paths: the cgroupfs one as read from `/proc/<pid>/cgroup` of a container
+    /// of `podman system service --cgroup-manager cgroupfs` on the test machine, the systemd
+    /// ones as shared/design/host-layouts.md records them from RHEL 9 hosts.
+    #[test]
+    fn podman_container_cgroups() {
+        const REAL: &str = "a2f025ad81bcd70ae339a52e1f481a272f267efca1d22b26d8fbf4e7fdf7498f";
+        let pod = "3c1f5ee3a1e0d5b0b1bd8f87c6d2b7e1a7e8a5f0c6f1a7e9c2b3d4e5f6a7b8c9";
+        let containers = [
+            (format!("/libpod_parent/libpod-{REAL}"), REAL),
+            (format!("/libpod_parent/libpod-{ID}/sub"), ID),
+            (format!("/machine.slice/libpod-{ID}.scope"), ID),
+            (format!("/machine.slice/libpod-{ID}.scope/container"), ID),
+            (
+                format!("/machine.slice/machine-libpod_pod_{pod}.slice/libpod-{ID}.scope"),
+                ID,
+            ),
+        ];
+        for (path, id) in &containers {
+            assert_eq!(container_id_from_path(path).as_deref(), Some(*id), "{path}");
+            assert_eq!(classify_path(path), CgroupKind::Container(id.to_string()));
+            assert!(is_podman_container_path(path), "{path}");
+        }
+        // conmon's scope, a pod's slice and its infra-less parent are no container.
+        for path in [
+            format!("/machine.slice/libpod-conmon-{ID}.scope"),
+            format!("/machine.slice/machine-libpod_pod_{pod}.slice"),
+            "/libpod_parent".to_string(),
+            format!("/libpod_parent/conmon-{ID}"),
+            format!("/other/libpod-{ID}"),
+        ] {
+            assert_eq!(container_id_from_path(&path), None, "{path}");
+            assert!(!is_podman_container_path(&path), "{path}");
+        }
+        assert!(!is_podman_container_path(&format!("/docker/{ID}")));
+        // A process in a child cgroup gives the container's own.
+        assert_eq!(
+            container_cgroup_in_path(&format!("/libpod_parent/libpod-{ID}/sub"), ID).as_deref(),
+            Some(format!("/libpod_parent/libpod-{ID}").as_str())
+        );
+        assert_eq!(
+            container_cgroup_in_path(&format!("/machine.slice/libpod-{ID}.scope"), ID).as_deref(),
+            Some(format!("/machine.slice/libpod-{ID}.scope").as_str())
+        );
+        // The layouts under a parent.
+        let root = std::env::temp_dir().join(format!("mp-cgroup-podman-{}", std::process::id()));
+        let dir = root.join("libpod_parent").join(format!("libpod-{ID}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(
+            container_cgroup_by_layout(&root, &["libpod_parent".into()], ID),
+            Some(cgroup_id(&dir).unwrap())
+        );
+        let scope = root
+            .join("machine.slice")
+            .join(format!("libpod-{ID}.scope"));
+        std::fs::create_dir_all(&scope).unwrap();
+        assert_eq!(
+            container_cgroup_by_layout(&root, &["machine.slice".into()], ID),
+            Some(cgroup_id(&scope).unwrap())
+        );
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn ebpf_mode_refuses_podman_by_its_name_or_its_cgroups() {
+        let podman = LayoutFacts {
+            driver: Some("cgroupfs".into()),
+            engine: Some("Podman Engine".into()),
+            ..LayoutFacts::default()
+        };
+        let err = container_parents(None, &podman).unwrap_err();
+        assert!(matches!(err, LayoutError::Podman { .. }));
+        let message = err.to_string();
+        for needle in ["Podman", "INTERCEPT=none", "podman+", "libpod"] {
+            assert!(message.contains(needle), "{needle}: {message}");
+        }
+        // Even with the parents configured.
+        assert!(container_parents(Some(&["libpod_parent".into()]), &podman).is_err());
+        let by_cgroup = LayoutFacts {
+            driver: Some("systemd".into()),
+            containers: vec![("web".into(), format!("/machine.slice/libpod-{ID}.scope"))],
+            ..LayoutFacts::default()
+        };
+        let message = container_parents(None, &by_cgroup).unwrap_err().to_string();
+        assert!(
+            message.contains("container web is in /machine.slice/libpod-"),
+            "{message}"
+        );
+        // Docker, saying who it is, is not refused.
+        let docker = LayoutFacts {
+            driver: Some("cgroupfs".into()),
+            engine: Some("Engine".into()),
+            containers: vec![("web".into(), format!("/docker/{ID}"))],
+            ..LayoutFacts::default()
+        };
+        assert_eq!(container_parents(None, &docker).unwrap(), ["docker"]);
     }
 
     #[test]
@@ -406,7 +549,9 @@ mod tests {
             ("/system.slice/cloud-init.service/sub".into(), HostService),
             ("/system.slice/metadataproxy.service".into(), HostService),
             ("/system.slice/libpod-abc.scope".into(), Unknown),
-            (format!("/machine.slice/libpod-{ID}.scope"), Unknown),
+            (format!("/machine.slice/libpod-{ID}.scope"), c()),
+            (format!("/libpod_parent/libpod-{ID}"), c()),
+            (format!("/machine.slice/libpod-conmon-{ID}.scope"), Unknown),
             ("/system.slice/run-r1234.scope".into(), Unknown),
             ("/user.slice/user-0.slice/session-1.scope".into(), Unknown),
             (
@@ -435,6 +580,7 @@ mod tests {
                 .enumerate()
                 .map(|(i, p)| (format!("c{i}"), p.to_string()))
                 .collect(),
+            engine: None,
         };
         let systemd = format!("/system.slice/docker-{ID}.scope");
         let cgroupfs = format!("/docker/{ID}");

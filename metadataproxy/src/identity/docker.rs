@@ -42,6 +42,10 @@ impl fmt::Display for DockerUrl {
     }
 }
 
+/// How long eBPF start-up waits for the engine to say whether it is Podman (when it answers at
+/// all: at boot, with no engine yet, the connection fails at once).
+const ENGINE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Seconds bollard waits for one Docker API answer.
 const DOCKER_TIMEOUT_SECS: u64 = 10;
 
@@ -156,7 +160,21 @@ impl DockerLookup {
             driver,
             systemd_init: false,
             containers,
+            engine: None,
         })
+    }
+
+    /// The engine's name for itself when it is Podman: its API service lists the component
+    /// `Podman Engine` in `/version`.
+    pub async fn podman_engine(&self) -> Result<Option<String>, LookupError> {
+        let docker = self.client().await?;
+        let version = docker.version().await.map_err(docker_error)?;
+        Ok(version
+            .components
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| c.name)
+            .find(|n| n.contains("Podman")))
     }
 
     /// eBPF start-up: the directories whose descendants are redirected
@@ -168,7 +186,14 @@ impl DockerLookup {
         configured: Option<&[String]>,
         wait: std::time::Duration,
     ) -> Result<Vec<String>, LayoutError> {
-        let mut facts = match tokio::time::timeout(wait, self.layout_facts()).await {
+        // Podman answers `/version` slowly (it asks its runtime and conmon for theirs: 1.5 s
+        // here), and the client's version negotiation asks it too: the engine is asked with a
+        // budget of its own, beside the facts.
+        let (facts, engine) = tokio::join!(
+            tokio::time::timeout(wait, self.layout_facts()),
+            tokio::time::timeout(wait.max(ENGINE_WAIT), self.podman_engine()),
+        );
+        let mut facts = match facts {
             Ok(Ok(facts)) => facts,
             Ok(Err(e)) => {
                 tracing::info!(error = %e, "Docker not reachable: container cgroups from the host's layout alone");
@@ -181,6 +206,9 @@ impl DockerLookup {
                 LayoutFacts::default()
             }
         };
+        if let Ok(Ok(Some(engine))) = engine {
+            facts.engine = Some(engine);
+        }
         facts.systemd_init = std::path::Path::new("/run/systemd/system").is_dir();
         let parents = container_parents(configured, &facts)?;
         tracing::info!(
@@ -240,6 +268,10 @@ impl DockerLookup {
     }
 
     /// Container and network events, from `since` (seconds since the epoch) on.
+    ///
+    /// Filtered by type only: the engines spell their actions differently (Podman's API finds
+    /// nothing for an `event=die` filter, and names a removal `remove` where Docker says
+    /// `destroy`), so the index picks the actions it acts on itself (`index::decode`).
     pub async fn events(
         &self,
         since: i64,
@@ -248,25 +280,9 @@ impl DockerLookup {
         LookupError,
     > {
         let docker = self.client().await?;
-        let mut filters = std::collections::HashMap::new();
-        filters.insert("type", vec!["container", "network"]);
-        // `create` is wanted for networks only (their subnets); a container's `create` event
-        // also passes this filter, and the index ignores it.
-        filters.insert(
-            "event",
-            vec![
-                "create",
-                "start",
-                "die",
-                "destroy",
-                "rename",
-                "connect",
-                "disconnect",
-            ],
-        );
         let options = EventsOptionsBuilder::new()
             .since(&since.to_string())
-            .filters(&filters)
+            .filters(&event_filters())
             .build();
         Ok(docker.events(Some(options)))
     }
@@ -512,6 +528,13 @@ fn endpoint_ips<'a>(
     })
 }
 
+/// The server-side filter of the event subscription: container and network events, any action.
+fn event_filters() -> std::collections::HashMap<&'static str, Vec<&'static str>> {
+    [("type", vec!["container", "network"])]
+        .into_iter()
+        .collect()
+}
+
 fn docker_error(e: bollard::errors::Error) -> LookupError {
     LookupError::Docker(e.to_string())
 }
@@ -522,6 +545,13 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn events_are_filtered_by_type_only_never_by_action() {
+        let filters = event_filters();
+        assert_eq!(filters.len(), 1, "{filters:?}");
+        assert_eq!(filters["type"], ["container", "network"]);
     }
 
     #[test]

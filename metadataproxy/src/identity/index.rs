@@ -4,11 +4,14 @@
 //! - Start-up and every break of the event stream (dockerd restarted): a full sync (one network
 //!   list, one container list, one inspect per container). The stream is opened `since` the
 //!   sync began, so nothing that happens during the sync is missed.
+//! - The stream is filtered by type only, and the index picks its actions itself ([`decode`]),
+//!   so that Docker's and Podman's spellings both work.
 //! - `start`, `rename`, network `connect`/`disconnect`: the container is inspected again.
-//!   `die`, `destroy`: it is removed, and its addresses with it, so an address that moves to a
-//!   new container maps to the new one only.
+//!   `die`, `stop`, `destroy` (Docker), `remove` (Podman): it is removed, and its addresses
+//!   with it, so an address that moves to a new container maps to the new one only.
 //! - Network `create` (the network is inspected) and `destroy`: the index keeps every Docker
-//!   network's IPAM subnets and gateways.
+//!   network's IPAM subnets and gateways. Podman sends no network events: a container
+//!   inspected with an address outside every known network makes the index list them again.
 //! - A periodic reconcile (full sync) is the safety net.
 //! - A miss (a lookup that races a start) falls back to a direct Docker lookup, whose answer is
 //!   added to the index: never a wrong answer, never a wait for the next event.
@@ -503,36 +506,46 @@ impl ContainerIndex {
             .remove(id);
     }
 
-    async fn apply(&self, event: EventMessage) {
-        use bollard::models::EventMessageTypeEnum as Type;
-        let Some(actor) = event.actor else { return };
-        let action = event.action.unwrap_or_default();
-        if event.typ == Some(Type::NETWORK) && matches!(action.as_str(), "create" | "destroy") {
-            let Some(id) = actor.id else { return };
-            self.stats.events.fetch_add(1, Ordering::Relaxed);
-            crate::metrics::docker_event(&action);
-            match action.as_str() {
-                "create" => self.refresh_network(&id).await,
-                _ => self.remove_network(&id),
+    /// Re-lists the networks (a container has an address outside every known one: Podman
+    /// announces no network creation).
+    async fn refresh_networks(&self) {
+        match self.docker.networks().await {
+            Ok(networks) => {
+                let mut known = self.networks.write().expect("networks lock");
+                known.by_id = networks.into_iter().map(|n| (n.id.clone(), n)).collect();
+                known.known = true;
             }
-            return;
+            Err(e) => {
+                tracing::warn!(error = %e, "could not list the networks after an event")
+            }
         }
-        let id = match event.typ {
-            // Passes the event filter for the networks' sake; a created container has no
-            // address until it starts.
-            Some(Type::CONTAINER) if action == "create" => None,
-            Some(Type::CONTAINER) => actor.id,
-            Some(Type::NETWORK) => actor.attributes.and_then(|mut a| a.remove("container")),
-            _ => None,
+    }
+
+    async fn apply(&self, event: EventMessage) {
+        let Some((action, update)) = decode(&event) else {
+            return;
         };
-        let Some(id) = id else { return };
         self.stats.events.fetch_add(1, Ordering::Relaxed);
-        crate::metrics::docker_event(&action);
-        match action.as_str() {
-            "die" | "destroy" => self.remove(&id),
+        crate::metrics::docker_event(action);
+        match update {
+            Update::Network(id) => self.refresh_network(&id).await,
+            Update::NetworkGone(id) => self.remove_network(&id),
+            Update::Remove(id) => self.remove(&id),
             // Docker announces the network connect before the start; whichever event first
             // finds the container running adds it, and announces it.
-            _ => self.refresh(&id, true).await,
+            Update::Refresh(id) => {
+                self.refresh(&id, true).await;
+                let outside = {
+                    let maps = self.maps.read().expect("index lock");
+                    let networks = self.networks.read().expect("networks lock");
+                    maps.by_id
+                        .get(&id)
+                        .is_some_and(|c| c.ips.iter().any(|ip| !networks.may_hold(*ip)))
+                };
+                if outside {
+                    self.refresh_networks().await;
+                }
+            }
         }
     }
 
@@ -650,6 +663,66 @@ impl ContainerIndex {
                 count: ids.len(),
             }),
         }
+    }
+}
+
+/// What one engine event asks of the index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Update {
+    /// Inspect this container again: it started, was renamed, or joined or left a network.
+    Refresh(String),
+    /// This container stopped or is gone: drop it, and its addresses with it.
+    Remove(String),
+    /// Inspect this network (created).
+    Network(String),
+    /// This network is gone.
+    NetworkGone(String),
+}
+
+/// The action (one of the allow-list, for the metric) and the update an event asks for; `None`
+/// for every other event. Docker and Podman speak one API with different words:
+///
+/// | | Docker | Podman |
+/// |---|---|---|
+/// | stopped | `die` (then `stop`) | `die` (`stop` with `podman stop`) |
+/// | removed | `destroy` | `remove` |
+/// | network connect/disconnect | network id in `Actor.ID`, container in `Attributes.container` | container in `Actor.ID`, no `Attributes.container` |
+/// | network create/remove | `create`, `destroy` | no event (networks are re-listed when a container has an address outside every known one) |
+///
+/// A container's `create` has no address yet (it gets one at start); exec, health, `sync`,
+/// `init`, `cleanup`, `kill` (a signal, not a stop) and the rest change nothing the index holds.
+fn decode(event: &EventMessage) -> Option<(&'static str, Update)> {
+    use bollard::models::EventMessageTypeEnum as Type;
+    const CONTAINER: [&str; 6] = ["start", "rename", "die", "stop", "destroy", "remove"];
+    const NETWORK: [&str; 5] = ["connect", "disconnect", "create", "destroy", "remove"];
+    let actor = event.actor.as_ref()?;
+    let action = event.action.as_deref()?;
+    let attribute = |k: &str| actor.attributes.as_ref().and_then(|a| a.get(k)).cloned();
+    match event.typ? {
+        Type::CONTAINER => {
+            let action = *CONTAINER.iter().find(|a| **a == action)?;
+            let id = actor.id.clone().filter(|i| !i.is_empty())?;
+            Some(match action {
+                "start" | "rename" => (action, Update::Refresh(id)),
+                _ => (action, Update::Remove(id)),
+            })
+        }
+        Type::NETWORK => {
+            let action = *NETWORK.iter().find(|a| **a == action)?;
+            Some(match action {
+                "connect" | "disconnect" => {
+                    // Docker: the network in `Actor.ID`, the container in an attribute;
+                    // Podman: the container in `Actor.ID`.
+                    let id = attribute("container")
+                        .or_else(|| actor.id.clone())
+                        .filter(|i| !i.is_empty())?;
+                    (action, Update::Refresh(id))
+                }
+                "create" => (action, Update::Network(actor.id.clone()?)),
+                _ => (action, Update::NetworkGone(actor.id.clone()?)),
+            })
+        }
+        _ => None,
     }
 }
 
@@ -1264,6 +1337,246 @@ mod tests {
         index.full_sync().await.unwrap();
         assert!(!index.maps_cgroups());
         assert_eq!(index.container_by_cgroup(&record(100, &[])).await, None);
+    }
+
+    /// An index container's state as the replay compares it: (label, name, addresses).
+    type Snapshot = Vec<(String, String, Vec<IpAddr>)>;
+
+    /// Replays a recorded event stream (one event per line, as the engine's `/events` sent
+    /// it; `testdata/`) through the index. The fake daemon plays the engine: a container runs
+    /// from its `start` to its `die` (each on its own address), and a running container that
+    /// joins `mp-test-ev-net` has a second address until it leaves. Returns the actions the
+    /// index acted on and each distinct state of the index, containers labelled by their
+    /// first name's last letter.
+    async fn replay(recording: &str) -> (Vec<String>, Vec<Snapshot>) {
+        let (index, docker) = fake(Duration::ZERO);
+        docker.networks.lock().unwrap().push(docker.net(
+            "net",
+            &["172.31.79.0/24"],
+            &["172.31.79.1"],
+        ));
+        index.full_sync().await.unwrap();
+        let mut labels: HashMap<String, String> = HashMap::new();
+        let mut acted = Vec::new();
+        let mut states: Vec<Snapshot> = vec![Vec::new()];
+        for line in recording.lines().filter(|l| !l.trim().is_empty()) {
+            let event: EventMessage = serde_json::from_str(line).expect("an engine event");
+            let actor = event.actor.clone().unwrap();
+            let id = actor.id.clone().unwrap_or_default();
+            let attr = |k: &str| actor.attributes.as_ref().and_then(|a| a.get(k)).cloned();
+            let action = event.action.clone().unwrap_or_default();
+            // The engine's side.
+            if event.typ == Some(EventMessageTypeEnum::CONTAINER) {
+                let name = attr("name").unwrap();
+                let label = labels
+                    .entry(id.clone())
+                    .or_insert_with(|| name.trim_start_matches("mp-test-ev-").to_string())
+                    .clone();
+                let mut running = docker.containers.lock().unwrap();
+                match action.as_str() {
+                    "start" => {
+                        let own = if label == "a" {
+                            "172.17.0.5"
+                        } else {
+                            "172.31.79.2"
+                        };
+                        let mut c = Container::from_env(id.clone(), name, "img".into(), []);
+                        c.ips = vec![own.parse().unwrap()];
+                        running.push(c);
+                    }
+                    "rename" => running.iter_mut().filter(|c| c.id == id).for_each(|c| {
+                        c.name = name.clone();
+                    }),
+                    "die" => running.retain(|c| c.id != id),
+                    _ => {}
+                }
+            } else if matches!(action.as_str(), "connect" | "disconnect") {
+                let container = attr("container").unwrap_or(id);
+                let joined: IpAddr = "172.31.79.3".parse().unwrap();
+                let mut running = docker.containers.lock().unwrap();
+                if let Some(c) = running.iter_mut().find(|c| c.id == container) {
+                    let on_net = attr("name").is_none_or(|n| n != "bridge");
+                    c.ips.retain(|ip| *ip != joined);
+                    if action == "connect"
+                        && on_net
+                        && !c
+                            .ips
+                            .iter()
+                            .any(|ip| ip.to_string().starts_with("172.31.79."))
+                    {
+                        c.ips.push(joined);
+                    }
+                }
+            }
+            // The index's side.
+            if let Some((action, _)) = decode(&event) {
+                let on = if event.typ == Some(EventMessageTypeEnum::NETWORK) {
+                    "network"
+                } else {
+                    "container"
+                };
+                acted.push(format!("{on} {action}"));
+            }
+            index.apply(event).await;
+            let mut state: Snapshot = index
+                .containers()
+                .into_iter()
+                .map(|c| (labels[&c.id].clone(), c.name, c.ips))
+                .collect();
+            state.sort();
+            if states.last() != Some(&state) {
+                states.push(state);
+            }
+        }
+        acted.dedup();
+        (acted, states)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn docker_and_podman_event_streams_make_the_same_index_updates() {
+        let (docker_acted, docker_states) =
+            replay(include_str!("testdata/events-docker-20.10.jsonl")).await;
+        let (podman_acted, podman_states) =
+            replay(include_str!("testdata/events-podman-4.3.jsonl")).await;
+        // The same scenario on each engine (`podman run` needs `--ulimit` here): run a on the
+        // default bridge, rename it, create a network, connect a to it and disconnect it, run
+        // b on that network, exec in b, stop and remove a, remove b by force, remove the
+        // network.
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let a = |name: &str, ips: &[&str]| {
+            (
+                "a".to_string(),
+                name.to_string(),
+                ips.iter().map(|i| ip(i)).collect::<Vec<_>>(),
+            )
+        };
+        let b = (
+            "b".to_string(),
+            "mp-test-ev-b".to_string(),
+            vec![ip("172.31.79.2")],
+        );
+        let expected: Vec<Snapshot> = vec![
+            vec![],
+            vec![a("mp-test-ev-a", &["172.17.0.5"])],
+            vec![a("mp-test-ev-a2", &["172.17.0.5"])],
+            vec![a("mp-test-ev-a2", &["172.17.0.5", "172.31.79.3"])],
+            vec![a("mp-test-ev-a2", &["172.17.0.5"])],
+            vec![a("mp-test-ev-a2", &["172.17.0.5"]), b.clone()],
+            vec![b],
+            vec![],
+        ];
+        assert_eq!(docker_states, expected, "Docker");
+        assert_eq!(podman_states, expected, "Podman");
+        // Each engine's own words.
+        assert_eq!(
+            docker_acted,
+            [
+                "network connect",
+                "container start",
+                "container rename",
+                "network create",
+                "network connect",
+                "network disconnect",
+                "network connect",
+                "container start",
+                "container die",
+                "network disconnect",
+                "container stop",
+                "container destroy",
+                "container die",
+                "network disconnect",
+                "container destroy",
+                "network destroy",
+            ]
+        );
+        assert_eq!(
+            podman_acted,
+            [
+                "container start",
+                "container rename",
+                "network connect",
+                "network disconnect",
+                "container start",
+                "container die",
+                "container remove",
+                "container die",
+                "container remove",
+            ]
+        );
+    }
+
+    #[test]
+    fn only_the_allowed_actions_are_decoded() {
+        let with = |typ, action: &str, id: &str, attrs: &[(&str, &str)]| EventMessage {
+            typ: Some(typ),
+            action: Some(action.into()),
+            actor: Some(EventActor {
+                id: Some(id.into()),
+                attributes: Some(
+                    attrs
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+            }),
+            ..Default::default()
+        };
+        use EventMessageTypeEnum::{CONTAINER, IMAGE, NETWORK};
+        for ignored in [
+            "create",
+            "init",
+            "sync",
+            "cleanup",
+            "kill",
+            "exec",
+            "exec_died",
+            "exec_die",
+            "exec_start: sh ",
+            "health_status: healthy",
+            "attach",
+            "pause",
+            "died",
+        ] {
+            assert_eq!(
+                decode(&with(CONTAINER, ignored, "c", &[])),
+                None,
+                "{ignored}"
+            );
+        }
+        assert_eq!(decode(&with(IMAGE, "remove", "i", &[])), None);
+        for (action, update) in [
+            ("start", Update::Refresh("c".into())),
+            ("rename", Update::Refresh("c".into())),
+            ("die", Update::Remove("c".into())),
+            ("stop", Update::Remove("c".into())),
+            ("destroy", Update::Remove("c".into())),
+            ("remove", Update::Remove("c".into())),
+        ] {
+            assert_eq!(
+                decode(&with(CONTAINER, action, "c", &[])).map(|d| d.1),
+                Some(update)
+            );
+        }
+        // Docker's network events name the container in an attribute, Podman's in the actor.
+        assert_eq!(
+            decode(&with(NETWORK, "connect", "net", &[("container", "c")])).map(|d| d.1),
+            Some(Update::Refresh("c".into()))
+        );
+        assert_eq!(
+            decode(&with(NETWORK, "disconnect", "c", &[("name", "c-name")])).map(|d| d.1),
+            Some(Update::Refresh("c".into()))
+        );
+        assert_eq!(
+            decode(&with(NETWORK, "create", "net", &[])).map(|d| d.1),
+            Some(Update::Network("net".into()))
+        );
+        for gone in ["destroy", "remove"] {
+            assert_eq!(
+                decode(&with(NETWORK, gone, "net", &[])).map(|d| d.1),
+                Some(Update::NetworkGone("net".into()))
+            );
+        }
+        assert_eq!(decode(&with(NETWORK, "prune", "net", &[])), None);
     }
 
     fn c(id: &str, ips: &[&str]) -> Container {
