@@ -373,6 +373,8 @@ fn kernel_events_are_logged_under_their_target_at_debug_only() {
         ),
         "{gelf}"
     );
+}
+
 /// Runs a passthrough, a credential issuance, a refusal and a not-found path with
 /// `REQUEST_LOG=setting`: the handlers of the lines written.
 async fn handlers_logged(setting: &str) -> Vec<String> {
