@@ -920,7 +920,9 @@ mp_start_podman() {
       iptables-save 2>/dev/null | grep -q NETAVARK || : >"$(_mp_state podman-no-netavark)"
     fi
     mapfile -t flags < <(_mp_podman_flags)
-    spawned=$(_mp_spawn "$log" podman "${flags[@]}" system service --time=0 "unix://$MP_PODMAN_SOCK")
+    # From `/`: conmon inherits the service's working directory and fails every container
+    # ("Failed to get working directory") once that directory is gone.
+    spawned=$(cd / && _mp_spawn "$log" podman "${flags[@]}" system service --time=0 "unix://$MP_PODMAN_SOCK")
     for ((i = 0; i < 300; i++)); do
       if _mp_podman_ping; then
         # The service itself, whatever setsid did: the process on our socket.

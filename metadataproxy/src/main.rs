@@ -110,6 +110,17 @@ async fn run(config: Config) -> Result<(), StartupError> {
             redirect = Some(Arc::new(installed));
         }
         Intercept::Iptables(ipt) => {
+            // Podman's bridges are not Docker's: refuse rules that would miss its containers
+            // (unknown engine, as at boot before it runs: the rules as configured).
+            let engine = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                metadataproxy::identity::DockerLookup::new(config.docker.clone()).podman_engine(),
+            )
+            .await;
+            if let Ok(Ok(engine)) = engine {
+                metadataproxy::netfilter::check_engine(ipt, engine.as_deref())
+                    .map_err(StartupError::Iptables)?;
+            }
             let installed =
                 NatRules::install(ipt, listen, container_listen).map_err(StartupError::Iptables)?;
             nat_rules = Some(Arc::new(installed));

@@ -6,7 +6,8 @@
 //! counts).
 //!
 //! eBPF mode refuses to start on Podman (its cgroup layouts are recognised, the redirect is
-//! not proven with them). Each test restores `ip_forward` and removes netavark's chains when
+//! not proven with them); iptables mode refuses unless `IPTABLES_INTERFACES` covers Podman's
+//! bridges, and with them serves its containers. Each test restores `ip_forward` and removes netavark's chains when
 //! it ends.
 
 use std::time::Duration;
@@ -14,7 +15,8 @@ use std::time::Duration;
 use metadataproxy_tests::podman::{NetavarkRestore, Podman, PodmanNetwork};
 use metadataproxy_tests::sinks::http_get;
 use metadataproxy_tests::{
-    eventually, serial, test_env, Agent, AwsCounter, DockerSocket, FakeUpstream, Rule,
+    agent_table_exists, eventually, serial, test_env, Agent, AgentTableCleanup, AwsCounter,
+    DockerSocket, FakeUpstream, Rule,
 };
 
 const MD: &str = "http://169.254.169.254/latest/meta-data";
@@ -314,4 +316,48 @@ fn ebpf_mode_refuses_to_start_on_podman() {
         assert!(stderr.contains(needle), "{needle}: {stderr}");
     }
     drop(running);
+}
+
+#[test]
+fn iptables_mode_covers_podmans_bridges_or_refuses_to_start() {
+    let _serial = serial();
+    let env = test_env();
+    let podman = Podman::from_env();
+    let _restore = NetavarkRestore::record();
+    // The default interfaces are Docker's: refused, naming the fix.
+    let stderr = Agent::start_up_failure(
+        &[],
+        &[("INTERCEPT", "iptables"), ("DOCKER_URL", &podman.url())],
+    );
+    for needle in ["Podman", "IPTABLES_INTERFACES=docker0,br-+", "podman+"] {
+        assert!(stderr.contains(needle), "{needle}: {stderr}");
+    }
+    assert!(!agent_table_exists(), "a refused start left its table");
+    // With Podman's bridges named, its containers are redirected to their own role.
+    let _table = AgentTableCleanup;
+    let upstream = FakeUpstream::start();
+    let aws = AwsCounter::start(&env.moto_url);
+    let agent = Agent::start(
+        &upstream.url(),
+        &aws.url(),
+        &[
+            ("INTERCEPT", "iptables"),
+            ("IPTABLES_INTERFACES", "docker0,br-+,podman+"),
+            ("DOCKER_URL", &podman.url()),
+            ("DEFAULT_ACCOUNT_ID", "123456789012"),
+        ],
+    );
+    let c = podman.container("podman-ipt", None, &[("IAM_ROLE", "role-i")], &[]);
+    let listing = eventually(Duration::from_secs(20), || {
+        let got = c.wget(&format!("{MD}/iam/security-credentials/"));
+        (got.status == 200).then_some(got)
+    });
+    assert_eq!(
+        listing.map(|l| l.body).as_deref(),
+        Some("role-i"),
+        "{}",
+        agent.raw_logs()
+    );
+    drop(c);
+    drop(agent);
 }

@@ -288,7 +288,11 @@ fn statsd_statsite_dogstatsd_and_new_relic_receive_the_documented_payloads() {
             .sum();
         (requests(&lines) >= 2.0
             && samples >= 2
+            // The exporter spreads a flush's payloads over the interval: wait for every
+            // gauge asserted on below, not the first.
             && has("metadataproxy.aws_response_time")
+            && has("metadataproxy.aws_request_time")
+            && has("metadataproxy.aws_connection_time")
             && has("datadog.dogstatsd.client.packets_sent"))
         .then_some(lines)
     })

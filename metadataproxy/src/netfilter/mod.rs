@@ -103,6 +103,18 @@ pub enum NetfilterError {
          or an IPv4 address of the host)"
     )]
     Ipv6Host(Ipv6Addr),
+    /// The container engine is Podman, and `IPTABLES_INTERFACES` covers none of its bridges.
+    #[error(
+        "INTERCEPT=iptables: the container engine is {engine}, whose bridges (podman0, podman1, \
+         ...) IPTABLES_INTERFACES={interfaces} does not cover: its containers would reach the real \
+         metadata service with the host's role. Add podman+ to IPTABLES_INTERFACES"
+    )]
+    EngineBridgesNotCovered {
+        /// What the engine calls itself.
+        engine: String,
+        /// `IPTABLES_INTERFACES`.
+        interfaces: String,
+    },
     /// The kernel refused.
     #[error("{source}{hint}")]
     Kernel {
@@ -497,6 +509,25 @@ impl fmt::Display for Status {
     }
 }
 
+/// Refuses `cfg` on an engine whose bridges it does not cover: Podman's are `podman0`,
+/// `podman1`, ... (`engine` is what the engine calls itself, when it is Podman).
+pub fn check_engine(cfg: &IptablesConfig, engine: Option<&str>) -> Result<(), NetfilterError> {
+    match engine {
+        Some(engine) if !cfg.interfaces.iter().any(|i| i.matches("podman0")) => {
+            Err(NetfilterError::EngineBridgesNotCovered {
+                engine: engine.to_string(),
+                interfaces: cfg
+                    .interfaces
+                    .iter()
+                    .map(|i| i.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The installed rules and what to do with them.
 #[derive(Debug)]
 pub struct NatRules {
@@ -739,6 +770,29 @@ mod tests {
         );
         let e = Target::for_listen("[::]:8000".parse().unwrap()).unwrap_err();
         assert!(e.to_string().contains("IPv6"), "{e}");
+    }
+
+    #[test]
+    fn podman_needs_its_bridges_covered() {
+        let with = |list: &str| IptablesConfig {
+            interfaces: list
+                .split(',')
+                .map(|i| InterfaceMatch::parse(i).unwrap())
+                .collect(),
+            ..cfg()
+        };
+        let e = check_engine(&with("docker0,br-+"), Some("Podman Engine")).unwrap_err();
+        for needle in [
+            "Podman Engine",
+            "docker0,br-+",
+            "podman+",
+            "IPTABLES_INTERFACES",
+        ] {
+            assert!(e.to_string().contains(needle), "{needle}: {e}");
+        }
+        assert!(check_engine(&with("docker0,br-+,podman+"), Some("Podman Engine")).is_ok());
+        assert!(check_engine(&with("podman0"), Some("Podman Engine")).is_ok());
+        assert!(check_engine(&with("docker0,br-+"), None).is_ok());
     }
 
     fn cfg() -> IptablesConfig {

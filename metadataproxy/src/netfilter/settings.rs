@@ -40,6 +40,14 @@ impl InterfaceMatch {
         }
     }
 
+    /// Whether the interface `name` matches.
+    pub fn matches(&self, name: &str) -> bool {
+        match self {
+            InterfaceMatch::Exact(n) => n == name,
+            InterfaceMatch::Prefix(p) => name.starts_with(p.as_str()),
+        }
+    }
+
     /// What the kernel compares the interface name register with: the name padded with NULs
     /// to 16 bytes, or the prefix alone.
     pub fn match_bytes(&self) -> Vec<u8> {
