@@ -13,16 +13,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{Method, Request};
 use http_body_util::{BodyExt, Full};
-use metadataproxy::app::{services, Deps};
-use metadataproxy::builtin::Emulator;
-use metadataproxy::clock::SystemClock;
-use metadataproxy::config::BuiltinValues;
 use metadataproxy::identity::{Connection, Container};
-use metadataproxy::roles::Partition;
 use metadataproxy::server::{handle_at, Endpoint, Services};
 
-use common::FakeLookup;
-use metadataproxy::testing::{FakeIam, FakeSts};
+use metadataproxy::testing::FakeSts;
 
 /// No token, no URI of its own.
 const PLAIN: &str = "172.17.0.2";
@@ -42,16 +36,11 @@ fn container(id: char, env: &[&str]) -> Container {
 }
 
 fn core(flags: &[&str]) -> (Services, Arc<FakeSts>) {
-    let lookup = Arc::new(FakeLookup::default());
-    {
-        let mut by_ip = lookup.0.lock().unwrap();
-        by_ip.insert(
-            PLAIN.parse().unwrap(),
-            container('a', &["IAM_ROLE=web-role"]),
-        );
-        let token = format!("AWS_CONTAINER_AUTHORIZATION_TOKEN={TOKEN}");
-        by_ip.insert(
-            WITH_TOKEN.parse().unwrap(),
+    let token = format!("AWS_CONTAINER_AUTHORIZATION_TOKEN={TOKEN}");
+    let containers = [
+        (PLAIN, container('a', &["IAM_ROLE=web-role"])),
+        (
+            WITH_TOKEN,
             container(
                 'b',
                 &[
@@ -60,30 +49,12 @@ fn core(flags: &[&str]) -> (Services, Arc<FakeSts>) {
                     &token,
                 ],
             ),
-        );
-        by_ip.insert(NO_ROLE.parse().unwrap(), container('c', &[]));
-    }
-    let sts = Arc::new(FakeSts::default());
-    let mut all = vec![
-        "--container-lookup-timeout",
-        "0",
-        "--default-account-id",
-        "123456789012",
+        ),
+        (NO_ROLE, container('c', &[])),
     ];
+    let mut all = vec!["--default-account-id", "123456789012"];
     all.extend_from_slice(flags);
-    let services = services(
-        &common::config(&all),
-        Deps {
-            lookup,
-            sts: sts.clone(),
-            iam: Arc::new(FakeIam::default()),
-            upstream: Arc::new(Emulator::new(BuiltinValues::default())),
-            clock: Arc::new(SystemClock),
-            partition: Partition::for_region("us-east-1"),
-            kernel: None,
-        },
-    );
-    (services, sts)
+    common::services_without_socket(&containers, &all)
 }
 
 fn from(ip: &str) -> Connection {

@@ -2,27 +2,13 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use common::{container, Harness};
 use metadataproxy::config::{LogConfig, LogFormat};
 use metadataproxy::testing::{SECRET_MARK, TOKEN_MARK};
 
 const EXTERNAL_ID: &str = "EXTERNALIDVALUE";
 
-#[derive(Clone, Default)]
-struct Buf(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Buf {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(data);
-        Ok(data.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use metadataproxy::testing::SharedBuf as Buf;
 
 /// Runs a credential request, an info request, a refused request and a passthrough with
 /// logs in `format`, and returns the output. Runs on the current-thread runtime, so the

@@ -11,41 +11,16 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{Method, Request};
 use http_body_util::{BodyExt, Full};
-use metadataproxy::app::{services, Deps};
-use metadataproxy::builtin::Emulator;
-use metadataproxy::clock::SystemClock;
-use metadataproxy::config::BuiltinValues;
 use metadataproxy::identity::Connection;
-use metadataproxy::roles::Partition;
 use metadataproxy::server::{handle, Services};
 
-use common::{container, FakeLookup};
-use metadataproxy::testing::{FakeIam, FakeSts};
+use common::container;
+use metadataproxy::testing::FakeSts;
 
 const CONTAINER_IP: &str = "172.17.0.2";
 
 fn core(flags: &[&str]) -> (Services, Arc<FakeSts>) {
-    let lookup = Arc::new(FakeLookup::default());
-    lookup.0.lock().unwrap().insert(
-        CONTAINER_IP.parse().unwrap(),
-        container(Some("web-role"), None),
-    );
-    let sts = Arc::new(FakeSts::default());
-    let mut all = vec!["--container-lookup-timeout", "0"];
-    all.extend_from_slice(flags);
-    let services = services(
-        &common::config(&all),
-        Deps {
-            lookup,
-            sts: sts.clone(),
-            iam: Arc::new(FakeIam::default()),
-            upstream: Arc::new(Emulator::new(BuiltinValues::default())),
-            clock: Arc::new(SystemClock),
-            partition: Partition::for_region("us-east-1"),
-            kernel: None,
-        },
-    );
-    (services, sts)
+    common::services_without_socket(&[(CONTAINER_IP, container(Some("web-role"), None))], flags)
 }
 
 fn from(ip: &str) -> Connection {

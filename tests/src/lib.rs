@@ -1225,46 +1225,51 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
 /// whatever escapes interception, or is not meant to be intercepted, lands here.
 pub fn catcher() -> &'static FakeUpstream {
     static CATCHER: OnceLock<FakeUpstream> = OnceLock::new();
-    CATCHER.get_or_init(|| {
-        let has_address =
-            run("ip", &["-4", "addr", "show", "dev", "lo"]).contains("169.254.169.254/32");
-        assert!(
-            has_address,
-            "169.254.169.254 is not on loopback: the test command (scripts/test.sh) adds it for \
-             the catcher"
-        );
-        FakeUpstream::start_on("169.254.169.254:80".parse().expect("addr"))
-    })
+    CATCHER.get_or_init(|| catcher_on("169.254.169.254"))
 }
 
 /// The recording fake on `169.254.170.2:80`, the container credentials endpoint's address (on
 /// loopback, put there by the test command): whatever escapes its interception lands here.
 pub fn container_catcher() -> &'static FakeUpstream {
     static CATCHER: OnceLock<FakeUpstream> = OnceLock::new();
-    CATCHER.get_or_init(|| {
-        let has_address =
-            run("ip", &["-4", "addr", "show", "dev", "lo"]).contains("169.254.170.2/32");
-        assert!(
-            has_address,
-            "169.254.170.2 is not on loopback: the test command (scripts/test.sh) adds it for \
-             the container endpoint's catcher"
-        );
-        FakeUpstream::start_on("169.254.170.2:80".parse().expect("addr"))
-    })
+    CATCHER.get_or_init(|| catcher_on("169.254.170.2"))
+}
+
+/// A recording fake on port 80 of `ip`, which the test command puts on loopback.
+fn catcher_on(ip: &str) -> FakeUpstream {
+    let has_address = run("ip", &["-4", "addr", "show", "dev", "lo"]).contains(&format!("{ip}/32"));
+    assert!(
+        has_address,
+        "{ip} is not on loopback: the test command (scripts/test.sh) adds it for the catcher"
+    );
+    FakeUpstream::start_on(format!("{ip}:80").parse().expect("addr"))
 }
 
 /// Nothing reached the catcher: no request escaped interception to the real metadata address.
 pub fn assert_no_escape() {
-    let escaped: Vec<String> = catcher()
-        .emulator
-        .recorded()
-        .iter()
-        .map(|r| format!("{} {} from {:?}", r.method, r.path_and_query, r.peer))
-        .collect();
+    let escaped = recorded_by(catcher());
     assert!(
         escaped.is_empty(),
         "reached the real metadata address: {escaped:?}"
     );
+}
+
+/// Nothing reached the container credentials endpoint's catcher.
+pub fn assert_no_container_endpoint_escape() {
+    let escaped = recorded_by(container_catcher());
+    assert!(
+        escaped.is_empty(),
+        "reached 169.254.170.2 itself: {escaped:?}"
+    );
+}
+
+fn recorded_by(catcher: &FakeUpstream) -> Vec<String> {
+    catcher
+        .emulator
+        .recorded()
+        .iter()
+        .map(|r| format!("{} {} from {:?}", r.method, r.path_and_query, r.peer))
+        .collect()
 }
 
 /// A bpffs pin directory for one test, removed (detaching what is pinned there) when dropped.

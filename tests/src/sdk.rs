@@ -9,6 +9,17 @@ use std::time::Instant;
 /// The only `PATH` a client gets.
 pub const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// Gives a client's command nothing of the test's environment (no keys, no region, no proxy,
+/// no config files), only `PATH`, `HOME` and `MP_STS_ENDPOINT` (moto, as the client reaches it).
+pub fn clean_client_env(cmd: &mut Command, home: &Path, sts_url: &str) {
+    cmd.env_clear()
+        .env("PATH", PATH)
+        .env("HOME", home)
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .env("MP_STS_ENDPOINT", sts_url);
+}
+
 /// `tests/sdk-clients`.
 pub fn clients_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("sdk-clients")

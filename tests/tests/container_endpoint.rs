@@ -19,12 +19,12 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use metadataproxy_tests::sdk::{clients_dir, go_client, provided, PATH};
+use metadataproxy_tests::sdk::{clean_client_env, clients_dir, go_client, provided};
 use metadataproxy_tests::sinks::http_get;
 use metadataproxy_tests::{
-    agent_table_exists, assert_no_escape, catcher, container_catcher, docker0_gateway, eventually,
-    scratch_dir, serial, test_env, Agent, AgentTableCleanup, AwsCounter, Container, FakeUpstream,
-    PinDir, TestEnv,
+    agent_table_exists, assert_no_container_endpoint_escape, assert_no_escape, catcher,
+    container_catcher, docker0_gateway, eventually, scratch_dir, serial, test_env, Agent,
+    AgentTableCleanup, AwsCounter, Container, FakeUpstream, PinDir, TestEnv,
 };
 
 const ACCOUNT: &str = "123456789012";
@@ -168,13 +168,8 @@ fn expect_role(s: &Setup, sdk: Sdk, container: &Container, vars: &[(&str, &str)]
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut cmd = container.command_inside(&program, &args);
     // Nothing of the test's environment, and no metadata service: the endpoint or nothing.
-    cmd.env_clear()
-        .env("PATH", PATH)
-        .env("HOME", &s.dir)
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("MP_STS_ENDPOINT", s.sts.url())
+    clean_client_env(&mut cmd, &s.dir, &s.sts.url());
+    cmd.env("AWS_EC2_METADATA_DISABLED", "true")
         .envs(client_vars)
         .envs(vars.iter().copied())
         .stdin(Stdio::null());
@@ -220,19 +215,6 @@ fn answered(agent: &Agent, status: u64) -> usize {
                 && l["response_code"] == status
         })
         .count()
-}
-
-fn assert_no_container_endpoint_escape() {
-    let escaped: Vec<String> = container_catcher()
-        .emulator
-        .recorded()
-        .iter()
-        .map(|r| format!("{} {} from {:?}", r.method, r.path_and_query, r.peer))
-        .collect();
-    assert!(
-        escaped.is_empty(),
-        "reached 169.254.170.2 itself: {escaped:?}"
-    );
 }
 
 /// Every client, in a container with a relative URI of its own and in one with a token too.

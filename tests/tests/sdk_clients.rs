@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use metadataproxy::config::BuiltinValues;
-use metadataproxy_tests::sdk::{clients_dir, go_client, provided, PATH};
+use metadataproxy_tests::sdk::{clean_client_env, clients_dir, go_client, provided};
 use metadataproxy_tests::sinks::http_get;
 use metadataproxy_tests::{
     agent_table_exists, assert_no_escape, catcher, docker0_gateway, eventually, scratch_dir,
@@ -257,20 +257,15 @@ impl Client {
         // Nothing of the test's environment: no static keys, no region, no proxy. The
         // metadata endpoint is the SDKs' default, written out: inside the container's
         // namespace it is intercepted to the agent.
-        cmd.env_clear()
-            .env("PATH", PATH)
-            .env("HOME", home)
-            .env("AWS_CONFIG_FILE", "/dev/null")
-            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-            .env(
-                "AWS_EC2_METADATA_SERVICE_ENDPOINT",
-                "http://169.254.169.254",
-            )
-            .env("MP_STS_ENDPOINT", sts_url)
-            .envs(vars)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        clean_client_env(&mut cmd, home, sts_url);
+        cmd.env(
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+            "http://169.254.169.254",
+        )
+        .envs(vars)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn the SDK client");
         let stdout = child.stdout.take().expect("stdout");
         let stderr = child.stderr.take().expect("stderr");

@@ -268,6 +268,7 @@ mod tests {
     use tracing_subscriber::fmt::MakeWriter;
 
     use super::*;
+    use crate::testing::SharedBuf;
 
     /// Stdout that does not take a byte until `open` says so.
     struct Stuck {
@@ -335,22 +336,9 @@ mod tests {
         assert_eq!(numbers.first(), Some(&0));
     }
 
-    #[derive(Clone, Default)]
-    struct Buf(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Buf {
-        fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(data);
-            Ok(data.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
     #[test]
     fn audit_lines_bypass_the_buffer() {
-        let (lines, audit) = (Buf::default(), Buf::default());
+        let (lines, audit) = (SharedBuf::default(), SharedBuf::default());
         let (l, a) = (lines.clone(), audit.clone());
         let writer = with_audit(move || l.clone(), move || a.clone());
         let config = LogConfig {
@@ -361,7 +349,7 @@ mod tests {
             tracing::info!(target: "metadataproxy::request", "request");
             tracing::info!(target: "metadataproxy::audit", "credentials issued");
         });
-        let text = |b: &Buf| String::from_utf8(b.0.lock().unwrap().clone()).unwrap();
+        let text = |b: &SharedBuf| b.text();
         assert!(text(&lines).contains("\"request\""), "{}", text(&lines));
         assert!(!text(&lines).contains("credentials issued"));
         assert!(

@@ -43,6 +43,39 @@ impl ContainerLookup for FakeLookup {
     }
 }
 
+/// The request core's services without a socket: `containers` behind the Docker seam (by
+/// address), fake STS and IAM, the built-in emulator upstream, `flags` on top of a zero
+/// lookup window.
+pub fn services_without_socket(
+    containers: &[(&str, Container)],
+    flags: &[&str],
+) -> (metadataproxy::server::Services, Arc<FakeSts>) {
+    let lookup = Arc::new(FakeLookup::default());
+    for (ip, c) in containers {
+        lookup
+            .0
+            .lock()
+            .unwrap()
+            .insert(ip.parse().expect("an IP"), c.clone());
+    }
+    let sts = Arc::new(FakeSts::default());
+    let mut all = vec!["--container-lookup-timeout", "0"];
+    all.extend_from_slice(flags);
+    let services = metadataproxy::app::services(
+        &config(&all),
+        Deps {
+            lookup,
+            sts: sts.clone(),
+            iam: Arc::new(FakeIam::default()),
+            upstream: Arc::new(Emulator::new(BuiltinValues::default())),
+            clock: Arc::new(SystemClock),
+            partition: Partition::for_region("us-east-1"),
+            kernel: None,
+        },
+    );
+    (services, sts)
+}
+
 /// A running in-process agent.
 pub struct Harness {
     pub addr: SocketAddr,

@@ -107,10 +107,7 @@ fn body(c: &Credentials, role_arn: &str) -> Bytes {
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, UNIX_EPOCH};
-
     use super::*;
-    use crate::roles::Secret;
 
     fn container(env: &[&str]) -> Container {
         Container::from_env("c".into(), "n".into(), "i".into(), env.iter().copied())
@@ -163,16 +160,7 @@ mod tests {
 
     #[test]
     fn body_is_the_container_credentials_format() {
-        let c = Credentials {
-            access_key_id: "ASIAEXAMPLE".into(),
-            secret_access_key: Secret::new("secret"),
-            session_token: Secret::new("token"),
-            expiration: UNIX_EPOCH + Duration::from_secs(1_777_640_400),
-            obtained_at: UNIX_EPOCH + Duration::from_secs(1_777_636_800),
-            assumed_role_arn: "arn:aws:sts::123456789012:assumed-role/r/s".into(),
-            assumed_role_id: "AROAEXAMPLE:s".into(),
-            rendered: crate::roles::Rendered::default(),
-        };
+        let c = crate::testing::example_credentials();
         let got = body(&c, "arn:aws:iam::123456789012:role/r");
         assert_eq!(
             std::str::from_utf8(&got).unwrap(),

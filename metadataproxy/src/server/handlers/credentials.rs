@@ -176,23 +176,11 @@ pub fn info_body(c: &Credentials) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, UNIX_EPOCH};
-
     use super::*;
-    use crate::roles::Secret;
 
     #[test]
     fn credentials_body_is_exactly_the_contract() {
-        let c = Credentials {
-            access_key_id: "ASIAEXAMPLE".into(),
-            secret_access_key: Secret::new("secret"),
-            session_token: Secret::new("token"),
-            expiration: UNIX_EPOCH + Duration::from_secs(1_777_640_400),
-            obtained_at: UNIX_EPOCH + Duration::from_secs(1_777_636_800),
-            assumed_role_arn: "arn:aws:sts::123456789012:assumed-role/r/s".into(),
-            assumed_role_id: "AROAEXAMPLE:s".into(),
-            rendered: crate::roles::Rendered::default(),
-        };
+        let c = crate::testing::example_credentials();
         let want = "{\n  \"AccessKeyId\": \"ASIAEXAMPLE\",\n  \"Code\": \"Success\",\n  \
                     \"Expiration\": \"2026-05-01T13:00:00Z\",\n  \"LastUpdated\": \
                     \"2026-05-01T12:00:00Z\",\n  \"SecretAccessKey\": \"secret\",\n  \
