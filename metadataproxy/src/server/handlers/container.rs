@@ -5,7 +5,7 @@
 //! `Authorization` header.
 
 use bytes::Bytes;
-use http::{HeaderMap, Response, StatusCode};
+use http::{HeaderMap, Response};
 use serde::Serialize;
 
 use crate::audit::Audit;
@@ -13,7 +13,7 @@ use crate::identity::{Attestor, Connection, Container};
 use crate::roles::{Credentials, Issuer};
 use crate::server::Failure;
 
-use super::credentials::CallerInfo;
+use super::credentials::{issue, ok, CallerInfo};
 use crate::server::router::ContainerTarget as Target;
 
 /// The settings the endpoint applies.
@@ -45,21 +45,11 @@ pub async fn credentials(
     authorize(&container, settings, headers)?;
     let spec = issuer.role_of(&container)?;
     info.role_name = Some(spec.name().to_string());
-    let issued = issuer.credentials(&container, &spec).await?;
-    audit.issued(&crate::audit::Issued {
-        container: &container,
-        role_arn: issued.request.role_arn.as_str(),
-        credentials: &issued.credentials,
-        identity_source: attest.source(),
-        remote_addr: conn.ip,
-    });
-    let mut resp = Response::new(body(&issued.credentials, issued.request.role_arn.as_str()));
-    *resp.status_mut() = StatusCode::OK;
-    resp.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    Ok(resp)
+    let issued = issue(attest, issuer, audit, conn, &container, &spec).await?;
+    Ok(ok(
+        "application/json",
+        body(&issued.credentials, issued.request.role_arn.as_str()),
+    ))
 }
 
 /// The container's authorization token, when it has one, must be the request's one

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::audit::Audit;
 use crate::identity::{Attestor, Connection, Container};
-use crate::roles::{Credentials, Issuer, RoleSpec};
+use crate::roles::{Credentials, Issued, Issuer, RoleSpec};
 use crate::server::Failure;
 
 /// What a handler learned about the caller, for the request log line.
@@ -80,18 +80,32 @@ pub async fn credentials(
             actual: spec.name().to_string(),
         });
     }
-    let issued = issuer.credentials(&container, &spec).await?;
+    let issued = issue(attest, issuer, audit, conn, &container, &spec).await?;
+    Ok(ok(
+        "application/json",
+        credentials_body(&issued.credentials),
+    ))
+}
+
+/// Credentials for `container`'s role `spec`, recorded in the audit log: what every route that
+/// hands credentials to a container does.
+pub(super) async fn issue(
+    attest: &Attestor,
+    issuer: &Issuer,
+    audit: &Audit,
+    conn: &Connection,
+    container: &Container,
+    spec: &RoleSpec,
+) -> Result<Issued, Failure> {
+    let issued = issuer.credentials(container, spec).await?;
     audit.issued(&crate::audit::Issued {
-        container: &container,
+        container,
         role_arn: issued.request.role_arn.as_str(),
         credentials: &issued.credentials,
         identity_source: attest.source(),
         remote_addr: conn.ip,
     });
-    Ok(ok(
-        "application/json",
-        credentials_body(&issued.credentials),
-    ))
+    Ok(issued)
 }
 
 /// `.../iam/info`: the assumed role as the instance profile.
@@ -106,7 +120,7 @@ pub async fn info(
     Ok(ok("application/json", info_body(&issued.credentials)))
 }
 
-fn ok(content_type: &'static str, body: impl Into<Bytes>) -> Response<Bytes> {
+pub(super) fn ok(content_type: &'static str, body: impl Into<Bytes>) -> Response<Bytes> {
     let mut resp = Response::new(body.into());
     *resp.status_mut() = StatusCode::OK;
     resp.headers_mut().insert(
